@@ -1,0 +1,226 @@
+"""The `fleet` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import click
+import redis
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fleet.config import FleetConfig, config_path, load_config
+from fleet.errors import FleetError
+from fleet.runtime import resolve_redis_url
+from fleet.state import ClusterState, State
+
+console = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _config() -> FleetConfig:
+    return load_config(config_path())
+
+
+def _state(config: FleetConfig) -> State:
+    return State(redis.Redis.from_url(resolve_redis_url(config)), config.fleet.id)
+
+
+def _client(url: str) -> Any:
+    """A plain Celery client, exactly what another service would use."""
+    from celery import Celery
+
+    return Celery("fleet-cli", broker=url, backend=url, set_as_current=False)
+
+
+class FleetGroup(click.Group):
+    """Turns FleetError into `error: ...` and exit code 2 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FleetError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            sys.exit(2)
+        except redis.ConnectionError as exc:
+            err.print(f"[red]error:[/red] cannot reach Redis: {exc}", highlight=False)
+            sys.exit(2)
+
+
+@click.group(cls=FleetGroup)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="FLEET_CONFIG",
+              help="cluster spec file (default: $FLEET_CONFIG or ./fleet.toml)")
+@click.version_option(package_name="fleet")
+def main(config_file: str | None) -> None:
+    """Fleet keeps fleets of task-queue workers at the size you ask for."""
+    if config_file:
+        os.environ["FLEET_CONFIG"] = str(Path(config_file).resolve())
+
+
+@main.command()
+def up() -> None:
+    """Run the control plane: embedded Redis (unless configured), one worker and one beat."""
+    from fleet.stack import Stack
+
+    config = _config()
+    stack = Stack(config, config_path())
+    stopping = False
+
+    def _stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    with stack:
+        console.print(f"fleet [bold]{config.fleet.id}[/bold] control plane up; Redis at [cyan]{stack.url}[/cyan]")
+        console.print(f"  state folder {stack.state_dir}; clusters: {', '.join(config.clusters) or 'none'}")
+        console.print("  another service scales a cluster with:")
+        console.print(f"    Celery(broker={stack.url!r}, backend={stack.url!r}).send_task('fleet.scale', args=['CLUSTER', N])")
+        console.print("  Ctrl-C stops the control plane (workers keep running and are found again next time)")
+        try:
+            while not stopping:
+                stack.check()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        console.print("stopping the control plane ...")
+    console.print("stopped")
+
+
+@main.command()
+@click.argument("cluster")
+@click.argument("workers", type=int)
+@click.option("--wait", is_flag=True, help="show progress until the cluster has converged")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="seconds to wait")
+def scale(cluster: str, workers: int, wait: bool, timeout: float) -> None:
+    """Ask the control plane for WORKERS workers in CLUSTER (through the `fleet.scale` task)."""
+    config = _config()
+    url = resolve_redis_url(config)
+    config.spec(cluster)
+    result = _client(url).send_task("fleet.scale", args=[cluster, workers])
+    try:
+        reply = result.get(timeout=30)
+    except TimeoutError:
+        raise FleetError("no control plane answered within 30 s: is `fleet up` running?") from None
+    except Exception as exc:  # the control plane's typed error, rebuilt by Celery
+        raise FleetError(f"{type(exc).__name__}: {exc}") from None
+    console.print(f"{cluster}: desired {reply['desired']} (version {reply['version']})")
+    if wait and not wait_converged(_state(config), cluster, timeout):
+        sys.exit(1)
+
+
+def wait_converged(state: State, cluster: str, timeout: float, target_version: int | None = None) -> bool:
+    """A live progress bar until running == desired and nothing is pending; False on timeout."""
+    deadline = time.monotonic() + timeout
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(cluster, total=1, detail="")
+        while True:
+            st = state.read(cluster)
+            s = st.summary(cluster)
+            desired = s["desired"] or 0
+            progress.update(bar, total=max(desired, 1), completed=min(s["running"], desired) if desired else 1,
+                            detail=f"running {s['running']}/{desired}  initializing {s['initializing']}  "
+                                   f"pending {s['pending']}  stopping {s['stopping']}")
+            if st.converged:
+                return True
+            if time.monotonic() > deadline:
+                err.print(f"[yellow]not converged after {timeout:.0f} s[/yellow]; see `fleet events {cluster}`")
+                return False
+            time.sleep(0.25)
+
+
+def _table(state: ClusterState, cluster: str, provider: str) -> Table:
+    s = state.summary(cluster)
+    table = Table(title=f"{cluster} ({provider}): desired {s['desired'] if s['desired'] is not None else '-'}, "
+                        f"initializing {s['initializing']}, running {s['running']}, stopping {s['stopping']}, "
+                        f"pending {s['pending']}", title_justify="left")
+    for col in ("handle", "workers", "status", "for", "launch"):
+        table.add_column(col)
+    now = time.time()
+    for handle, rec in sorted(state.handles.items(), key=lambda kv: kv[1].get("since", 0)):
+        table.add_row(handle, str(rec["w"]), rec["s"], f"{now - float(rec.get('since', now)):.0f}s",
+                      str(rec.get("launch", ""))[:12])
+    return table
+
+
+@main.command()
+@click.argument("cluster", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(cluster: str | None, as_json: bool) -> None:
+    """Desired, initializing and running workers, and the handles, per cluster."""
+    config = _config()
+    if cluster:
+        config.spec(cluster)
+    names = [cluster] if cluster else list(config.clusters)
+    states = _state(config).read_many(names)
+    if as_json:
+        out = [{**states[c].summary(c), "handles": [{"handle": h, **r} for h, r in states[c].handles.items()]}
+               for c in names]
+        click.echo(json.dumps(out[0] if cluster else out, indent=2))
+        return
+    for c in names:
+        console.print(_table(states[c], c, config.clusters[c].provider))
+
+
+@main.command()
+def clusters() -> None:
+    """The clusters the config declares."""
+    config = _config()
+    table = Table(title=f"fleet {config.fleet.id} ({config.source})", title_justify="left")
+    for col in ("cluster", "provider", "workers/container", "min", "max", "boot timeout", "command"):
+        table.add_column(col)
+    for name, spec in config.clusters.items():
+        table.add_row(name, spec.provider, str(spec.workers_per_container), str(spec.min_workers),
+                      str(spec.max_workers), f"{spec.boot_timeout:g}s", " ".join(spec.container.command))
+    console.print(table)
+
+
+@main.command()
+def providers() -> None:
+    """Providers registered in the `fleet.providers` entry-point group."""
+    from fleet.registry import available
+
+    table = Table()
+    table.add_column("provider")
+    table.add_column("implemented by")
+    for name, ep in sorted(available().items()):
+        table.add_row(name, ep.value)
+    console.print(table)
+
+
+@main.command()
+@click.argument("cluster")
+@click.option("-n", "count", type=int, default=50, show_default=True, help="how many, newest last")
+def events(cluster: str, count: int) -> None:
+    """The newest events of CLUSTER (launches, kills, deaths, errors)."""
+    config = _config()
+    config.spec(cluster)
+    for e in _state(config).events(cluster, count):
+        at = time.strftime("%H:%M:%S", time.localtime(e.pop("at")))
+        kind = e.pop("kind")
+        console.print(f"{at} [bold]{kind:<12}[/bold] " + " ".join(f"{k}={v}" for k, v in e.items()), highlight=False)
+
+
+@main.command()
+@click.option("--workers", type=int, default=4, show_default=True)
+@click.option("--jobs", type=int, default=20, show_default=True)
+@click.option("--keep", is_flag=True, help="keep the demo's state folder")
+def demo(workers: int, jobs: int, keep: bool) -> None:
+    """The main job in one command: embedded stack, real Celery workers, jobs, scale to 0."""
+    from fleet.demo.run import run_demo
+
+    sys.exit(run_demo(workers=workers, jobs=jobs, keep=keep, console=console))
+
+
+if __name__ == "__main__":
+    main()

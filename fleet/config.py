@@ -1,0 +1,140 @@
+"""Cluster specs: the TOML file an operator writes, validated into typed objects.
+
+`FLEET_CONFIG` names the file (default: `./fleet.toml`); `FLEET_REDIS_URL` overrides
+`fleet.redis_url`; with neither, Fleet uses an embedded Redis (see `fleet.embedded`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fleet.errors import ConfigError, FleetError, UnknownCluster
+from fleet.provider import Cluster, ContainerSpec, Hardware
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+DEFAULT_CONFIG = "fleet.toml"
+
+
+class FleetSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=NAME_PATTERN)
+    redis_url: str | None = None
+    sweep_interval: float = Field(default=5.0, gt=0, le=3600)
+    state_dir: Path | None = None
+
+
+class ClusterSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: str = Field(min_length=1)
+    workers_per_container: int = Field(default=1, ge=1, le=1024)
+    min_workers: int = Field(default=0, ge=0)
+    max_workers: int = Field(default=16, ge=0, le=1_000_000)
+    boot_timeout: float = Field(default=600.0, gt=0)
+    container: ContainerSpec
+    hardware: Hardware = Field(default_factory=Hardware)
+    provider_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _limits(self) -> "ClusterSpec":
+        if self.max_workers < self.min_workers:
+            raise ValueError(f"max_workers ({self.max_workers}) is below min_workers ({self.min_workers})")
+        return self
+
+
+class FleetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fleet: FleetSettings
+    clusters: dict[str, ClusterSpec] = Field(default_factory=dict)
+    source: str = "<memory>"
+
+    @model_validator(mode="after")
+    def _names(self) -> "FleetConfig":
+        import re
+
+        for name in self.clusters:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"cluster name {name!r} must match {NAME_PATTERN}")
+        return self
+
+    def spec(self, name: Any) -> ClusterSpec:
+        """The spec of cluster `name`; UnknownCluster if it is not declared."""
+        if not isinstance(name, str) or name not in self.clusters:
+            known = ", ".join(sorted(self.clusters)) or "none"
+            raise UnknownCluster(f"unknown cluster {name!r} (declared: {known})")
+        return self.clusters[name]
+
+    def cluster(self, name: str) -> Cluster:
+        """The provider's view of cluster `name`, with its provider options validated."""
+        from fleet.registry import provider_class
+
+        spec = self.spec(name)
+        options = provider_class(spec.provider).validate_options(spec.provider_options)
+        return Cluster(self.fleet.id, name, spec.workers_per_container, options)
+
+    @property
+    def redis_url(self) -> str | None:
+        return os.environ.get("FLEET_REDIS_URL") or self.fleet.redis_url
+
+    @property
+    def state_dir(self) -> Path:
+        if env := os.environ.get("FLEET_STATE_DIR"):
+            return Path(env)
+        if self.fleet.state_dir:
+            return self.fleet.state_dir
+        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        return base / "fleet" / self.fleet.id
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("FLEET_CONFIG") or DEFAULT_CONFIG)
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_config(data: dict[str, Any], source: str = "<memory>") -> FleetConfig:
+    """Validate a parsed TOML document; every problem is a ConfigError naming source and field."""
+    try:
+        config = FleetConfig.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        problems = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+    from fleet.registry import provider_class
+
+    for name, spec in config.clusters.items():
+        where = f"{source}: clusters.{name}"
+        try:
+            cls = provider_class(spec.provider)
+        except FleetError as exc:
+            raise ConfigError(f"{where}.provider: {exc}") from None
+        try:
+            cls.validate_options(spec.provider_options)
+        except ValidationError as exc:
+            problems = "; ".join(f"{where}.provider_options.{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(problems) from None
+    return config
+
+
+def load_config(path: str | Path | None = None) -> FleetConfig:
+    """Read and validate the cluster spec file (`FLEET_CONFIG`, default ./fleet.toml)."""
+    path = Path(path) if path else config_path()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file (set FLEET_CONFIG or pass --config)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,142 @@
+"""Pure planning: given what is desired and what exists, decide what to cancel, kill and launch.
+
+No I/O here, so the rules can be tested exhaustively (see tests/test_planner.py):
+
+* observed = workers of initializing + running handles + workers of live pending launches;
+* scale-down takes from tiers in order: queued launches, launches in flight, initializing
+  handles, running handles; within a tier it picks the subset with the smallest total that
+  still covers the excess, so it never kills more than needed;
+* when shared handles make an exact cut impossible it goes *below* the target and launches the
+  difference (4+4 -> 5 kills one 4 and launches 1), never staying above it;
+* launches never push the committed total (live + stopping + in-flight) past `max_workers`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable, Sequence, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+INITIALIZING = "initializing"
+RUNNING = "running"
+STOPPING = "stopping"
+QUEUED = "queued"
+IN_FLIGHT = "running"  # a pending launch whose run task has claimed it
+
+
+@dataclass(frozen=True)
+class HandleView:
+    handle: str
+    workers: int
+    status: str  # initializing | running | stopping
+    since: float = 0.0
+
+
+@dataclass(frozen=True)
+class PendingView:
+    launch_id: str
+    count: int
+    state: str  # queued | running (claimed by a run task) | cancelled
+    created: float = 0.0
+
+
+@dataclass
+class Plan:
+    cancel: list[str] = field(default_factory=list)
+    kill: list[str] = field(default_factory=list)
+    launch: int = 0
+    observed: int = 0
+    capped_by_max: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.cancel or self.kill or self.launch)
+
+
+def choose_at_least(items: Sequence[tuple[K, int]], need: int) -> list[K]:
+    """Keys of a subset of `items` (key, weight>0) whose weights sum to the smallest total >= need.
+
+    Items earlier in `items` are preferred among equal weights. If the whole set sums to less
+    than `need`, every key is returned.
+    """
+    if need <= 0:
+        return []
+    total = sum(w for _, w in items)
+    if total <= need:
+        return [k for k, _ in items]
+    by_weight: dict[int, list[K]] = {}
+    for key, weight in items:
+        by_weight.setdefault(weight, []).append(key)
+    if len(by_weight) == 1:
+        (weight, keys), = by_weight.items()
+        return keys[: -(-need // weight)]
+    # Bounded knapsack reachability over sums up to need + max weight - 1, tracking how many
+    # items of each weight reach each sum, then the smallest reachable sum >= need.
+    cap = need + max(by_weight) - 1
+    weights = sorted(by_weight)
+    reach = [True] + [False] * cap
+    stages: list[list[int]] = []
+    for weight in weights:
+        limit = len(by_weight[weight])
+        used = [0] * (cap + 1)
+        new = reach[:]
+        for s in range(weight, cap + 1):
+            if not new[s] and new[s - weight] and used[s - weight] < limit:
+                new[s] = True
+                used[s] = used[s - weight] + 1
+        stages.append(used)
+        reach = new
+    best = next(s for s in range(need, cap + 1) if reach[s])
+    chosen: list[K] = []
+    for weight, used in zip(reversed(weights), reversed(stages)):
+        n = used[best]
+        chosen.extend(by_weight[weight][:n])
+        best -= n * weight
+    return chosen
+
+
+def plan(
+    desired: int,
+    max_workers: int,
+    handles: Sequence[HandleView],
+    pending: Sequence[PendingView],
+) -> Plan:
+    """What one reconcile does to move from what exists towards `desired`."""
+    live = [h for h in handles if h.status in (INITIALIZING, RUNNING)]
+    stopping = sum(h.workers for h in handles if h.status == STOPPING)
+    open_pending = [p for p in pending if p.state != "cancelled"]
+    # Cancelled launches already claimed by a run task may still materialise: they count
+    # against max_workers until their run task records (and kills) them.
+    ghost = sum(p.count for p in pending if p.state == "cancelled")
+    observed = sum(h.workers for h in live) + sum(p.count for p in open_pending)
+    result = Plan(observed=observed)
+
+    excess = observed - desired
+    if excess > 0:
+        newest = lambda xs: sorted(xs, key=lambda x: -getattr(x, "since", getattr(x, "created", 0.0)))
+        tiers: list[tuple[str, list[tuple[str, int]]]] = [
+            ("cancel", [(p.launch_id, p.count) for p in newest([p for p in open_pending if p.state == QUEUED])]),
+            ("cancel", [(p.launch_id, p.count) for p in newest([p for p in open_pending if p.state == IN_FLIGHT])]),
+            ("kill", [(h.handle, h.workers) for h in newest([h for h in live if h.status == INITIALIZING])]),
+            ("kill", [(h.handle, h.workers) for h in newest([h for h in live if h.status == RUNNING])]),
+        ]
+        for action, items in tiers:
+            if excess <= 0:
+                break
+            weights = dict(items)
+            chosen = choose_at_least(items, excess)
+            excess -= sum(weights[k] for k in chosen)
+            getattr(result, action).extend(chosen)
+
+    cancelled = {p.launch_id for p in pending if p.launch_id in result.cancel}
+    removed = sum(p.count for p in pending if p.launch_id in cancelled)
+    killed = sum(h.workers for h in live if h.handle in set(result.kill))
+    remaining = observed - removed - killed
+    want = max(desired - remaining, 0)
+    in_flight_cancelled = sum(p.count for p in pending if p.launch_id in cancelled and p.state == IN_FLIGHT)
+    committed = remaining + stopping + killed + ghost + in_flight_cancelled
+    room = max(max_workers - committed, 0)
+    result.launch = min(want, room)
+    result.capped_by_max = result.launch < want
+    return result

@@ -1,0 +1,172 @@
+"""The provider contract: the three methods a cloud must implement for Fleet to manage it.
+
+A provider launches, inspects and kills *workers*. Several workers may share one container (or VM):
+they then share one *handle* and live and die together. Fleet's managed layer (`fleet.reconcile`)
+does all the bookkeeping (desired number, scale-up and scale-down planning, replacement of dead
+workers); a provider only does what it is told, idempotently.
+
+Assumptions every provider may rely on, and every caller must honour:
+
+* **Idempotency by launch id.** `run_workers` receives a `launch_id`. A second call with the same
+  launch id (a redelivered task, a retry after a timeout) must not launch again: it returns the
+  handles of the first call (cloud client tokens, deterministic names, or a lookup by a launch tag
+  before creating).
+* **Eventual consistency.** `worker_status` may lag behind `run_workers` and `kill_workers`. Fleet
+  re-asks on every sweep; a provider must not invent a state it has not observed.
+* **Unknown means stopped.** A handle the provider cannot find is `STOPPED`, in `worker_status`
+  and in `kill_workers` (killing it succeeds).
+* **Keyed, never positional.** Results are dicts keyed by handle, never lists matched by position.
+* **Identity.** Every worker gets `FLEET_ID`, `FLEET_CLUSTER`, `FLEET_HANDLE` and `FLEET_WORKERS`
+  (the number of workers in its container) in its environment, and every cloud resource is tagged
+  with the fleet id, the cluster and the launch id, so `list_workers` can find it after a restart.
+* **Typed errors.** Raise the `fleet.errors.ProviderError` subclasses: `RateLimited` (with
+  `retry_after`), `QuotaExceeded`, `CapacityError`, `TransientProviderError`,
+  `PermanentProviderError`. Anything else is treated as transient.
+* **No secrets in arguments.** Credentials come from the SDK's own chain (environment, profiles,
+  metadata), never from a cluster spec or a task argument.
+
+Cross-cutting concerns (rate limiting, metrics, fault injection) wrap a provider; they are not
+written into each one.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class WorkerStatus(str, enum.Enum):
+    """The three states of the seed contract."""
+
+    INITIALIZING = "initializing"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class ContainerSpec(BaseModel):
+    """What a worker container runs. `image` is used by container providers only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: tuple[str, ...] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    image: str = ""
+
+
+class Hardware(BaseModel):
+    """What each container needs (all workers of a container share it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu: float = Field(default=1.0, gt=0, le=1024)
+    memory_mb: int = Field(default=1024, gt=0, le=64 * 1024 * 1024)
+    gpus: int = Field(default=0, ge=0, le=64)
+
+
+class NoOptions(BaseModel):
+    """Provider options of a provider that takes none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The cluster a provider call is about, as the provider sees it."""
+
+    fleet_id: str
+    name: str
+    workers_per_container: int = 1
+    options: BaseModel = field(default_factory=NoOptions)
+
+    def identity_env(self, handle: str, workers: int) -> dict[str, str]:
+        """The FLEET_* environment every worker of `handle` must get."""
+        return {
+            "FLEET_ID": self.fleet_id,
+            "FLEET_CLUSTER": self.name,
+            "FLEET_HANDLE": handle,
+            "FLEET_WORKERS": str(workers),
+        }
+
+    def containers_for(self, count: int) -> list[int]:
+        """Split `count` workers into full containers and at most one partial one (last)."""
+        per = self.workers_per_container
+        full, rest = divmod(count, per)
+        return [per] * full + ([rest] if rest else [])
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What a provider instance is built with: the fleet it serves and a folder it may write to."""
+
+    fleet_id: str
+    state_dir: Path
+
+
+class Provider(ABC):
+    """Base class of every provider. Implement the three abstract methods; override the rest
+    only when you have something faster or more precise."""
+
+    #: pydantic model that validates a cluster's `provider_options`; extra keys are refused.
+    options_model: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, context: ProviderContext) -> None:
+        self.context = context
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> BaseModel:
+        """Validate a cluster's `provider_options`; raises pydantic's ValidationError."""
+        return cls.options_model.model_validate(dict(options))
+
+    @abstractmethod
+    def run_workers(
+        self,
+        cluster: Cluster,
+        container: ContainerSpec,
+        hardware: Hardware,
+        count: int,
+        *,
+        launch_id: str,
+    ) -> list[str]:
+        """Launch `count` workers and return one handle per worker (`len(result) == count`).
+
+        Workers that share a container share a handle, so a handle repeats once per worker in
+        it; pack them as `cluster.containers_for(count)` says (full containers, at most one
+        partial one). Calling again with the same `launch_id` launches nothing new and returns
+        the same handles. If fewer workers could be launched than asked, return those that were
+        and raise nothing; Fleet launches the shortfall later.
+        """
+
+    @abstractmethod
+    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
+        """Status of each of the unique `handles`, keyed by handle; unknown handles are STOPPED."""
+
+    @abstractmethod
+    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+        """Kill every worker of each handle; True per handle once it is dead or going away.
+
+        Idempotent: a handle that is already dead or was never known is a success (True). False
+        (or an exception) means try again later; Fleet keeps such a handle as stopping.
+        """
+
+    def is_initializing(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+        return self._is(cluster, handles, WorkerStatus.INITIALIZING)
+
+    def is_running(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+        return self._is(cluster, handles, WorkerStatus.RUNNING)
+
+    def is_stopped(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+        return self._is(cluster, handles, WorkerStatus.STOPPED)
+
+    def list_workers(self, cluster: Cluster) -> dict[str, int] | None:
+        """Every live handle this provider holds for `cluster.fleet_id` and `cluster.name`, with
+        its worker count, found by tag or label (not from Fleet's memory). None: cannot list."""
+        return None
+
+    def _is(self, cluster: Cluster, handles: Sequence[str], wanted: WorkerStatus) -> dict[str, bool]:
+        status = self.worker_status(cluster, list(dict.fromkeys(handles)))
+        return {h: status.get(h, WorkerStatus.STOPPED) == wanted for h in handles}

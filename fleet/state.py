@@ -1,0 +1,290 @@
+"""Fleet's shared state in Redis, all keys under `fleet:{fleet_id}:{cluster}:`.
+
+| key        | type   | holds                                                                 |
+|------------|--------|-----------------------------------------------------------------------|
+| `desired`  | hash   | `n` (desired workers), `version` (only grows), `at`                   |
+| `handles`  | hash   | handle -> JSON {w: workers, s: status, since, launch, seen, kills}    |
+| `pending`  | hash   | launch_id -> JSON {count, state: queued|running|cancelled, at, claimed}|
+| `events`   | stream | launched / killed / stopped / cancelled / error ..., capped           |
+| `lock`     | string | the reconcile lock (redis-py Lock)                                    |
+| `queued`   | string | set while a reconcile task is queued (coalesces bursts)               |
+
+Every change that touches more than one key, or reads before it writes, is one Lua script or one
+WATCH/MULTI transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import redis
+
+from fleet.planner import HandleView, PendingView
+
+EVENTS_MAXLEN = 1000
+
+_CLAIM = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return {'missing', 0} end
+local p = cjson.decode(raw)
+if p.state == 'cancelled' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return {'cancelled', 0}
+end
+p.state = 'running'
+p.claimed = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(p))
+return {'claimed', p.count}
+"""
+
+_RECORD = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local state = 'missing'
+if raw then state = cjson.decode(raw).state end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local status = 'initializing'
+if state == 'cancelled' then status = 'stopping' end
+local now = tonumber(ARGV[2])
+local added = 0
+for i = 4, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
+    local w = tonumber(ARGV[i + 1])
+    redis.call('HSET', KEYS[2], ARGV[i], cjson.encode({w = w, s = status, since = now, launch = ARGV[1], seen = now, kills = 0}))
+    added = added + w
+  end
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'launched', 'launch', ARGV[1],
+  'workers', tostring(added), 'state', state)
+return state
+"""
+
+_STATUS = """
+local now = tonumber(ARGV[1])
+local grace = tonumber(ARGV[3])
+local pruned, changed = 0, 0
+for i = 4, #ARGV, 2 do
+  local h, s = ARGV[i], ARGV[i + 1]
+  local raw = redis.call('HGET', KEYS[1], h)
+  if raw then
+    local r = cjson.decode(raw)
+    if s == 'stopped' then
+      if r.s == 'stopping' then
+        redis.call('HDEL', KEYS[1], h)
+        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'killed', 'handle', h, 'workers', tostring(r.w))
+        changed = changed + 1
+      elseif not (r.s == 'initializing' and now - r.since < grace) then
+        redis.call('HDEL', KEYS[1], h)
+        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'stopped', 'handle', h, 'workers', tostring(r.w), 'was', r.s)
+        pruned = pruned + r.w
+        changed = changed + 1
+      end
+    else
+      if r.s ~= 'stopping' and r.s ~= s then
+        r.s = s
+        r.since = now
+        changed = changed + 1
+        if s == 'running' then
+          redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'running', 'handle', h, 'workers', tostring(r.w))
+        end
+      end
+      r.seen = now
+      redis.call('HSET', KEYS[1], h, cjson.encode(r))
+    end
+  end
+end
+return {pruned, changed}
+"""
+
+_KILLED = """
+local now = tonumber(ARGV[1])
+local gone = 0
+for i = 3, #ARGV, 2 do
+  local h, ok = ARGV[i], ARGV[i + 1]
+  local raw = redis.call('HGET', KEYS[1], h)
+  if raw then
+    local r = cjson.decode(raw)
+    if ok == '1' then
+      redis.call('HDEL', KEYS[1], h)
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'killed', 'handle', h, 'workers', tostring(r.w))
+      gone = gone + 1
+    else
+      r.kills = (r.kills or 0) + 1
+      r.kill_at = now
+      redis.call('HSET', KEYS[1], h, cjson.encode(r))
+    end
+  end
+end
+return gone
+"""
+
+
+@dataclass(frozen=True)
+class Desired:
+    n: int
+    version: int
+    at: float
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    desired: Desired | None
+    handles: dict[str, dict[str, Any]]
+    pending: dict[str, dict[str, Any]]
+
+    def handle_views(self) -> list[HandleView]:
+        return [HandleView(h, int(r["w"]), r["s"], float(r.get("since", 0))) for h, r in self.handles.items()]
+
+    def pending_views(self) -> list[PendingView]:
+        return [PendingView(l, int(p["count"]), p["state"], float(p.get("at", 0))) for l, p in self.pending.items()]
+
+    def count(self, status: str) -> int:
+        return sum(int(r["w"]) for r in self.handles.values() if r["s"] == status)
+
+    def summary(self, cluster: str) -> dict[str, Any]:
+        """The shape `fleet.status` returns and `fleet status --json` prints."""
+        live_pending = [p for p in self.pending.values() if p["state"] != "cancelled"]
+        return {
+            "cluster": cluster,
+            "desired": self.desired.n if self.desired else None,
+            "version": self.desired.version if self.desired else 0,
+            "initializing": self.count("initializing"),
+            "running": self.count("running"),
+            "stopping": self.count("stopping"),
+            "pending": sum(int(p["count"]) for p in live_pending),
+            "handles": len(self.handles),
+        }
+
+    @property
+    def converged(self) -> bool:
+        return (
+            self.desired is not None
+            and not self.pending
+            and self.count("initializing") == 0
+            and self.count("stopping") == 0
+            and self.count("running") == self.desired.n
+        )
+
+
+def _decode(raw: Mapping[bytes, bytes]) -> dict[str, dict[str, Any]]:
+    return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+
+def _desired(raw: Mapping[bytes, bytes]) -> Desired | None:
+    if not raw or b"n" not in raw:
+        return None
+    return Desired(int(raw[b"n"]), int(raw.get(b"version", 0)), float(raw.get(b"at", 0)))
+
+
+class State:
+    """Typed access to one fleet's keys. Safe to share across threads (redis-py pools)."""
+
+    def __init__(self, client: redis.Redis, fleet_id: str) -> None:
+        self.r = client
+        self.fleet_id = fleet_id
+        self._claim = client.register_script(_CLAIM)
+        self._record = client.register_script(_RECORD)
+        self._status = client.register_script(_STATUS)
+        self._killed = client.register_script(_KILLED)
+
+    def key(self, cluster: str, name: str) -> str:
+        return f"fleet:{self.fleet_id}:{cluster}:{name}"
+
+    # -- desired ---------------------------------------------------------------------------
+    def set_desired(self, cluster: str, n: int) -> int:
+        """Store the desired number; returns its new version (only grows)."""
+        key = self.key(cluster, "desired")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hincrby(key, "version", 1)
+        pipe.hset(key, mapping={"n": n, "at": time.time()})
+        self._event(pipe, cluster, "desired", n=n)
+        version, *_ = pipe.execute()
+        return int(version)
+
+    def get_desired(self, cluster: str) -> Desired | None:
+        return _desired(self.r.hgetall(self.key(cluster, "desired")))
+
+    # -- snapshots -------------------------------------------------------------------------
+    def keys_of(self, cluster: str) -> list[str]:
+        return [self.key(cluster, n) for n in ("desired", "handles", "pending")]
+
+    def read(self, cluster: str, client: Any = None) -> ClusterState:
+        """One consistent snapshot of a cluster (MULTI), or immediate reads on a WATCHing pipe."""
+        if client is not None:
+            d, h, p = (client.hgetall(k) for k in self.keys_of(cluster))
+        else:
+            pipe = self.r.pipeline(transaction=True)
+            for k in self.keys_of(cluster):
+                pipe.hgetall(k)
+            d, h, p = pipe.execute()
+        return ClusterState(_desired(d), _decode(h), _decode(p))
+
+    def read_many(self, clusters: Iterable[str]) -> dict[str, ClusterState]:
+        clusters = list(clusters)
+        pipe = self.r.pipeline(transaction=False)
+        for c in clusters:
+            for k in self.keys_of(c):
+                pipe.hgetall(k)
+        raw = pipe.execute()
+        return {
+            c: ClusterState(_desired(raw[3 * i]), _decode(raw[3 * i + 1]), _decode(raw[3 * i + 2]))
+            for i, c in enumerate(clusters)
+        }
+
+    # -- launches --------------------------------------------------------------------------
+    def claim_launch(self, cluster: str, launch_id: str) -> tuple[str, int]:
+        """Mark a pending launch as taken by a run task: ('claimed', count), or ('cancelled'|'missing', 0)."""
+        state, count = self._claim(keys=[self.key(cluster, "pending")], args=[launch_id, time.time()])
+        return state.decode(), int(count)
+
+    def record_launch(self, cluster: str, launch_id: str, handles: list[str]) -> str:
+        """Move a launch's handles into the cluster (initializing, or stopping if it was cancelled
+        meanwhile) and drop the pending entry, atomically. Returns the launch's previous state."""
+        counts: dict[str, int] = {}
+        for h in handles:
+            counts[h] = counts.get(h, 0) + 1
+        args: list[Any] = [launch_id, time.time(), EVENTS_MAXLEN]
+        for h, w in counts.items():
+            args += [h, w]
+        keys = [self.key(cluster, "pending"), self.key(cluster, "handles"), self.key(cluster, "events")]
+        return self._record(keys=keys, args=args).decode()
+
+    # -- sweep and kills ---------------------------------------------------------------------
+    def apply_status(self, cluster: str, status: Mapping[str, str], grace: float = 0.0) -> tuple[int, int]:
+        """Write observed statuses in one script call; prunes stopped handles.
+        Returns (workers pruned because they died, handles changed)."""
+        if not status:
+            return 0, 0
+        args: list[Any] = [time.time(), EVENTS_MAXLEN, grace]
+        for h, s in status.items():
+            args += [h, s]
+        keys = [self.key(cluster, "handles"), self.key(cluster, "events")]
+        pruned, changed = self._status(keys=keys, args=args)
+        return int(pruned), int(changed)
+
+    def record_kills(self, cluster: str, results: Mapping[str, bool]) -> int:
+        """Drop handles that were killed; count a failed attempt on the others. Returns # dropped."""
+        if not results:
+            return 0
+        args: list[Any] = [time.time(), EVENTS_MAXLEN]
+        for h, ok in results.items():
+            args += [h, "1" if ok else "0"]
+        return int(self._killed(keys=[self.key(cluster, "handles"), self.key(cluster, "events")], args=args))
+
+    # -- events ----------------------------------------------------------------------------
+    def _event(self, pipe: Any, cluster: str, kind: str, **fields: Any) -> None:
+        data = {"kind": kind, **{k: str(v) for k, v in fields.items()}}
+        pipe.xadd(self.key(cluster, "events"), data, maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def event(self, cluster: str, kind: str, **fields: Any) -> None:
+        self._event(self.r, cluster, kind, **fields)
+
+    def events(self, cluster: str, count: int = 50) -> list[dict[str, Any]]:
+        """The newest `count` events, oldest first."""
+        out = []
+        for eid, data in reversed(self.r.xrevrange(self.key(cluster, "events"), count=count)):
+            ms = int(eid.split(b"-")[0])
+            out.append({"at": ms / 1000.0, **{k.decode(): v.decode() for k, v in data.items()}})
+        return out

@@ -1,0 +1,93 @@
+"""The Celery app (`celery -A tasks worker`, `celery -A tasks beat`).
+
+Configuration is read lazily from the environment the first time it is needed: `FLEET_CONFIG`
+(the cluster spec file) and `FLEET_REDIS_URL` (else `fleet.redis_url`, else the running embedded
+Redis). Broker, result backend and state share that one Redis.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+import redis
+from celery import Celery
+from kombu import Queue
+
+from fleet.config import FleetConfig, load_config
+from fleet.manager import Manager
+from fleet.runtime import control_queue, provider_queue, resolve_redis_url
+
+_lock = threading.Lock()
+_config: FleetConfig | None = None
+_manager: Manager | None = None
+
+
+def config() -> FleetConfig:
+    global _config
+    with _lock:
+        if _config is None:
+            _config = load_config()
+        return _config
+
+
+def celery_settings() -> dict[str, Any]:
+    cfg = config()
+    url = resolve_redis_url(cfg)
+    fid = cfg.fleet.id
+    providers = sorted({spec.provider for spec in cfg.clusters.values()})
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": 300},
+        "result_expires": 3600,
+        "task_default_queue": "celery",
+        # Public tasks arrive on the default queue ("celery"), so a plain send_task reaches us.
+        "task_queues": [Queue("celery"), Queue(control_queue(fid))]
+        + [Queue(provider_queue(fid, p)) for p in providers],
+        "beat_schedule": {
+            "fleet-sweep": {
+                "task": "fleet.sweep",
+                "schedule": cfg.fleet.sweep_interval,
+                "options": {"queue": control_queue(fid), "expires": cfg.fleet.sweep_interval},
+            }
+        },
+    }
+
+
+app = Celery("fleet", include=["tasks.public", "tasks.internal"])
+app.add_defaults(celery_settings)
+
+
+class CeleryDispatcher:
+    """The managed layer's outgoing work, as Celery messages on the right queues."""
+
+    def __init__(self, fleet_id: str) -> None:
+        self.fleet_id = fleet_id
+
+    def run(self, cluster: str, launch_id: str, provider: str) -> None:
+        app.send_task("fleet.run", (cluster, launch_id), queue=provider_queue(self.fleet_id, provider))
+
+    def kill(self, cluster: str, handles: Sequence[str], provider: str) -> None:
+        app.send_task("fleet.kill", (cluster, list(handles)), queue=provider_queue(self.fleet_id, provider))
+
+    def reconcile(self, cluster: str) -> None:
+        app.send_task("fleet.reconcile", (cluster,), queue=control_queue(self.fleet_id))
+
+
+def manager() -> Manager:
+    """This process's managed layer, built on first use."""
+    global _manager
+    cfg = config()
+    with _lock:
+        if _manager is None:
+            client = redis.Redis.from_url(resolve_redis_url(cfg), health_check_interval=30)
+            _manager = Manager(cfg, client, CeleryDispatcher(cfg.fleet.id))
+        return _manager

@@ -1,0 +1,67 @@
+"""Internal tasks: thin wrappers over `fleet.manager.Manager`. Provider tasks are idempotent by
+launch id, acknowledged late and rejected (so redelivered) when their worker dies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from fleet.errors import RateLimited, TransientProviderError
+from fleet.manager import LockBusy
+from fleet.runtime import control_queue
+from tasks.app import app, config, manager
+
+PROVIDER_TASK = dict(
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    max_retries=8,
+)
+
+
+def _retry_provider(task: Task, exc: Exception) -> Any:
+    countdown = exc.retry_after if isinstance(exc, RateLimited) else min(2 ** task.request.retries, 60)
+    raise task.retry(exc=exc, countdown=countdown)
+
+
+@app.task(name="fleet.reconcile", bind=True, ignore_result=True, max_retries=100)
+def reconcile(self: Task, cluster: str) -> dict[str, Any]:
+    try:
+        result = manager().reconcile(cluster)
+    except LockBusy as exc:
+        raise self.retry(exc=exc, countdown=0.2)
+    return {"launched": len(result.launched), "killed": len(result.killed), "cancelled": len(result.cancelled)}
+
+
+@app.task(name="fleet.run", **PROVIDER_TASK)
+def run(self: Task, cluster: str, launch_id: str) -> dict[str, Any]:
+    try:
+        return manager().run_launch(cluster, launch_id)
+    except TransientProviderError as exc:
+        return _retry_provider(self, exc)
+
+
+@app.task(name="fleet.kill", **PROVIDER_TASK)
+def kill(self: Task, cluster: str, handles: list[str]) -> dict[str, Any]:
+    try:
+        return manager().kill_handles(cluster, handles)
+    except TransientProviderError as exc:
+        return _retry_provider(self, exc)
+
+
+@app.task(name="fleet.sweep", ignore_result=True)
+def sweep() -> int:
+    """Beat's entry point: one sweep task per cluster, each expiring with the interval."""
+    cfg = config()
+    for cluster in cfg.clusters:
+        sweep_cluster.apply_async(
+            (cluster,), queue=control_queue(cfg.fleet.id), expires=cfg.fleet.sweep_interval
+        )
+    return len(cfg.clusters)
+
+
+@app.task(name="fleet.sweep_cluster", ignore_result=True, acks_late=True)
+def sweep_cluster(cluster: str) -> dict[str, Any]:
+    return manager().sweep_cluster(cluster)

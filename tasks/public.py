@@ -1,0 +1,24 @@
+"""Public tasks, sent by name from any service: `send_task("fleet.scale", args=["demo", 4])`.
+
+They take and return JSON only. Bad input raises a typed `fleet.errors.InvalidRequest` (the caller
+sees an exception of that name and message) and changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fleet.errors import FleetError
+from tasks.app import app, manager
+
+
+@app.task(name="fleet.scale", throws=(FleetError,))
+def scale(cluster: Any, workers: Any) -> dict[str, Any]:
+    """Set the desired number of workers of `cluster`; returns {cluster, desired, version}."""
+    return manager().set_worker_number(cluster, workers)
+
+
+@app.task(name="fleet.status", throws=(FleetError,))
+def status(cluster: Any) -> dict[str, Any]:
+    """{cluster, desired, initializing, running, stopping, pending, handles, ...} of `cluster`."""
+    return manager().get_worker_numbers(cluster)
