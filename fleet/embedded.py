@@ -58,13 +58,23 @@ def running_url(state_dir: Path) -> str | None:
     return url
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM us when the parent exits (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
 class EmbeddedRedis:
     """A private redis-server process. Use as a context manager, or start()/stop()."""
 
-    def __init__(self, state_dir: Path, port: int | None = None, persist: bool = True) -> None:
+    def __init__(self, state_dir: Path, port: int | None = None, persist: bool = True,
+                 die_with_parent: bool = False) -> None:
         self.state_dir = state_dir
         self.port = port or free_port()
         self.persist = persist
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,7 +90,8 @@ class EmbeddedRedis:
                 "--maxmemory-policy", "noeviction", "--daemonize", "no", "--logfile", str(data / "redis.log")]
         args += ["--appendonly", "yes", "--save", "60 1"] if self.persist else ["--appendonly", "no", "--save", ""]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent if self.die_with_parent else None)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         while True:

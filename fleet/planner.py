@@ -121,13 +121,22 @@ def plan(
             ("kill", [(h.handle, h.workers) for h in newest([h for h in live if h.status == INITIALIZING])]),
             ("kill", [(h.handle, h.workers) for h in newest([h for h in live if h.status == RUNNING])]),
         ]
-        for action, items in tiers:
+        chosen: list[tuple[int, str, str, int]] = []  # (tier, action, key, workers)
+        for tier, (action, items) in enumerate(tiers):
             if excess <= 0:
                 break
             weights = dict(items)
-            chosen = choose_at_least(items, excess)
-            excess -= sum(weights[k] for k in chosen)
-            getattr(result, action).extend(chosen)
+            for key in choose_at_least(items, excess):
+                chosen.append((tier, action, key, weights[key]))
+                excess -= weights[key]
+        # A later tier may overshoot enough to spare something an earlier tier gave up: keep
+        # it (initializing handles first, then launches in flight, then queued ones).
+        for item in sorted(chosen, key=lambda c: -c[0]):
+            if item[3] <= -excess:
+                chosen.remove(item)
+                excess += item[3]
+        for _, action, key, _ in chosen:
+            getattr(result, action).append(key)
 
     cancelled = {p.launch_id for p in pending if p.launch_id in result.cancel}
     removed = sum(p.count for p in pending if p.launch_id in cancelled)

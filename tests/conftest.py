@@ -1,0 +1,146 @@
+"""Shared fixtures: a real Redis server on a free port, a real Celery worker (threads pool) and a
+real embedded beat, all against one test fleet config. Nothing here mocks Redis or Celery."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import redis
+
+from fleet.embedded import EmbeddedRedis
+
+ROOT = Path(tempfile.mkdtemp(prefix="fleet-tests-"))
+SWEEP = 0.5
+PY = sys.executable
+# A local "container": records its environment, then sleeps; exits on SIGTERM.
+LOCAL_CMD = [PY, "-c", "import os,json,time,sys; open(os.environ['OUT_DIR']+'/'+os.environ['FLEET_HANDLE']+'.json','w')"
+             ".write(json.dumps(dict(os.environ))); time.sleep(3600)"]
+
+CONFIG = textwrap.dedent(f"""
+    [fleet]
+    id = "t"
+    sweep_interval = {SWEEP}
+
+    [clusters.shared]
+    provider = "memory"
+    workers_per_container = 4
+    max_workers = 16
+    [clusters.shared.container]
+    command = ["worker"]
+
+    [clusters.single]
+    provider = "memory"
+    max_workers = 20
+    [clusters.single.container]
+    command = ["worker"]
+
+    [clusters.booting]
+    provider = "memory"
+    max_workers = 10
+    boot_timeout = 3600
+    [clusters.booting.container]
+    command = ["worker"]
+    [clusters.booting.provider_options]
+    boot_seconds = 3600
+
+    [clusters.burst]
+    provider = "memory"
+    workers_per_container = 3
+    max_workers = 12
+    [clusters.burst.container]
+    command = ["worker"]
+
+    [clusters.local]
+    provider = "local"
+    workers_per_container = 2
+    max_workers = 6
+    [clusters.local.container]
+    command = {json.dumps(LOCAL_CMD)}
+    env = {{ OUT_DIR = "{ROOT / 'local-out'}" }}
+    [clusters.local.provider_options]
+    kill_grace = 2
+""")
+
+# It lives as long as this process: Celery result objects still talk to it at interpreter exit.
+_server = EmbeddedRedis(ROOT / "redis", persist=False, die_with_parent=True)
+REDIS_URL = _server.start()
+(ROOT / "fleet.toml").write_text(CONFIG)
+(ROOT / "local-out").mkdir()
+os.environ.update(FLEET_CONFIG=str(ROOT / "fleet.toml"), FLEET_REDIS_URL=REDIS_URL,
+                  FLEET_STATE_DIR=str(ROOT / "state"))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def r() -> redis.Redis:
+    return redis.Redis.from_url(REDIS_URL)
+
+
+@pytest.fixture(scope="session")
+def celery_app() -> Any:
+    from tasks import app
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def control_plane(celery_app: Any) -> Iterator[Any]:
+    """A real control-plane worker (threads pool, every queue of the app) and a real beat."""
+    from celery.beat import EmbeddedService
+    from celery.contrib.testing.worker import start_worker
+
+    celery_app.conf.beat_schedule_filename = str(ROOT / "beat-schedule")
+    beat = EmbeddedService(celery_app, thread=True, schedule_filename=str(ROOT / "beat-schedule"))
+    with start_worker(celery_app, pool="threads", concurrency=8, perform_ping_check=False,
+                      shutdown_timeout=30, loglevel="WARNING"):
+        beat.start()
+        yield celery_app
+        beat.stop()
+
+
+@pytest.fixture
+def fleet(control_plane: Any, r: redis.Redis) -> Iterator[Any]:
+    """The running control plane, with this fleet's state and memory workers wiped first."""
+    from providers.memory import MemoryProvider
+    from tasks.app import manager
+
+    for key in r.scan_iter("fleet:t:*"):
+        r.delete(key)
+    MemoryProvider.reset()
+    yield manager()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def converged(manager: Any, cluster: str, n: int) -> Callable[[], bool]:
+    def check() -> bool:
+        st = manager.state.read(cluster)
+        return st.converged and st.desired.n == n
+
+    return check
+
+
+def workers_by_handle(manager: Any, cluster: str) -> list[int]:
+    return sorted(int(r["w"]) for r in manager.state.read(cluster).handles.values())
