@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
@@ -26,8 +25,14 @@ err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _config_path() -> Path:
+    ctx = click.get_current_context(silent=True)
+    chosen = ctx.find_root().obj if ctx else None
+    return Path(chosen) if chosen else config_path()
+
+
 def _config() -> FleetConfig:
-    return load_config(config_path())
+    return load_config(_config_path())
 
 
 def _state(config: FleetConfig) -> State:
@@ -59,10 +64,10 @@ class FleetGroup(click.Group):
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="FLEET_CONFIG",
               help="cluster spec file (default: $FLEET_CONFIG or ./fleet.toml)")
 @click.version_option(package_name="fleet")
-def main(config_file: str | None) -> None:
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None) -> None:
     """Fleet keeps fleets of task-queue workers at the size you ask for."""
-    if config_file:
-        os.environ["FLEET_CONFIG"] = str(Path(config_file).resolve())
+    ctx.obj = str(Path(config_file).resolve()) if config_file else None
 
 
 @main.command()
@@ -71,7 +76,7 @@ def up() -> None:
     from fleet.stack import Stack
 
     config = _config()
-    stack = Stack(config, config_path())
+    stack = Stack(config, _config_path())
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:

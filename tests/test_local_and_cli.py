@@ -1,0 +1,85 @@
+"""The local provider under the real control plane, the CLI, the embedded Redis and `fleet demo`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import redis
+from click.testing import CliRunner
+
+from fleet.cli import main
+from fleet.embedded import EmbeddedRedis, running_url
+from tests.conftest import ROOT, converged, wait_for
+
+
+def test_a_local_worker_killed_with_sigkill_is_replaced_by_the_sweep(fleet: Any, control_plane: Any) -> None:
+    control_plane.send_task("fleet.scale", args=["local", 4]).get(timeout=20)
+    wait_for(converged(fleet, "local", 4), what="4 local workers")
+    out = ROOT / "local-out"
+    handles = set(fleet.state.read("local").handles)
+    envs = {h: json.loads(wait_for(lambda h=h: (out / f"{h}.json").exists() and (out / f"{h}.json").read_text(),
+                                     what="env file")) for h in handles}
+    assert {e["FLEET_WORKERS"] for e in envs.values()} == {"2"}
+    provider = fleet.provider("local")
+    ref = fleet.config.cluster("local")
+    victim = sorted(handles)[0]
+    pid = provider._pid(ref, victim)
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: victim not in fleet.state.read("local").handles and converged(fleet, "local", 4)(),
+             timeout=30, what="a replacement")
+    assert len(provider.list_workers(ref)) == 2 and victim not in provider.list_workers(ref)
+    control_plane.send_task("fleet.scale", args=["local", 0]).get(timeout=20)
+    wait_for(converged(fleet, "local", 0), timeout=30, what="0 local workers")
+    assert provider.list_workers(ref) == {}
+
+
+def test_cli_status_clusters_providers_events(fleet: Any, control_plane: Any) -> None:
+    runner = CliRunner()
+    control_plane.send_task("fleet.scale", args=["single", 2]).get(timeout=20)
+    wait_for(converged(fleet, "single", 2), what="2")
+    result = runner.invoke(main, ["status", "single", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert (data["cluster"], data["desired"], data["running"], len(data["handles"])) == ("single", 2, 2, 2)
+    result = runner.invoke(main, ["status"])
+    assert result.exit_code == 0 and "shared" in result.output and "single" in result.output
+    assert "memory" in runner.invoke(main, ["clusters"]).output
+    providers = runner.invoke(main, ["providers"]).output
+    assert "local" in providers and "providers.local:LocalProvider" in providers
+    events = runner.invoke(main, ["events", "single"]).output
+    assert "desired" in events and "launched" in events
+    result = runner.invoke(main, ["status", "nope"])
+    assert result.exit_code == 2 and "unknown cluster 'nope'" in result.output
+
+
+def test_cli_scale_waits_until_converged(fleet: Any, control_plane: Any) -> None:
+    result = CliRunner().invoke(main, ["scale", "shared", "5", "--wait", "--timeout", "30"])
+    assert result.exit_code == 0, result.output
+    assert "desired 5" in result.output and "running 5/5" in result.output
+    assert converged(fleet, "shared", 5)()
+    result = CliRunner().invoke(main, ["scale", "shared", "99"])
+    assert result.exit_code == 2 and "ScaleRefused" in result.output
+
+
+def test_embedded_redis_keeps_its_data_and_stops(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path) as server:
+        assert running_url(tmp_path) == server.url
+        redis.Redis.from_url(server.url).set("k", "v")
+        port = server.port
+    assert running_url(tmp_path) is None
+    with EmbeddedRedis(tmp_path, port=port) as server:
+        assert redis.Redis.from_url(server.url).get("k") == b"v"
+
+
+def test_fleet_demo_runs_to_success(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    out = subprocess.run([sys.executable, "-m", "fleet.cli", "demo"], capture_output=True, text=True,
+                         timeout=240, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "20 jobs processed (0 wrong)" in out.stdout and "demo succeeded" in out.stdout
