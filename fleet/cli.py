@@ -83,19 +83,18 @@ def up() -> None:
         nonlocal stopping
         stopping = True
 
+    # Both explicitly: a shell that starts us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     with stack:
         console.print(f"fleet [bold]{config.fleet.id}[/bold] control plane up; Redis at [cyan]{stack.url}[/cyan]")
         console.print(f"  state folder {stack.state_dir}; clusters: {', '.join(config.clusters) or 'none'}")
         console.print("  another service scales a cluster with:")
         console.print(f"    Celery(broker={stack.url!r}, backend={stack.url!r}).send_task('fleet.scale', args=['CLUSTER', N])")
         console.print("  Ctrl-C stops the control plane (workers keep running and are found again next time)")
-        try:
-            while not stopping:
-                stack.check()
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+        while not stopping:
+            stack.check()
+            time.sleep(0.2)
         console.print("stopping the control plane ...")
     console.print("stopped")
 

@@ -68,7 +68,7 @@ class FleetConfig(BaseModel):
         """The spec of cluster `name`; UnknownCluster if it is not declared."""
         if not isinstance(name, str) or name not in self.clusters:
             known = ", ".join(sorted(self.clusters)) or "none"
-            raise UnknownCluster(f"unknown cluster {name!r} (declared: {known})")
+            raise UnknownCluster(f"unknown cluster {shorten(name)} (declared: {known})")
         return self.clusters[name]
 
     def cluster(self, name: str) -> Cluster:
@@ -91,6 +91,12 @@ class FleetConfig(BaseModel):
             return self.fleet.state_dir
         base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
         return base / "fleet" / self.fleet.id
+
+
+def shorten(value: Any, limit: int = 80) -> str:
+    """repr() of untrusted input, cut so that a huge argument cannot flood an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def config_path() -> Path:

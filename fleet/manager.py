@@ -20,7 +20,7 @@ import redis
 from redis.exceptions import WatchError
 
 from fleet import planner
-from fleet.config import ClusterSpec, FleetConfig
+from fleet.config import ClusterSpec, FleetConfig, shorten
 from fleet.errors import InvalidRequest, ProviderError, ScaleRefused, TransientProviderError
 from fleet.provider import Cluster, Provider, ProviderContext, WorkerStatus
 from fleet.registry import provider_class
@@ -62,7 +62,7 @@ class ReconcileResult:
 def validate_workers(value: Any) -> int:
     """A worker number from the outside world: a non-negative int, nothing else."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"workers must be an integer, got {value!r} ({type(value).__name__})")
+        raise InvalidRequest(f"workers must be an integer, got {shorten(value)} ({type(value).__name__})")
     if value < 0:
         raise ScaleRefused(f"workers must be >= 0, got {value}")
     return value
@@ -242,7 +242,8 @@ class Manager:
         """Observe every handle once (one provider call), write all statuses in one script call,
         prune the dead, kill boot timeouts, re-send lost launches and kills, ask for a reconcile."""
         spec, ref, provider = self._parts(cluster)
-        lock = self.redis.lock(self.state.key(cluster, "sweeping"), timeout=max(60, spec.boot_timeout), blocking=False)
+        # Expires on its own, so a sweep whose worker died holds up the next ones for a minute at most.
+        lock = self.redis.lock(self.state.key(cluster, "sweeping"), timeout=60, blocking=False)
         if not lock.acquire():
             return {"cluster": cluster, "skipped": True}
         try:
