@@ -204,9 +204,9 @@ class Manager:
             self.abandon_launch(cluster, launch_id, exc)
             raise
         if not isinstance(handles, list) or not all(isinstance(h, str) and h for h in handles):
-            exc = ProviderError(f"provider {spec.provider!r} returned {type(handles).__name__}, not a list of handles")
-            self.abandon_launch(cluster, launch_id, exc)
-            raise exc
+            bad = ProviderError(f"provider {spec.provider!r} returned {type(handles).__name__}, not a list of handles")
+            self.abandon_launch(cluster, launch_id, bad)
+            raise bad
         handles = handles[:count]
         previous = self.state.record_launch(cluster, launch_id, handles)
         unique = list(dict.fromkeys(handles))

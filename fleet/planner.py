@@ -89,7 +89,7 @@ def choose_at_least(items: Sequence[tuple[K, int]], need: int) -> list[K]:
         reach = new
     best = next(s for s in range(need, cap + 1) if reach[s])
     chosen: list[K] = []
-    for weight, used in zip(reversed(weights), reversed(stages)):
+    for weight, used in zip(reversed(weights), reversed(stages), strict=True):
         n = used[best]
         chosen.extend(by_weight[weight][:n])
         best -= n * weight

@@ -107,12 +107,27 @@ class ProviderContext:
     state_dir: Path
 
 
+def import_sdk(module: str, extra: str) -> Any:
+    """Import a cloud SDK lazily; a missing one is a PermanentProviderError saying what to install."""
+    import importlib
+
+    from fleet.errors import PermanentProviderError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise PermanentProviderError(f"this provider needs {module}: pip install 'fleet[{extra}]'", str(exc)) from None
+
+
 class Provider(ABC):
     """Base class of every provider. Implement the three abstract methods; override the rest
     only when you have something faster or more precise."""
 
     #: pydantic model that validates a cluster's `provider_options`; extra keys are refused.
     options_model: ClassVar[type[BaseModel]] = NoOptions
+    #: Seconds after launch during which a STOPPED report for an initializing handle is taken
+    #: for the cloud's eventual consistency (not yet listed), not for a death.
+    listing_grace: ClassVar[float] = 0.0
 
     def __init__(self, context: ProviderContext) -> None:
         self.context = context

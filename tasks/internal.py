@@ -31,7 +31,7 @@ def reconcile(self: Task, cluster: str) -> dict[str, Any]:
     try:
         result = manager().reconcile(cluster)
     except LockBusy as exc:
-        raise self.retry(exc=exc, countdown=0.2)
+        raise self.retry(exc=exc, countdown=0.2) from exc
     return {"launched": len(result.launched), "killed": len(result.killed), "cancelled": len(result.cancelled)}
 
 

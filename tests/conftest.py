@@ -17,6 +17,9 @@ import redis
 
 from fleet.embedded import EmbeddedRedis
 
+# Each provider's kit (and the real backend it needs) for the provider contract suite.
+pytest_plugins = [f"tests.kits.{name}" for name in ("memory", "local", "docker", "aws", "gce")]
+
 ROOT = Path(tempfile.mkdtemp(prefix="fleet-tests-"))
 SWEEP = 0.5
 PY = sys.executable

@@ -1,0 +1,1 @@
+"""Kit(s) for the aws provider(s): being written."""

@@ -1,0 +1,1 @@
+"""Kit(s) for the docker provider(s): being written."""

@@ -1,0 +1,1 @@
+"""Kit(s) for the gce provider(s): being written."""
