@@ -109,11 +109,15 @@ def scale(cluster: str, workers: int, wait: bool, timeout: float) -> None:
     config = _config()
     url = resolve_redis_url(config)
     config.spec(cluster)
-    result = _client(url).send_task("fleet.scale", args=[cluster, workers])
+    from celery.exceptions import TimeoutError as CeleryTimeout
+    from kombu.exceptions import OperationalError
+
     try:
-        reply = result.get(timeout=30)
-    except TimeoutError:
+        reply = _client(url).send_task("fleet.scale", args=[cluster, workers]).get(timeout=30)
+    except CeleryTimeout:
         raise FleetError("no control plane answered within 30 s: is `fleet up` running?") from None
+    except OperationalError as exc:
+        raise FleetError(f"cannot reach the broker at {url}: {exc}") from None
     except Exception as exc:  # the control plane's typed error, rebuilt by Celery
         raise FleetError(f"{type(exc).__name__}: {exc}") from None
     console.print(f"{cluster}: desired {reply['desired']} (version {reply['version']})")
@@ -168,8 +172,10 @@ def status(cluster: str | None, as_json: bool) -> None:
     names = [cluster] if cluster else list(config.clusters)
     states = _state(config).read_many(names)
     if as_json:
-        out = [{**states[c].summary(c), "handles": [{"handle": h, **r} for h, r in states[c].handles.items()]}
-               for c in names]
+        # the `fleet.status` task's shape, plus every handle's record under "workers"
+        out = [{**states[c].summary(c), "provider": config.clusters[c].provider,
+                "min_workers": config.clusters[c].min_workers, "max_workers": config.clusters[c].max_workers,
+                "workers": [{"handle": h, **r} for h, r in states[c].handles.items()]} for c in names]
         click.echo(json.dumps(out[0] if cluster else out, indent=2))
         return
     for c in names:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import redis
 from redis.exceptions import WatchError
@@ -77,20 +79,24 @@ class Manager:
         self.state = State(client, config.fleet.id)
         self.dispatcher = dispatcher
         self._providers: dict[str, Provider] = {}
+        self._providers_lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------------------
     def provider(self, name: str) -> Provider:
-        if name not in self._providers:
-            context = ProviderContext(self.config.fleet.id, self.config.state_dir)
-            self._providers[name] = provider_class(name)(context)
-        return self._providers[name]
+        with self._providers_lock:
+            if name not in self._providers:
+                context = ProviderContext(self.config.fleet.id, self.config.state_dir)
+                self._providers[name] = provider_class(name)(context)
+            return self._providers[name]
 
     def _parts(self, cluster: str) -> tuple[ClusterSpec, Cluster, Provider]:
         spec = self.config.spec(cluster)
         return spec, self.config.cluster(cluster), self.provider(spec.provider)
 
     def target(self, spec: ClusterSpec, st: ClusterState) -> int:
-        return st.desired.n if st.desired else spec.min_workers
+        """The desired number, within the cluster's limits as the config says *now*."""
+        n = st.desired.n if st.desired else spec.min_workers
+        return min(max(n, spec.min_workers), spec.max_workers)
 
     def request_reconcile(self, cluster: str) -> bool:
         """Ask for a reconcile unless one is already queued: bursts coalesce into few tasks."""
@@ -197,7 +203,8 @@ class Manager:
         if claim != "claimed":
             return {"launch_id": launch_id, "state": claim, "handles": 0}
         try:
-            handles = provider.run_workers(ref, spec.container, spec.hardware, count, launch_id=launch_id)
+            with as_provider_errors(spec.provider, "run"):
+                handles = provider.run_workers(ref, spec.container, spec.hardware, count, launch_id=launch_id)
         except TransientProviderError:
             raise  # the task retries with back-off; the pending entry stays claimed
         except ProviderError as exc:
@@ -207,7 +214,6 @@ class Manager:
             bad = ProviderError(f"provider {spec.provider!r} returned {type(handles).__name__}, not a list of handles")
             self.abandon_launch(cluster, launch_id, bad)
             raise bad
-        handles = handles[:count]
         previous = self.state.record_launch(cluster, launch_id, handles)
         unique = list(dict.fromkeys(handles))
         if previous == "cancelled" and unique:
@@ -227,7 +233,8 @@ class Manager:
         spec, ref, provider = self._parts(cluster)
         unique = list(dict.fromkeys(handles))
         try:
-            raw = provider.kill_workers(ref, unique)
+            with as_provider_errors(spec.provider, "kill"):
+                raw = provider.kill_workers(ref, unique)
         except ProviderError as exc:
             self.state.record_kills(cluster, {h: False for h in unique})
             self.state.event(cluster, "error", op="kill", error=type(exc).__name__, message=str(exc)[:500])
@@ -250,7 +257,8 @@ class Manager:
             st = self.state.read(cluster)
             observed: dict[str, str] = {}
             if st.handles:
-                raw = provider.worker_status(ref, list(st.handles))
+                with as_provider_errors(spec.provider, "status"):
+                    raw = provider.worker_status(ref, list(st.handles))
                 for h in st.handles:
                     s = raw.get(h)
                     if s is None:
@@ -305,6 +313,17 @@ class Manager:
         ]
         if retry:
             self.dispatcher.kill(cluster, retry, spec.provider)
+
+
+@contextmanager
+def as_provider_errors(provider: str, op: str) -> Iterator[None]:
+    """Anything a provider raises that is not a ProviderError counts as transient (the contract)."""
+    try:
+        yield
+    except ProviderError:
+        raise
+    except Exception as exc:
+        raise TransientProviderError(f"provider {provider!r} failed in {op}", f"{type(exc).__name__}: {exc}") from exc
 
 
 def kill_backoff(attempts: int) -> float:

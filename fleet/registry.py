@@ -23,7 +23,10 @@ def provider_class(name: str) -> type[Provider]:
     if name not in eps:
         known = ", ".join(sorted(eps)) or "none"
         raise ProviderNotFound(f"no provider named {name!r} (registered: {known})")
-    cls = eps[name].load()
+    try:
+        cls = eps[name].load()
+    except ImportError as exc:
+        raise ProviderNotFound(f"provider {name!r} ({eps[name].value}) cannot be imported: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, Provider)):
         raise ProviderNotFound(f"entry point {name!r} ({eps[name].value}) is not a fleet Provider")
     return cls

@@ -23,6 +23,8 @@ def _stable_port(state_dir: Path) -> int:
     try:
         port = int(path.read_text())
         with socket.socket() as s:
+            # as redis-server binds: a port in TIME_WAIT after our last stop is still ours
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
         return port
     except (OSError, ValueError):

@@ -8,6 +8,7 @@
 | `events`   | stream | launched / killed / stopped / cancelled / error ..., capped           |
 | `lock`     | string | the reconcile lock (redis-py Lock)                                    |
 | `queued`   | string | set while a reconcile task is queued (coalesces bursts)               |
+| `sweeping` | string | the sweep lock (one sweep per cluster at a time; expires after 60 s)  |
 
 Every change that touches more than one key, or reads before it writes, is one Lua script or one
 WATCH/MULTI transaction.

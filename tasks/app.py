@@ -46,7 +46,9 @@ def celery_settings() -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": 300},
+        # Redelivery of an unacked task after a worker died; the sweep re-sends lost launches and
+        # kills much sooner (launch_timeout, kill back-off), so this only needs to be long.
+        "broker_transport_options": {"visibility_timeout": 3600},
         "result_expires": 3600,
         "task_default_queue": "celery",
         # Public tasks arrive on the default queue ("celery"), so a plain send_task reaches us.

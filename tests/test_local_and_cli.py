@@ -46,7 +46,9 @@ def test_cli_status_clusters_providers_events(fleet: Any, control_plane: Any) ->
     result = runner.invoke(main, ["status", "single", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert (data["cluster"], data["desired"], data["running"], len(data["handles"])) == ("single", 2, 2, 2)
+    assert (data["cluster"], data["desired"], data["running"], data["handles"], len(data["workers"])) == (
+        "single", 2, 2, 2, 2)
+    assert {w["s"] for w in data["workers"]} == {"running"}
     result = runner.invoke(main, ["status"])
     assert result.exit_code == 0 and "shared" in result.output and "single" in result.output
     assert "memory" in runner.invoke(main, ["clusters"]).output
