@@ -27,6 +27,20 @@ class FleetSettings(BaseModel):
     redis_url: str | None = None
     sweep_interval: float = Field(default=5.0, gt=0, le=3600)
     state_dir: Path | None = None
+    #: seconds a worker the provider lists but Redis does not know may wait to be explained by a
+    #: launch in flight before it is adopted (and so killed if it is not needed)
+    orphan_grace: float = Field(default=60.0, ge=0, le=86400)
+    #: seconds after which a launch whose run task has not finished is run again (idempotently)
+    launch_timeout: float = Field(default=300.0, gt=0, le=86400)
+
+
+class ProviderLimits(BaseModel):
+    """Limits on one provider's cloud operations, shared by every control-plane worker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ops_per_second: float = Field(default=10.0, ge=1, le=10000)
+    concurrent_launches: int = Field(default=4, ge=1, le=1000)
 
 
 class ClusterSpec(BaseModel):
@@ -53,6 +67,7 @@ class FleetConfig(BaseModel):
 
     fleet: FleetSettings
     clusters: dict[str, ClusterSpec] = Field(default_factory=dict)
+    providers: dict[str, ProviderLimits] = Field(default_factory=dict)
     source: str = "<memory>"
 
     @model_validator(mode="after")
@@ -71,13 +86,16 @@ class FleetConfig(BaseModel):
             raise UnknownCluster(f"unknown cluster {shorten(name)} (declared: {known})")
         return self.clusters[name]
 
-    def cluster(self, name: str) -> Cluster:
+    def cluster(self, name: str, excluded_types: frozenset[str] = frozenset()) -> Cluster:
         """The provider's view of cluster `name`, with its provider options validated."""
         from fleet.registry import provider_class
 
         spec = self.spec(name)
         options = provider_class(spec.provider).validate_options(spec.provider_options)
-        return Cluster(self.fleet.id, name, spec.workers_per_container, options)
+        return Cluster(self.fleet.id, name, spec.workers_per_container, options, excluded_types)
+
+    def limits(self, provider: str) -> ProviderLimits:
+        return self.providers.get(provider) or ProviderLimits()
 
     @property
     def redis_url(self) -> str | None:

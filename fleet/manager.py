@@ -8,6 +8,7 @@ Celery is not imported here: the steps that send work elsewhere call a `Dispatch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -23,10 +24,21 @@ from redis.exceptions import WatchError
 
 from fleet import planner
 from fleet.config import ClusterSpec, FleetConfig, shorten
-from fleet.errors import InvalidRequest, ProviderError, ScaleRefused, TransientProviderError
+from fleet.errors import (
+    CapacityError,
+    InvalidRequest,
+    PermanentProviderError,
+    ProviderError,
+    QuotaExceeded,
+    RateLimited,
+    ScaleRefused,
+    TransientProviderError,
+)
+from fleet.guard import Guard
 from fleet.provider import Cluster, Provider, ProviderContext, WorkerStatus
 from fleet.registry import provider_class
 from fleet.state import ClusterState, State
+from fleet.wrappers import GuardedProvider
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +47,6 @@ log = logging.getLogger(__name__)
 LAUNCH_CHUNK = 256
 #: A queued launch whose run task has not claimed it after this long gets its task sent again.
 RESEND_QUEUED_AFTER = 30.0
-#: A claimed launch not recorded after this long (its worker died) is run again (idempotent).
-RESEND_CLAIMED_AFTER = 300.0
 
 
 class Dispatcher(Protocol):
@@ -73,20 +83,24 @@ def validate_workers(value: Any) -> int:
 class Manager:
     """One fleet's managed layer: config + Redis state + providers + a dispatcher."""
 
-    def __init__(self, config: FleetConfig, client: redis.Redis, dispatcher: Dispatcher) -> None:
+    def __init__(self, config: FleetConfig, client: redis.Redis, dispatcher: Dispatcher, url: str = "") -> None:
         self.config = config
         self.redis = client
         self.state = State(client, config.fleet.id)
+        self.guard = Guard(client, url or _url_of(client), config.fleet.id)
         self.dispatcher = dispatcher
         self._providers: dict[str, Provider] = {}
         self._providers_lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------------------
     def provider(self, name: str) -> Provider:
+        """The named provider, wrapped so that limits and holds are shared through Redis."""
         with self._providers_lock:
             if name not in self._providers:
                 context = ProviderContext(self.config.fleet.id, self.config.state_dir)
-                self._providers[name] = provider_class(name)(context)
+                inner = provider_class(name)(context)
+                self._providers[name] = GuardedProvider(
+                    inner, name, self.guard, self.config.limits(name), self.config.fleet.launch_timeout)
             return self._providers[name]
 
     def _parts(self, cluster: str) -> tuple[ClusterSpec, Cluster, Provider]:
@@ -105,6 +119,18 @@ class Manager:
             return True
         return False
 
+    def blocked(self, cluster: str, spec: ClusterSpec) -> str | None:
+        """Why the cluster may not launch now (at quota, a permanent error), or None."""
+        error = self.guard.error(cluster)
+        if error and error.get("fingerprint") != fingerprint(spec):
+            self.guard.clear(cluster)  # the config changed since: try again
+            error = None
+        if error:
+            return f"error: {error['message']}"
+        if self.guard.at_quota(cluster):
+            return "at quota"
+        return None
+
     # -- the seed's public pair ------------------------------------------------------------
     def set_worker_number(self, cluster: Any, workers: Any) -> dict[str, Any]:
         """Validate and store the desired number, then ask for a reconcile. Bad input raises a
@@ -120,11 +146,28 @@ class Manager:
         return {"cluster": cluster, "desired": n, "version": version}
 
     def get_worker_numbers(self, cluster: Any) -> dict[str, Any]:
-        """Desired, initializing, running, stopping and pending workers of a cluster (from Redis)."""
+        """Desired, initializing, running, stopping and pending workers of a cluster (from Redis),
+        and why it cannot launch if it cannot (at quota, rate-limited, a permanent error)."""
         spec = self.config.spec(cluster)
         summary = self.state.read(cluster).summary(cluster)
-        summary.update(provider=spec.provider, min_workers=spec.min_workers, max_workers=spec.max_workers)
+        error = self.guard.error(cluster)
+        summary.update(
+            provider=spec.provider, min_workers=spec.min_workers, max_workers=spec.max_workers,
+            at_quota=round(self.guard.at_quota(cluster), 1),
+            rate_limited=round(self.guard.provider_hold(spec.provider), 1),
+            error=error["message"] if error else None,
+            unknown=self.state.unknown_workers(cluster),
+        )
         return summary
+
+    def clear(self, cluster: Any) -> dict[str, Any]:
+        """An operator's reset of a cluster's permanent error and quota hold."""
+        self.config.spec(cluster)
+        cleared = self.guard.clear(cluster)
+        if cleared:
+            self.state.event(cluster, "cleared")
+        self.request_reconcile(cluster)
+        return {"cluster": cluster, "cleared": cleared}
 
     # -- reconcile -------------------------------------------------------------------------
     def reconcile(self, cluster: str) -> ReconcileResult:
@@ -139,7 +182,7 @@ class Manager:
         if not lock.acquire():
             raise LockBusy(cluster)
         try:
-            result = self._commit_plan(cluster, spec)
+            result = self._commit_plan(cluster, spec, blocked=self.blocked(cluster, spec) is not None)
         finally:
             try:
                 lock.release()
@@ -151,16 +194,18 @@ class Manager:
             self.dispatcher.kill(cluster, result.killed, spec.provider)
         return result
 
-    def _commit_plan(self, cluster: str, spec: ClusterSpec) -> ReconcileResult:
+    def _commit_plan(self, cluster: str, spec: ClusterSpec, blocked: bool) -> ReconcileResult:
         result = ReconcileResult(cluster)
         keys = self.state.keys_of(cluster)
+        unknown = self.state.unknown_workers(cluster)
         while True:
             with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     pipe.watch(*keys)
                     st = self.state.read(cluster, client=pipe)
                     target = self.target(spec, st)
-                    plan = planner.plan(target, spec.max_workers, st.handle_views(), st.pending_views())
+                    plan = planner.plan(target, spec.max_workers, st.handle_views(), st.pending_views(),
+                                        unknown=unknown, may_launch=not blocked)
                     result.desired, result.observed = target, plan.observed
                     if plan.empty:
                         return result
@@ -197,41 +242,66 @@ class Manager:
 
     # -- provider steps --------------------------------------------------------------------
     def run_launch(self, cluster: str, launch_id: str) -> dict[str, Any]:
-        """Carry out one pending launch, idempotently: a second delivery launches nothing new."""
-        spec, ref, provider = self._parts(cluster)
+        """Carry out one pending launch, idempotently: a second delivery launches nothing new,
+        and a per-launch lock keeps a re-sent task from racing one still at work."""
+        spec = self.config.spec(cluster)
+        provider = self.provider(spec.provider)
         claim, count = self.state.claim_launch(cluster, launch_id)
         if claim != "claimed":
             return {"launch_id": launch_id, "state": claim, "handles": 0}
+        lock = self.redis.lock(self.state.key(cluster, f"launch:{launch_id}"), timeout=self.config.fleet.launch_timeout)
+        if not lock.acquire(blocking=False):
+            return {"launch_id": launch_id, "state": "busy", "handles": 0}
         try:
-            with as_provider_errors(spec.provider, "run"):
-                handles = provider.run_workers(ref, spec.container, spec.hardware, count, launch_id=launch_id)
-        except TransientProviderError:
-            raise  # the task retries with back-off; the pending entry stays claimed
-        except ProviderError as exc:
-            self.abandon_launch(cluster, launch_id, exc)
-            raise
-        if not isinstance(handles, list) or not all(isinstance(h, str) and h for h in handles):
-            bad = ProviderError(f"provider {spec.provider!r} returned {type(handles).__name__}, not a list of handles")
-            self.abandon_launch(cluster, launch_id, bad)
-            raise bad
-        previous = self.state.record_launch(cluster, launch_id, handles)
+            ref = self.config.cluster(cluster, excluded_types=self.guard.held_types(spec.provider))
+            try:
+                with as_provider_errors(spec.provider, "run"):
+                    handles = provider.run_workers(ref, spec.container, spec.hardware, count, launch_id=launch_id)
+                if not isinstance(handles, list) or not all(isinstance(h, str) and h for h in handles):
+                    raise PermanentProviderError(
+                        f"provider {spec.provider!r} returned {type(handles).__name__}, not a list of handles")
+            except TransientProviderError:
+                raise  # the task retries with back-off; the pending entry stays claimed
+            except ProviderError as exc:
+                self._launch_failed(cluster, spec, launch_id, exc)
+                return {"launch_id": launch_id, "state": "failed", "error": type(exc).__name__}
+            previous = self.state.record_launch(cluster, launch_id, handles)
+        finally:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                pass
         unique = list(dict.fromkeys(handles))
         if previous == "cancelled" and unique:
             self.dispatcher.kill(cluster, unique, spec.provider)
-        if len(handles) < count:
+        if len(handles) != count:
             self.state.event(cluster, "short_launch", launch=launch_id, asked=count, got=len(handles))
         self.request_reconcile(cluster)
         return {"launch_id": launch_id, "state": previous, "handles": len(unique), "workers": len(handles)}
 
-    def abandon_launch(self, cluster: str, launch_id: str, exc: BaseException) -> None:
-        """Give up a launch after a non-retryable error; the next sweep's reconcile tries again."""
+    def _launch_failed(self, cluster: str, spec: ClusterSpec, launch_id: str, exc: ProviderError) -> None:
+        """Give up a launch after an error retrying will not fix soon, and remember why, so that
+        every control-plane worker holds off (no hot loop)."""
         self.redis.hdel(self.state.key(cluster, "pending"), launch_id)
-        self.state.event(cluster, "error", op="run", launch=launch_id, error=type(exc).__name__, message=str(exc)[:500])
+        fields: dict[str, Any] = {"op": "run", "launch": launch_id, "error": type(exc).__name__,
+                                  "message": str(exc)[:500]}
+        if isinstance(exc, QuotaExceeded):
+            self.guard.set_at_quota(cluster)
+            self.state.event(cluster, "at_quota", **fields)
+        elif isinstance(exc, CapacityError):
+            if exc.instance_type:
+                self.guard.hold_type(spec.provider, exc.instance_type)
+            self.state.event(cluster, "no_capacity", instance_type=exc.instance_type or "", **fields)
+            self.request_reconcile(cluster)  # try the next eligible type now
+        else:
+            self.guard.set_error(cluster, str(exc), fingerprint(spec))
+            self.state.event(cluster, "error", **fields)
 
     def kill_handles(self, cluster: str, handles: Sequence[str]) -> dict[str, Any]:
-        """Kill handles; the killed ones leave Redis, failed ones stay stopping for a retry."""
+        """Kill handles. They stay tracked as stopping until the provider reports them stopped;
+        failed kills are retried by the sweep with back-off."""
         spec, ref, provider = self._parts(cluster)
-        unique = list(dict.fromkeys(handles))
+        unique = validate_handles(handles)
         try:
             with as_provider_errors(spec.provider, "kill"):
                 raw = provider.kill_workers(ref, unique)
@@ -240,43 +310,84 @@ class Manager:
             self.state.event(cluster, "error", op="kill", error=type(exc).__name__, message=str(exc)[:500])
             raise
         results = {h: bool(raw.get(h, False)) for h in unique}
-        gone = self.state.record_kills(cluster, results)
+        self.state.record_kills(cluster, results)
+        gone = 0
+        killed = [h for h, ok in results.items() if ok]
+        if killed:
+            try:
+                with as_provider_errors(spec.provider, "status"):
+                    status = provider.worker_status(ref, killed)
+                gone = self.state.apply_status(
+                    cluster, {h: WorkerStatus(status[h]).value for h in killed if h in status})[2]
+            except ProviderError:
+                pass  # the next sweep confirms
+        if gone:
+            self.guard.worker_went_away(cluster)
         self.request_reconcile(cluster)
-        return {"killed": gone, "failed": sum(1 for ok in results.values() if not ok)}
+        return {"killed": gone, "failed": len(unique) - len(killed)}
 
     # -- sweep -----------------------------------------------------------------------------
     def sweep_cluster(self, cluster: str) -> dict[str, Any]:
-        """Observe every handle once (one provider call), write all statuses in one script call,
-        prune the dead, kill boot timeouts, re-send lost launches and kills, ask for a reconcile."""
+        """Observe the cluster once: list what the provider holds (adopting what Redis does not
+        know after the orphan grace, or at once when the desired number was lost), write every
+        handle's status in one script call, kill boot timeouts, re-send lost launches and kills,
+        and ask for a reconcile."""
         spec, ref, provider = self._parts(cluster)
         # Expires on its own, so a sweep whose worker died holds up the next ones for a minute at most.
         lock = self.redis.lock(self.state.key(cluster, "sweeping"), timeout=60, blocking=False)
         if not lock.acquire():
             return {"cluster": cluster, "skipped": True}
         try:
-            st = self.state.read(cluster)
-            observed: dict[str, str] = {}
-            if st.handles:
-                with as_provider_errors(spec.provider, "status"):
-                    raw = provider.worker_status(ref, list(st.handles))
-                for h in st.handles:
-                    s = raw.get(h)
-                    if s is None:
-                        log.warning("provider %s gave no status for %s; skipped", spec.provider, h)
-                        continue
-                    observed[h] = WorkerStatus(s).value
-            grace = float(getattr(provider, "listing_grace", 0.0))
-            pruned, changed = self.state.apply_status(cluster, observed, grace)
+            try:
+                report = self._observe(cluster, spec, ref, provider)
+            except RateLimited:
+                report = {"cluster": cluster, "rate_limited": True}  # the hold is shared; try next sweep
+            except ProviderError as exc:
+                self.state.event(cluster, "sweep_failed", error=type(exc).__name__, message=str(exc)[:300])
+                report = {"cluster": cluster, "failed": type(exc).__name__}
             now = time.time()
             self._boot_timeouts(cluster, spec, now)
-            self._resend(cluster, spec, st, now)
+            self._resend(cluster, spec, self.state.read(cluster), now)
         finally:
             try:
                 lock.release()
             except redis.exceptions.LockError:
                 pass
         self.request_reconcile(cluster)
-        return {"cluster": cluster, "handles": len(observed), "pruned": pruned, "changed": changed}
+        return report
+
+    def _observe(self, cluster: str, spec: ClusterSpec, ref: Cluster, provider: Provider) -> dict[str, Any]:
+        st = self.state.read(cluster)
+        with as_provider_errors(spec.provider, "list"):
+            listed = provider.list_workers(ref)
+        unknown = {h: int(w) for h, w in (listed or {}).items() if h not in st.handles}
+        asked = list(st.handles) + list(unknown)
+        raw: dict[str, Any] = {}
+        if asked:
+            with as_provider_errors(spec.provider, "status"):
+                raw = dict(provider.worker_status(ref, asked))
+        observed: dict[str, str] = {}
+        for h in asked:
+            s = raw.get(h)
+            if s is None:
+                log.warning("provider %s gave no status for %s; skipped", spec.provider, h)
+                continue
+            observed[h] = WorkerStatus(s).value
+        pruned, changed, gone = self.state.apply_status(
+            cluster, {h: observed[h] for h in st.handles if h in observed}, float(provider.listing_grace))
+        live_unknown = {h: w for h, w in unknown.items() if observed.get(h, "stopped") != "stopped"}
+        now = time.time()
+        first_seen = self.state.track_unknown(cluster, live_unknown, now)
+        lost_desired = st.desired is None
+        due = {h: (w, observed[h]) for h, w in live_unknown.items()
+               if lost_desired or now - first_seen[h] >= self.config.fleet.orphan_grace}
+        adopted = self.state.adopt(cluster, due, set_desired=lost_desired and bool(st.handles or due)) if due else 0
+        if lost_desired and not due and st.handles:
+            self.state.adopt(cluster, {}, set_desired=True)
+        if gone:
+            self.guard.worker_went_away(cluster)
+        return {"cluster": cluster, "handles": len(st.handles), "pruned": pruned, "changed": changed,
+                "adopted": adopted, "unknown": len(live_unknown) - len(due)}
 
     def _boot_timeouts(self, cluster: str, spec: ClusterSpec, now: float) -> None:
         key = self.state.key(cluster, "handles")
@@ -300,10 +411,11 @@ class Manager:
         self.dispatcher.kill(cluster, late, spec.provider)
 
     def _resend(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> None:
+        timeout = self.config.fleet.launch_timeout
         for launch_id, p in st.pending.items():
             age = now - float(p.get("claimed") or p.get("at") or now)
-            if (p["state"] == "queued" and age > RESEND_QUEUED_AFTER) or (
-                p["state"] in ("running", "cancelled") and p.get("claimed") and age > RESEND_CLAIMED_AFTER
+            if (p["state"] == "queued" and age > min(RESEND_QUEUED_AFTER, timeout)) or (
+                p["state"] in ("running", "cancelled") and p.get("claimed") and age > timeout
             ):
                 self.dispatcher.run(cluster, launch_id, spec.provider)
         retry = [
@@ -313,6 +425,25 @@ class Manager:
         ]
         if retry:
             self.dispatcher.kill(cluster, retry, spec.provider)
+
+
+def fingerprint(spec: ClusterSpec) -> str:
+    """Identifies a cluster's configuration: a permanent error holds until it changes."""
+    return hashlib.sha1(spec.model_dump_json().encode()).hexdigest()[:16]
+
+
+def validate_handles(handles: Any, limit: int = 100_000) -> list[str]:
+    """Handles from a task message: a list of non-empty strings, unique, not absurdly many."""
+    if not isinstance(handles, (list, tuple)) or not all(isinstance(h, str) and 0 < len(h) <= 1024 for h in handles):
+        raise InvalidRequest(f"handles must be a list of strings, got {shorten(handles)}")
+    if len(handles) > limit:
+        raise InvalidRequest(f"at most {limit} handles per call, got {len(handles)}")
+    return list(dict.fromkeys(handles))
+
+
+def _url_of(client: redis.Redis) -> str:
+    kw = client.connection_pool.connection_kwargs
+    return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 @contextmanager

@@ -101,8 +101,15 @@ def plan(
     max_workers: int,
     handles: Sequence[HandleView],
     pending: Sequence[PendingView],
+    *,
+    unknown: int = 0,
+    may_launch: bool = True,
 ) -> Plan:
-    """What one reconcile does to move from what exists towards `desired`."""
+    """What one reconcile does to move from what exists towards `desired`.
+
+    `unknown`: workers the provider lists that Redis does not know yet (they count against
+    max_workers until adopted). `may_launch=False` (at quota, a permanent error) plans no launch.
+    """
     live = [h for h in handles if h.status in (INITIALIZING, RUNNING)]
     stopping = sum(h.workers for h in handles if h.status == STOPPING)
     open_pending = [p for p in pending if p.state != "cancelled"]
@@ -144,8 +151,8 @@ def plan(
     remaining = observed - removed - killed
     want = max(desired - remaining, 0)
     in_flight_cancelled = sum(p.count for p in pending if p.launch_id in cancelled and p.state == IN_FLIGHT)
-    committed = remaining + stopping + killed + ghost + in_flight_cancelled
-    room = max(max_workers - committed, 0)
+    committed = remaining + stopping + killed + ghost + in_flight_cancelled + unknown
+    room = max(max_workers - committed, 0) if may_launch else 0
     result.launch = min(want, room)
-    result.capped_by_max = result.launch < want
+    result.capped_by_max = may_launch and result.launch < want
     return result

@@ -82,6 +82,9 @@ class Cluster:
     name: str
     workers_per_container: int = 1
     options: BaseModel = field(default_factory=NoOptions)
+    #: instance types the cloud recently had no capacity for: a provider that picks types from a
+    #: catalogue must pick the next eligible one instead (see fleet.catalogue.cheapest_fit)
+    excluded_types: frozenset[str] = frozenset()
 
     def identity_env(self, handle: str, workers: int) -> dict[str, str]:
         """The FLEET_* environment every worker of `handle` must get."""

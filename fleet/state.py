@@ -65,7 +65,7 @@ return state
 _STATUS = """
 local now = tonumber(ARGV[1])
 local grace = tonumber(ARGV[3])
-local pruned, changed = 0, 0
+local pruned, changed, gone = 0, 0, 0
 for i = 4, #ARGV, 2 do
   local h, s = ARGV[i], ARGV[i + 1]
   local raw = redis.call('HGET', KEYS[1], h)
@@ -76,11 +76,13 @@ for i = 4, #ARGV, 2 do
         redis.call('HDEL', KEYS[1], h)
         redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'killed', 'handle', h, 'workers', tostring(r.w))
         changed = changed + 1
+        gone = gone + 1
       elseif not (r.s == 'initializing' and now - r.since < grace) then
         redis.call('HDEL', KEYS[1], h)
         redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'stopped', 'handle', h, 'workers', tostring(r.w), 'was', r.s)
         pruned = pruned + r.w
         changed = changed + 1
+        gone = gone + 1
       end
     else
       if r.s ~= 'stopping' and r.s ~= s then
@@ -96,29 +98,51 @@ for i = 4, #ARGV, 2 do
     end
   end
 end
-return {pruned, changed}
+return {pruned, changed, gone}
 """
 
 _KILLED = """
 local now = tonumber(ARGV[1])
-local gone = 0
 for i = 3, #ARGV, 2 do
   local h, ok = ARGV[i], ARGV[i + 1]
   local raw = redis.call('HGET', KEYS[1], h)
   if raw then
     local r = cjson.decode(raw)
-    if ok == '1' then
-      redis.call('HDEL', KEYS[1], h)
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'killed', 'handle', h, 'workers', tostring(r.w))
-      gone = gone + 1
-    else
-      r.kills = (r.kills or 0) + 1
-      r.kill_at = now
-      redis.call('HSET', KEYS[1], h, cjson.encode(r))
+    r.kills = (r.kills or 0) + 1
+    r.kill_at = now
+    if ok ~= '1' then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'kill_failed', 'handle', h, 'attempt', tostring(r.kills))
     end
+    redis.call('HSET', KEYS[1], h, cjson.encode(r))
   end
 end
-return gone
+return 0
+"""
+
+_ADOPT = """
+local now = tonumber(ARGV[1])
+local adopted = 0
+for i = 4, #ARGV, 3 do
+  local h = ARGV[i]
+  redis.call('HDEL', KEYS[3], h)
+  if redis.call('HEXISTS', KEYS[1], h) == 0 then
+    local w = tonumber(ARGV[i + 1])
+    redis.call('HSET', KEYS[1], h, cjson.encode({w = w, s = ARGV[i + 2], since = now, launch = 'adopted', seen = now, kills = 0}))
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'adopted', 'handle', h, 'workers', tostring(w), 'status', ARGV[i + 2])
+    adopted = adopted + w
+  end
+end
+if ARGV[3] == '1' and redis.call('HEXISTS', KEYS[4], 'n') == 0 then
+  local live = 0
+  for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do
+    local r = cjson.decode(raw)
+    if r.s == 'initializing' or r.s == 'running' then live = live + r.w end
+  end
+  redis.call('HINCRBY', KEYS[4], 'version', 1)
+  redis.call('HSET', KEYS[4], 'n', live, 'at', now)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'desired', 'n', tostring(live), 'source', 'adopted')
+end
+return adopted
 """
 
 
@@ -189,6 +213,7 @@ class State:
         self._record = client.register_script(_RECORD)
         self._status = client.register_script(_STATUS)
         self._killed = client.register_script(_KILLED)
+        self._adopt = client.register_script(_ADOPT)
 
     def key(self, cluster: str, name: str) -> str:
         return f"fleet:{self.fleet_id}:{cluster}:{name}"
@@ -253,26 +278,54 @@ class State:
         return self._record(keys=keys, args=args).decode()
 
     # -- sweep and kills ---------------------------------------------------------------------
-    def apply_status(self, cluster: str, status: Mapping[str, str], grace: float = 0.0) -> tuple[int, int]:
-        """Write observed statuses in one script call; prunes stopped handles.
-        Returns (workers pruned because they died, handles changed)."""
+    def apply_status(self, cluster: str, status: Mapping[str, str], grace: float = 0.0) -> tuple[int, int, int]:
+        """Write observed statuses in one script call; drops stopped handles.
+        Returns (workers pruned because they died, handles changed, handles gone)."""
         if not status:
-            return 0, 0
+            return 0, 0, 0
         args: list[Any] = [time.time(), EVENTS_MAXLEN, grace]
         for h, s in status.items():
             args += [h, s]
         keys = [self.key(cluster, "handles"), self.key(cluster, "events")]
-        pruned, changed = self._status(keys=keys, args=args)
-        return int(pruned), int(changed)
+        pruned, changed, gone = self._status(keys=keys, args=args)
+        return int(pruned), int(changed), int(gone)
 
-    def record_kills(self, cluster: str, results: Mapping[str, bool]) -> int:
-        """Drop handles that were killed; count a failed attempt on the others. Returns # dropped."""
+    def record_kills(self, cluster: str, results: Mapping[str, bool]) -> None:
+        """Count a kill attempt on each handle (they stay stopping until the provider no longer
+        reports them; see apply_status); a failed one is an event."""
         if not results:
-            return 0
+            return
         args: list[Any] = [time.time(), EVENTS_MAXLEN]
         for h, ok in results.items():
             args += [h, "1" if ok else "0"]
-        return int(self._killed(keys=[self.key(cluster, "handles"), self.key(cluster, "events")], args=args))
+        self._killed(keys=[self.key(cluster, "handles"), self.key(cluster, "events")], args=args)
+
+    # -- recovery --------------------------------------------------------------------------
+    def track_unknown(self, cluster: str, listed: Mapping[str, int], now: float) -> dict[str, float]:
+        """Remember when each live handle the provider lists but Redis does not know was first
+        seen; forget the ones no longer in that set. Returns handle -> first seen."""
+        key = self.key(cluster, "unknown")
+        old = {k.decode(): json.loads(v) for k, v in self.r.hgetall(key).items()}
+        keep = {h: {"w": w, "first": old.get(h, {}).get("first", now)} for h, w in listed.items()}
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(key)
+        if keep:
+            pipe.hset(key, mapping={h: json.dumps(v) for h, v in keep.items()})
+        pipe.execute()
+        return {h: float(v["first"]) for h, v in keep.items()}
+
+    def unknown_workers(self, cluster: str) -> int:
+        return sum(int(json.loads(v)["w"]) for v in self.r.hvals(self.key(cluster, "unknown")))
+
+    def adopt(self, cluster: str, found: Mapping[str, tuple[int, str]], set_desired: bool) -> int:
+        """Record handles found at the provider (handle -> (workers, status)); with set_desired
+        and no desired number stored, desired := the cluster's live workers (the seed's reconnect)."""
+        args: list[Any] = [time.time(), EVENTS_MAXLEN, "1" if set_desired else "0"]
+        for h, (w, s) in found.items():
+            args += [h, w, s]
+        keys = [self.key(cluster, "handles"), self.key(cluster, "events"), self.key(cluster, "unknown"),
+                self.key(cluster, "desired")]
+        return int(self._adopt(keys=keys, args=args))
 
     # -- events ----------------------------------------------------------------------------
     def _event(self, pipe: Any, cluster: str, kind: str, **fields: Any) -> None:

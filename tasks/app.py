@@ -90,6 +90,7 @@ def manager() -> Manager:
     cfg = config()
     with _lock:
         if _manager is None:
-            client = redis.Redis.from_url(resolve_redis_url(cfg), health_check_interval=30)
-            _manager = Manager(cfg, client, CeleryDispatcher(cfg.fleet.id))
+            url = resolve_redis_url(cfg)
+            client = redis.Redis.from_url(url, health_check_interval=30)
+            _manager = Manager(cfg, client, CeleryDispatcher(cfg.fleet.id), url=url)
         return _manager

@@ -18,6 +18,12 @@ def scale(cluster: Any, workers: Any) -> dict[str, Any]:
     return manager().set_worker_number(cluster, workers)
 
 
+@app.task(name="fleet.clear", throws=(FleetError,))
+def clear(cluster: Any) -> dict[str, Any]:
+    """Forget `cluster`'s permanent provider error and quota hold, so that it launches again."""
+    return manager().clear(cluster)
+
+
 @app.task(name="fleet.status", throws=(FleetError,))
 def status(cluster: Any) -> dict[str, Any]:
     """{cluster, desired, initializing, running, stopping, pending, handles, ...} of `cluster`."""

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,6 +22,8 @@ from fleet.embedded import EmbeddedRedis
 pytest_plugins = [f"tests.kits.{name}" for name in ("memory", "local", "docker", "aws", "gce")]
 
 ROOT = Path(tempfile.mkdtemp(prefix="fleet-tests-"))
+# A fleet id of its own per test session: processes or keys left by another run are not ours.
+FLEET_ID = "t" + uuid.uuid4().hex[:6]
 SWEEP = 0.5
 PY = sys.executable
 # A local "container": records its environment, then sleeps; exits on SIGTERM.
@@ -29,8 +32,10 @@ LOCAL_CMD = [PY, "-c", "import os,json,time,sys; open(os.environ['OUT_DIR']+'/'+
 
 CONFIG = textwrap.dedent(f"""
     [fleet]
-    id = "t"
+    id = "{FLEET_ID}"
     sweep_interval = {SWEEP}
+    orphan_grace = 2
+    launch_timeout = 20
 
     [clusters.shared]
     provider = "memory"
@@ -113,13 +118,27 @@ def control_plane(celery_app: Any) -> Iterator[Any]:
         beat.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_local_leftovers() -> Iterator[None]:
+    """Whatever a test did, no local worker process of this session outlives it."""
+    yield
+    from fleet.config import load_config
+    from fleet.provider import ProviderContext
+    from providers.local import LocalProvider
+
+    config = load_config(ROOT / "fleet.toml")
+    provider = LocalProvider(ProviderContext(FLEET_ID, ROOT))
+    ref = config.cluster("local")
+    provider.kill_workers(ref, list(provider.list_workers(ref)))
+
+
 @pytest.fixture
 def fleet(control_plane: Any, r: redis.Redis) -> Iterator[Any]:
     """The running control plane, with this fleet's state and memory workers wiped first."""
     from providers.memory import MemoryProvider
     from tasks.app import manager
 
-    for key in r.scan_iter("fleet:t:*"):
+    for key in r.scan_iter(f"fleet:{FLEET_ID}:*"):
         r.delete(key)
     MemoryProvider.reset()
     yield manager()

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from providers.memory import MemoryProvider
-from tests.conftest import REDIS_URL, converged, wait_for, workers_by_handle
+from tests.conftest import FLEET_ID, REDIS_URL, converged, wait_for, workers_by_handle
 
 
 def scale(app: Any, cluster: Any, n: Any) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def test_shared_handles_are_counted_by_workers(fleet: Any, control_plane: Any) -
     scale(control_plane, "shared", 6)  # 4 + 2
     wait_for(converged(fleet, "shared", 6), what="6 running")
     assert workers_by_handle(fleet, "shared") == [2, 4]
-    world = MemoryProvider.world("t")
+    world = MemoryProvider.world(FLEET_ID)
     assert world.live("shared") == 6
 
 
@@ -57,7 +57,7 @@ def test_exact_convergence_with_shared_handles(fleet: Any, control_plane: Any) -
     assert workers_by_handle(fleet, "shared") == [1, 3, 3, 4]
     scale(control_plane, "shared", 0)
     wait_for(converged(fleet, "shared", 0), what="0")
-    assert MemoryProvider.world("t").live("shared") == 0
+    assert MemoryProvider.world(FLEET_ID).live("shared") == 0
 
 
 def test_scale_down_kills_initializing_before_running(fleet: Any, control_plane: Any) -> None:
@@ -65,7 +65,7 @@ def test_scale_down_kills_initializing_before_running(fleet: Any, control_plane:
     scale(control_plane, "booting", 4)
     wait_for(lambda: len(fleet.state.read("booting").handles) == 4 and not fleet.state.read("booting").pending,
              what="4 handles")
-    world = MemoryProvider.world("t")
+    world = MemoryProvider.world(FLEET_ID)
     running = sorted(fleet.state.read("booting").handles)[:2]
     for h in running:
         world.workers[h].boot_seconds = 0
@@ -82,7 +82,7 @@ def test_dead_workers_are_pruned_and_replaced_by_the_sweep(fleet: Any, control_p
     wait_for(converged(fleet, "shared", 8), what="8")
     before = set(fleet.state.read("shared").handles)
     victim = sorted(before)[0]
-    MemoryProvider.world("t").crash(victim)
+    MemoryProvider.world(FLEET_ID).crash(victim)
     wait_for(lambda: victim not in fleet.state.read("shared").handles and converged(fleet, "shared", 8)(),
              what="replacement")
     after = set(fleet.state.read("shared").handles)
@@ -95,12 +95,12 @@ def test_a_run_task_delivered_twice_launches_once(fleet: Any, control_plane: Any
     launch_id = "dup" + "0" * 29
     fleet.state.set_desired("single", 3)  # so that no reconcile cancels the launch meanwhile
     r.hset(fleet.state.key("single", "pending"), launch_id, json.dumps({"count": 3, "state": "queued", "at": time.time()}))
-    queue = "fleet.t.provider.memory"
+    queue = f"fleet.{FLEET_ID}.provider.memory"
     for _ in range(2):
         control_plane.send_task("fleet.run", args=["single", launch_id], queue=queue)
     wait_for(lambda: not fleet.state.read("single").pending, what="launch recorded")
     time.sleep(0.5)
-    world = MemoryProvider.world("t")
+    world = MemoryProvider.world(FLEET_ID)
     assert len([w for w in world.workers.values() if w.launch_id == launch_id]) == 3
     assert len(world.launches) == 1
     assert len(fleet.state.read("single").handles) == 3
@@ -133,7 +133,7 @@ def test_concurrent_scale_requests_coalesce_and_never_pass_max(fleet: Any, contr
     desired = fleet.state.get_desired("burst")
     assert (desired.version, desired.n) == (version, last) == (50, last)
     wait_for(converged(fleet, "burst", last), timeout=30, what=f"converged to {last}")
-    world = MemoryProvider.world("t")
+    world = MemoryProvider.world(FLEET_ID)
     assert world.live("burst") == last
     assert world.high_water["burst"] <= 12
     reconciles = sum(1 for e in fleet.state.events("burst", 1000) if e["kind"] == "launch")

@@ -26,7 +26,7 @@ def test_a_local_worker_killed_with_sigkill_is_replaced_by_the_sweep(fleet: Any,
     envs = {h: json.loads(wait_for(lambda h=h: (out / f"{h}.json").exists() and (out / f"{h}.json").read_text(),
                                      what="env file")) for h in handles}
     assert {e["FLEET_WORKERS"] for e in envs.values()} == {"2"}
-    provider = fleet.provider("local")
+    provider = fleet.provider("local").inner
     ref = fleet.config.cluster("local")
     victim = sorted(handles)[0]
     pid = provider._pid(ref, victim)

@@ -1,1 +1,134 @@
-"""Kit(s) for the docker provider(s): being written."""
+"""Kit for the docker provider, against podman's Docker Engine API service (no Docker engine here).
+
+Recipe (shared/notes/real-test-backends.md): a containers.conf selecting runc and cgroupfs, a
+registry-less image `localhost/fleet-worker:test` imported from a busybox root fs, and
+`podman system service` on a private unix socket, started once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.provider import ContainerSpec, ProviderContext
+from providers.docker import DockerProvider
+from tests.kits import Kit, cleanup, clusters
+
+IMAGE = "localhost/fleet-worker:test"
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = []
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"
+"""
+
+
+@dataclass(frozen=True)
+class Podman:
+    base_url: str
+    image: str
+    session_label: str  # "key=value" carried by every container this session creates
+
+    @property
+    def labels(self) -> dict[str, str]:
+        key, value = self.session_label.split("=", 1)
+        return {key: value}
+
+    def client(self) -> Any:
+        import docker
+
+        return docker.DockerClient(base_url=self.base_url, timeout=30)
+
+
+def _build_image(work: Path, env: dict[str, str]) -> None:
+    root = work / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    for folder in ("tmp", "etc", "proc", "sys", "dev"):
+        (root / folder).mkdir()
+    (root / "tmp").chmod(0o1777)
+    shutil.copy2("/bin/busybox", root / "bin" / "busybox")
+    applets = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    subprocess.run(["tar", "-C", str(root), "-cf", str(work / "rootfs.tar"), "."], check=True)
+    subprocess.run(["podman", "import", str(work / "rootfs.tar"), IMAGE], env=env, check=True,
+                   capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def podman() -> Iterator[Podman]:
+    """podman's Docker API on a private socket, with the test image imported; torn down after."""
+    missing = [tool for tool in ("podman", "runc") if not shutil.which(tool)]
+    if missing or not os.access("/bin/busybox", os.X_OK):
+        pytest.fail(f"the docker provider's tests need podman, runc and busybox-static (missing: "
+                    f"{missing or ['/bin/busybox']}): apt-get install podman runc busybox-static")
+    work = Path(tempfile.mkdtemp(prefix="fleet-podman-"))
+    (work / "containers.conf").write_text(CONTAINERS_CONF)
+    old_conf = os.environ.get("CONTAINERS_CONF")
+    os.environ["CONTAINERS_CONF"] = str(work / "containers.conf")
+    env = dict(os.environ)
+    _build_image(work, env)
+    base_url = f"unix://{work}/podman.sock"
+    log = open(work / "service.log", "wb")
+    service = subprocess.Popen(["podman", "system", "service", "--time=0", base_url], env=env,
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    backend = Podman(base_url, IMAGE, f"fleet-test.session={uuid.uuid4().hex[:12]}")
+    try:
+        import docker
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if docker.DockerClient(base_url=base_url, timeout=5).ping():
+                    break
+            except Exception as exc:  # noqa: BLE001 - not up yet
+                if service.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"podman system service did not come up ({exc}); see {work}/service.log")
+            time.sleep(0.1)
+        yield backend
+    finally:
+        try:
+            api = backend.client().api
+            for c in api.containers(all=True, filters={"label": [backend.session_label]}):
+                api.remove_container(c["Id"], force=True)
+        except Exception:  # noqa: BLE001 - teardown is best effort; the service goes anyway
+            pass
+        service.terminate()
+        try:
+            service.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait()
+        log.close()
+        if old_conf is None:
+            os.environ.pop("CONTAINERS_CONF", None)
+        else:
+            os.environ["CONTAINERS_CONF"] = old_conf
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def docker_options(backend: Podman, **extra: Any) -> Any:
+    """Validated provider options pointing at the session's podman, with the session label."""
+    return DockerProvider.validate_options({"base_url": backend.base_url, "labels": backend.labels,
+                                            "timeout": 30, **extra})
+
+
+@pytest.fixture
+def docker_kit(podman: Podman, tmp_path: Path) -> Iterator[Kit]:
+    cluster, other = clusters(docker_options(podman))
+    kit = Kit(DockerProvider(ProviderContext(cluster.fleet_id, tmp_path)), cluster, other,
+              ContainerSpec(image=podman.image, command=("sleep", "3600")), {"timeout": -1}, "timeout")
+    yield kit
+    cleanup(kit)

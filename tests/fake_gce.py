@@ -1,0 +1,296 @@
+"""A small fake of the Compute Engine REST API (v1), enough for the gce provider's tests.
+
+It answers what `google-cloud-compute`'s REST transport sends, in the JSON the real API returns:
+
+* `POST   /compute/v1/projects/P/zones/Z/instances?requestId=R`  insert (R dedups: the same
+  request id returns the same operation; a taken name with another request id is a 409)
+* `GET    /compute/v1/projects/P/zones/Z/instances/NAME`          get (404 when absent)
+* `GET    /compute/v1/projects/P/zones/Z/instances?filter=&maxResults=&pageToken=`  list, with
+  a label filter (`labels.K = "V"` terms joined by AND) and `nextPageToken` pages
+* `DELETE /compute/v1/projects/P/zones/Z/instances/NAME`          delete (404 when absent)
+* `GET|POST /compute/v1/projects/P/zones/Z/operations/OP[/wait]`  operations
+
+An operation is RUNNING until it has been read `operation_polls` times through get/wait (0: DONE
+at once); its error, if any, shows once it is DONE, as on the real API. A new instance is PROVISIONING for its first `ready_after_reads` reads, then RUNNING. Counters
+of calls by kind (`insert`, `get`, `list`, `delete`, `operation`) and a log of requests let tests
+count API calls. Faults: `fail(kind, status, reason)` queues canned HTTP errors for the next
+requests of a kind (`processed=True`: the request takes effect, only its answer is lost);
+`fail_operation(code)` makes the next inserts' operations finish DONE with
+that error code (e.g. QUOTA_EXCEEDED) and create nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+PREFIX = "/compute/v1/projects/"
+_PATH = re.compile(r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/"
+                   r"(?P<coll>instances|operations)(?:/(?P<name>[^/]+))?(?P<wait>/wait)?$")
+_TERM = re.compile(r'^\(?\s*labels\.(?P<key>[a-z0-9_-]+)\s*=\s*"(?P<value>[^"]*)"\s*\)?$')
+_REASONS = {400: "invalid", 401: "required", 403: "forbidden", 404: "notFound", 409: "alreadyExists",
+            429: "rateLimitExceeded", 500: "backendError", 503: "backendError"}
+
+
+def parse_filter(text: str) -> dict[str, str]:
+    """The label equalities of a filter (`labels.a = "x" AND labels.b = "y"`); ValueError else."""
+    if not text.strip():
+        return {}
+    labels: dict[str, str] = {}
+    for term in re.split(r"\s+AND\s+", text.strip()):
+        m = _TERM.match(term.strip())
+        if not m:
+            raise ValueError(f"unsupported filter term {term!r}")
+        labels[m["key"]] = m["value"]
+    return labels
+
+
+def error_body(status: int, message: str, reason: str | None = None) -> dict[str, Any]:
+    """The error JSON of the Compute API (what google.api_core's from_http_response reads)."""
+    reason = reason or _REASONS.get(status, "error")
+    return {"error": {"code": status, "message": message,
+                      "errors": [{"message": message, "domain": "global", "reason": reason}]}}
+
+
+@dataclass
+class Instance:
+    body: dict[str, Any]
+    status: str = "PROVISIONING"
+    reads: int = 0
+
+
+@dataclass
+class FakeGCE:
+    """The fake server's state; `start()` serves it on 127.0.0.1 at a free port."""
+
+    ready_after_reads: int = 1
+    operation_polls: int = 1
+    instances: dict[tuple[str, str, str], Instance] = field(default_factory=dict)
+    operations: dict[str, list[Any]] = field(default_factory=dict)  # name -> [operation, polls left]
+    request_ids: dict[str, str] = field(default_factory=dict)
+    calls: Counter[str] = field(default_factory=Counter)
+    log: list[tuple[str, str, dict[str, list[str]]]] = field(default_factory=list)
+    faults: dict[str, deque[tuple[int, dict[str, Any], dict[str, str], bool]]] = field(default_factory=dict)
+    op_faults: deque[str | None] = field(default_factory=deque)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    _ids: Any = field(default_factory=lambda: itertools.count(1000))
+    _server: ThreadingHTTPServer | None = None
+
+    # -- test hooks ------------------------------------------------------------------------
+    def start(self) -> str:
+        fake = self
+
+        class Handler(_Handler):
+            state = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="fake-gce", daemon=True).start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def reset_counters(self) -> None:
+        with self.lock:
+            self.calls.clear()
+            self.log.clear()
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+            self.op_faults.clear()
+
+    def fail(self, kind: str, status: int, reason: str | None = None, message: str = "injected",
+             times: int = 1, headers: dict[str, str] | None = None, processed: bool = False) -> None:
+        """Answer the next `times` requests of `kind` (insert, get, list, delete, operation) with
+        an HTTP error; with `processed` the request is carried out first (a lost answer)."""
+        with self.lock:
+            q = self.faults.setdefault(kind, deque())
+            q.extend([(status, error_body(status, message, reason), headers or {}, processed)] * times)
+
+    def fail_operation(self, code: str, times: int = 1, message: str = "injected", after: int = 0) -> None:
+        """After `after` good inserts, the next `times` inserts are accepted but their operation
+        ends DONE with error `code` (and creates nothing)."""
+        with self.lock:
+            self.op_faults.extend([None] * after + [f"{code}\0{message}"] * times)
+
+    def add_instance(self, project: str, zone: str, name: str, labels: dict[str, str] | None = None,
+                     status: str = "RUNNING") -> None:
+        """Create an instance behind the provider's back (by hand, or by another request)."""
+        with self.lock:
+            self.instances[(project, zone, name)] = Instance(
+                {"name": name, "labels": dict(labels or {}), "id": str(next(self._ids))}, status, 10**6)
+
+    def set_status(self, project: str, zone: str, name: str, status: str) -> None:
+        with self.lock:
+            inst = self.instances[(project, zone, name)]
+            inst.status, inst.reads = status, 10**6
+
+    def get(self, project: str, zone: str, name: str) -> dict[str, Any] | None:
+        with self.lock:
+            inst = self.instances.get((project, zone, name))
+            return None if inst is None else self._view(project, zone, inst, read=False)
+
+    def names(self, project: str, zone: str) -> set[str]:
+        with self.lock:
+            return {n for (p, z, n) in self.instances if (p, z) == (project, zone)}
+
+    # -- the API ---------------------------------------------------------------------------
+    def handle(self, method: str, url: str, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        m = _PATH.match(parts.path)
+        if not m:
+            return 404, error_body(404, f"no such path {parts.path}"), {}
+        project, zone, coll, name, wait = m["project"], m["zone"], m["coll"], m["name"], m["wait"]
+        kind = self._kind(method, coll, name)
+        if kind is None:
+            return 405, error_body(405, f"{method} not supported on {parts.path}", "badRequest"), {}
+        with self.lock:
+            self.calls[kind] += 1
+            self.log.append((kind, parts.path, query))
+            fault = self.faults[kind].popleft() if self.faults.get(kind) else None
+            if fault is not None and not fault[3]:
+                return fault[:3]
+            answer = self._answer(kind, project, zone, name, query, body)
+            return fault[:3] if fault is not None else answer
+
+    def _answer(self, kind: str, project: str, zone: str, name: str | None, query: dict[str, list[str]],
+                body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self.lock:
+            try:
+                if kind == "insert":
+                    return self._insert(project, zone, query, json.loads(body or b"{}"))
+                if kind == "get":
+                    inst = self.instances.get((project, zone, name or ""))
+                    if inst is None:
+                        return 404, error_body(404, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found"), {}
+                    return 200, self._view(project, zone, inst), {}
+                if kind == "list":
+                    return self._list(project, zone, query)
+                if kind == "delete":
+                    return self._delete(project, zone, name or "")
+                entry = self.operations.get(name or "")
+                if entry is None:
+                    return 404, error_body(404, f"operation {name} not found"), {}
+                entry[1] -= 1
+                return 200, self._op_view(entry), {}
+            except ValueError as exc:
+                return 400, error_body(400, str(exc), "invalid"), {}
+
+    @staticmethod
+    def _kind(method: str, coll: str, name: str | None) -> str | None:
+        if coll == "operations":
+            return "operation" if name and method in ("GET", "POST") else None
+        return {("POST", False): "insert", ("GET", False): "list", ("GET", True): "get",
+                ("DELETE", True): "delete"}.get((method, bool(name)))
+
+    def _operation(self, project: str, zone: str, kind: str, target: str, error: str | None = None) -> dict[str, Any]:
+        op_id = next(self._ids)
+        op: dict[str, Any] = {
+            "kind": "compute#operation", "id": str(op_id), "name": f"operation-{op_id}",
+            "zone": f"{PREFIX}{project}/zones/{zone}", "operationType": kind, "status": "DONE",
+            "progress": 100, "targetLink": f"{PREFIX}{project}/zones/{zone}/instances/{target}",
+            "selfLink": f"{PREFIX}{project}/zones/{zone}/operations/operation-{op_id}",
+        }
+        if error:
+            code, message = error.split("\0", 1)
+            op["error"] = {"errors": [{"code": code, "message": message}]}
+            op["httpErrorStatusCode"], op["httpErrorMessage"] = 403 if "QUOTA" in code else 503, code
+        self.operations[op["name"]] = [op, self.operation_polls]
+        return op
+
+    @staticmethod
+    def _op_view(entry: list[Any]) -> dict[str, Any]:
+        op, polls = entry
+        if polls > 0:
+            return {k: v for k, v in op.items() if k not in ("error", "httpErrorStatusCode", "httpErrorMessage")} | {
+                "status": "RUNNING", "progress": 0}
+        return op
+
+    def _insert(self, project: str, zone: str, query: dict[str, list[str]], body: dict[str, Any]):
+        name = body.get("name", "")
+        if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name):
+            raise ValueError(f"Invalid value for field 'resource.name': '{name}'")
+        for key, value in (body.get("labels") or {}).items():
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key) or not re.fullmatch(r"[a-z0-9_-]{0,63}", value):
+                raise ValueError(f"Invalid value for field 'resource.labels': '{key}={value}'")
+        request_id = (query.get("requestId") or [""])[0]
+        if request_id and request_id in self.request_ids:
+            return 200, self._op_view(self.operations[self.request_ids[request_id]]), {}
+        if (project, zone, name) in self.instances:
+            msg = f"The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists"
+            return 409, error_body(409, msg, "alreadyExists"), {}
+        error = self.op_faults.popleft() if self.op_faults else None
+        op = self._operation(project, zone, "insert", name, error)
+        if error is None:
+            self.instances[(project, zone, name)] = Instance({**body, "id": str(next(self._ids))})
+        if request_id:
+            self.request_ids[request_id] = op["name"]
+        return 200, self._op_view(self.operations[op["name"]]), {}
+
+    def _view(self, project: str, zone: str, inst: Instance, read: bool = True) -> dict[str, Any]:
+        if inst.status == "PROVISIONING" and inst.reads >= self.ready_after_reads:
+            inst.status = "RUNNING"
+        if read:
+            inst.reads += 1
+        return {**inst.body, "kind": "compute#instance", "status": inst.status,
+                "zone": f"{PREFIX}{project}/zones/{zone}",
+                "selfLink": f"{PREFIX}{project}/zones/{zone}/instances/{inst.body['name']}"}
+
+    def _list(self, project: str, zone: str, query: dict[str, list[str]]):
+        labels = parse_filter((query.get("filter") or [""])[0])
+        size = int((query.get("maxResults") or ["500"])[0])
+        if not 0 <= size <= 500:
+            raise ValueError("Invalid value for field 'maxResults'")
+        size = size or 500
+        start = int((query.get("pageToken") or ["0"])[0] or 0)
+        matches = sorted(
+            (n, inst) for (p, z, n), inst in self.instances.items()
+            if (p, z) == (project, zone) and all((inst.body.get("labels") or {}).get(k) == v for k, v in labels.items())
+        )
+        page = matches[start:start + size]
+        out: dict[str, Any] = {"kind": "compute#instanceList", "id": f"{PREFIX}{project}/zones/{zone}/instances",
+                               "items": [self._view(project, zone, inst) for _, inst in page]}
+        if start + size < len(matches):
+            out["nextPageToken"] = str(start + size)
+        return 200, out, {}
+
+    def _delete(self, project: str, zone: str, name: str):
+        if self.instances.pop((project, zone, name), None) is None:
+            return 404, error_body(404, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found"), {}
+        op = self._operation(project, zone, "delete", name)
+        return 200, self._op_view(self.operations[op["name"]]), {}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: FakeGCE
+    protocol_version = "HTTP/1.1"
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        status, payload, headers = self.state.handle(self.command, self.path, body)
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence the access log
+        pass
