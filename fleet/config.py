@@ -32,6 +32,9 @@ class FleetSettings(BaseModel):
     orphan_grace: float = Field(default=60.0, ge=0, le=86400)
     #: seconds after which a launch whose run task has not finished is run again (idempotently)
     launch_timeout: float = Field(default=300.0, gt=0, le=86400)
+    #: seconds before a failed (or not yet effective) kill is sent again; doubles per attempt up
+    #: to 5 minutes
+    kill_retry: float = Field(default=10.0, gt=0, le=3600)
 
 
 class ProviderLimits(BaseModel):

@@ -421,7 +421,8 @@ class Manager:
         retry = [
             h
             for h, r in st.handles.items()
-            if r["s"] == "stopping" and now - float(r.get("kill_at", r["since"])) > kill_backoff(int(r.get("kills", 0)))
+            if r["s"] == "stopping"
+            and now - float(r.get("kill_at", r["since"])) > kill_backoff(int(r.get("kills", 0)), self.config.fleet.kill_retry)
         ]
         if retry:
             self.dispatcher.kill(cluster, retry, spec.provider)
@@ -457,9 +458,9 @@ def as_provider_errors(provider: str, op: str) -> Iterator[None]:
         raise TransientProviderError(f"provider {provider!r} failed in {op}", f"{type(exc).__name__}: {exc}") from exc
 
 
-def kill_backoff(attempts: int) -> float:
-    """Seconds before a kill is sent again: 10 s doubling to at most 5 minutes."""
-    return min(10.0 * math.pow(2, attempts), 300.0)
+def kill_backoff(attempts: int, base: float = 10.0) -> float:
+    """Seconds before a kill is sent again: `base` doubling per attempt, at most 5 minutes."""
+    return min(base * math.pow(2, max(attempts - 1, 0)), 300.0)
 
 
 def _json(value: Any) -> str:

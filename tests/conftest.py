@@ -36,6 +36,7 @@ CONFIG = textwrap.dedent(f"""
     sweep_interval = {SWEEP}
     orphan_grace = 2
     launch_timeout = 20
+    kill_retry = 0.5
 
     [clusters.shared]
     provider = "memory"
@@ -65,6 +66,23 @@ CONFIG = textwrap.dedent(f"""
     max_workers = 12
     [clusters.burst.container]
     command = ["worker"]
+
+    [clusters.flaky]
+    provider = "faulty"
+    max_workers = 10
+    [clusters.flaky.container]
+    command = ["worker"]
+    [clusters.flaky.provider_options]
+    inner = "memory"
+
+    [clusters.slowboot]
+    provider = "memory"
+    max_workers = 4
+    boot_timeout = 1
+    [clusters.slowboot.container]
+    command = ["worker"]
+    [clusters.slowboot.provider_options]
+    boot_seconds = 3600
 
     [clusters.local]
     provider = "local"

@@ -152,7 +152,7 @@ class FakeGCE:
         m = _PATH.match(parts.path)
         if not m:
             return 404, error_body(404, f"no such path {parts.path}"), {}
-        project, zone, coll, name, wait = m["project"], m["zone"], m["coll"], m["name"], m["wait"]
+        project, zone, coll, name = m["project"], m["zone"], m["coll"], m["name"]
         kind = self._kind(method, coll, name)
         if kind is None:
             return 405, error_body(405, f"{method} not supported on {parts.path}", "badRequest"), {}
@@ -276,6 +276,7 @@ class FakeGCE:
 class _Handler(BaseHTTPRequestHandler):
     state: FakeGCE
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else headers and body in two writes wait for a delayed ACK
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -292,5 +293,5 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_DELETE = _serve
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence the access log
+    def log_message(self, format: str, *args: Any) -> None:  # silence the access log
         pass

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -51,6 +52,7 @@ def make(gce_server: tuple[FakeGCE, str], fake: FakeGCE, tmp_path: Path) -> Iter
 
     yield build
     fake.clear_faults()
+    fake.operation_polls = 1
     for provider, cluster in made:
         for name in [n for n in fake.names(PROJECT, ZONE) if (fake.get(PROJECT, ZONE, n) or {}).get(
                 "labels", {}).get("fleet-id") == cluster.fleet_id]:
@@ -279,7 +281,7 @@ ERRORS = {
     "404-image": (http_fault("insert", 404, "notFound", "The resource 'projects/x/global/images/y' was not found"),
                   PermanentProviderError),
     "400": (http_fault("insert", 400, "invalid", "Invalid value for field 'resource.machineType'"), PermanentProviderError),
-    "503-persistent": (http_fault("insert", 503, times=10**6), TransientProviderError),
+    "503-persistent": (http_fault("insert", 503, times=1000), TransientProviderError),
 }
 
 

@@ -4,7 +4,8 @@ of tests/fake_gce.py (anonymous credentials, `api_endpoint` on loopback)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 

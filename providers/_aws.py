@@ -1,0 +1,223 @@
+"""Shared AWS plumbing of the `aws_ec2` and `aws_ecs` providers: options common to both, boto3
+client building, and the mapping of AWS errors to Fleet's typed errors.
+
+Clients come from a boto3 session built from the SDK's standard credential chain (environment,
+shared profiles, instance or task role); no credential is ever an option. Each client carries
+botocore's own retry machinery (`retry_mode` standard or adaptive, `max_attempts` attempts in
+all); once botocore gives up, the last error is mapped and raised, never swallowed:
+
+* throttling (`RequestLimitExceeded`, `ThrottlingException`, `Throttling`,
+  `TooManyRequestsException`, ...) -> `RateLimited` (retry_after from a `Retry-After` header, else
+  a few seconds);
+* quota (`InstanceLimitExceeded`, `VcpuLimitExceeded`, `LimitExceededException`, ECS limit
+  messages) -> `QuotaExceeded`;
+* capacity (`InsufficientInstanceCapacity`, `Unsupported`, ...) -> `CapacityError` naming the
+  instance type;
+* auth and bad configuration (`AuthFailure`, `UnauthorizedOperation`, `AccessDenied*`,
+  `InvalidClientTokenId`, `InvalidParameter*`, `InvalidAMIID.*`, ECS `ClientException`, missing
+  credentials or region, any other 4xx) -> `PermanentProviderError` saying what to fix;
+* connection errors, timeouts and 5xx (`InternalError`, `ServerException`, ...) ->
+  `TransientProviderError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Any, Iterable, Iterator, Literal, Mapping, NoReturn, Sequence, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fleet.errors import (CapacityError, PermanentProviderError, ProviderError, QuotaExceeded, RateLimited,
+                          TransientProviderError)
+from fleet.provider import import_sdk
+
+T = TypeVar("T")
+
+#: Seconds to wait after botocore's own retries gave up on a throttled call, when AWS says nothing.
+DEFAULT_RETRY_AFTER = 5.0
+
+THROTTLING = frozenset({
+    "RequestLimitExceeded", "ThrottlingException", "Throttling", "TooManyRequestsException",
+    "ThrottledException", "RequestThrottled", "RequestThrottledException", "SlowDown",
+    "EC2ThrottledException", "BandwidthLimitExceeded",
+})
+QUOTA = frozenset({
+    "InstanceLimitExceeded", "VcpuLimitExceeded", "LimitExceededException", "MaxSpotInstanceCountExceeded",
+    "AddressLimitExceeded", "InsufficientFreeAddressesInSubnet", "NetworkInterfaceLimitExceeded",
+    "ResourceLimitExceeded",
+})
+CAPACITY = frozenset({
+    "InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientReservedInstanceCapacity",
+    "InsufficientCapacity", "InsufficientCapacityOnHost", "Unsupported",
+})
+TRANSIENT = frozenset({
+    "InternalError", "InternalFailure", "InternalServerError", "ServerException", "ServiceUnavailable",
+    "ServiceUnavailableException", "Unavailable", "RequestTimeout", "RequestTimeoutException",
+    "PriorRequestNotComplete", "IncorrectState", "ConcurrentModification",
+})
+AUTH = ("AuthFailure", "UnauthorizedOperation", "AccessDenied", "InvalidClientTokenId", "SignatureDoesNotMatch",
+        "ExpiredToken", "UnrecognizedClient", "OptInRequired", "Blocked", "MissingAuthenticationToken")
+
+
+class AwsOptions(BaseModel):
+    """Options both AWS providers take."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    region: str | None = Field(default=None, min_length=1,
+                               description="AWS region; default: the SDK chain (AWS_DEFAULT_REGION, profile)")
+    endpoint_url: str | None = Field(default=None, description="API endpoint override (tests, VPC endpoints)")
+    retry_mode: Literal["standard", "adaptive"] = Field(default="standard", description="botocore retry mode")
+    max_attempts: int = Field(default=5, ge=1, le=20,
+                              description="attempts per API call, first included, before the error surfaces")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("endpoint_url must start with http:// or https://")
+        return value
+
+
+class Clients:
+    """boto3 clients, one per (service, region, endpoint, retry settings), built once and shared
+    by threads (boto3 clients are thread-safe; sessions are not, hence the lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[Any, ...], Any] = {}
+
+    def get(self, service: str, opts: AwsOptions) -> Any:
+        key = (service, opts.region, opts.endpoint_url, opts.retry_mode, opts.max_attempts)
+        with self._lock:
+            client = self._cache.get(key)
+            if client is None:
+                boto3 = import_sdk("boto3", "aws")
+                config = import_sdk("botocore.config", "aws").Config(
+                    retries={"mode": opts.retry_mode, "max_attempts": opts.max_attempts},
+                    connect_timeout=10, read_timeout=60, user_agent_extra="fleet")
+                try:
+                    client = boto3.session.Session(region_name=opts.region).client(
+                        service, endpoint_url=opts.endpoint_url, config=config)
+                except Exception as exc:  # NoRegionError and friends
+                    raise_mapped(exc, f"building the {service} client")
+                self._cache[key] = client
+            return client
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def token(*parts: str, prefix: str = "fleet-", length: int = 64) -> str:
+    """A deterministic idempotency token / marker of at most `length` safe characters."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return (prefix + digest)[:length]
+
+
+def plan_calls(sizes: Sequence[int], per_call: int) -> list[tuple[int, int]]:
+    """Group containers (their worker counts, as `Cluster.containers_for` gives them) into launch
+    calls of (workers per container, containers): containers of one size, at most `per_call`
+    each; a container of another size (the partial one) gets its own call."""
+    calls: list[tuple[int, int]] = []
+    runs: list[tuple[int, int]] = []
+    for size in sizes:
+        if runs and runs[-1][0] == size:
+            runs[-1] = (size, runs[-1][1] + 1)
+        else:
+            runs.append((size, 1))
+    for size, n in runs:
+        while n:
+            take = min(n, per_call)
+            calls.append((size, take))
+            n -= take
+    return calls
+
+
+def tag_dict(tags: Iterable[Mapping[str, str]] | None) -> dict[str, str]:
+    """AWS tag lists as a dict; EC2 spells the keys Key/Value, ECS key/value."""
+    out: dict[str, str] = {}
+    for t in tags or ():
+        key = t.get("Key", t.get("key"))
+        if key is not None:
+            out[key] = t.get("Value", t.get("value", ""))
+    return out
+
+
+# -- error mapping -----------------------------------------------------------------------
+
+def error_code(exc: BaseException) -> str | None:
+    """The AWS error code of a botocore ClientError, else None."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code") or "") or None
+    return None
+
+
+def _retry_after(response: Mapping[str, Any]) -> float:
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
+    raw = headers.get("retry-after") or headers.get("Retry-After")
+    try:
+        return max(0.0, float(raw)) if raw is not None else DEFAULT_RETRY_AFTER
+    except ValueError:
+        return DEFAULT_RETRY_AFTER
+
+
+def map_error(exc: BaseException, action: str, *, instance_type: str | None = None,
+              hints: Mapping[str, str] | None = None) -> ProviderError | None:
+    """The typed error for an exception raised by botocore during `action`; None when `exc` is
+    not an AWS/botocore error (a bug: let it propagate). `hints` maps an error-code prefix to
+    what a person should fix (e.g. "InvalidAMIID" -> "fix provider_options.ami")."""
+    if isinstance(exc, ProviderError):
+        return exc
+    bexc = import_sdk("botocore.exceptions", "aws")
+    cause = f"{type(exc).__name__}: {exc}"[:1000]
+    if isinstance(exc, bexc.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or "")
+        text = str(err.get("Message") or err.get("message") or "")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        said = f"{action} failed: {code or status}: {text}".rstrip(": ")
+        hint = next((h for prefix, h in (hints or {}).items() if code.startswith(prefix)), None)
+        lowered = text.lower()
+        if code in THROTTLING:
+            return RateLimited(f"{said} (AWS throttled Fleet after botocore's retries)", _retry_after(exc.response), cause)
+        if code in QUOTA or (code in ("ClientException", "InvalidParameterException")
+                             and ("limit" in lowered or "quota" in lowered)):
+            return QuotaExceeded(f"{said}: an account quota is used up; raise it or wait for workers to go away",
+                                 cause)
+        if code in CAPACITY:
+            return CapacityError(f"{said}: no capacity for {instance_type or 'this request'} right now",
+                                 instance_type, cause)
+        if code.startswith(AUTH):
+            return PermanentProviderError(
+                f"{said}: check the AWS credentials the SDK chain finds (AWS_* environment variables, "
+                f"profile, instance or task role) and that their IAM policy allows {action}", cause)
+        if code in TRANSIENT or status >= 500 or code.isdigit() and int(code) >= 500:
+            return TransientProviderError(said, cause)
+        return PermanentProviderError(f"{said}: {hint or 'fix the provider_options of this cluster'}", cause)
+    if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError, bexc.CredentialRetrievalError)):
+        return PermanentProviderError(
+            f"{action}: no usable AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE "
+            "or give the control plane an instance or task role", cause)
+    if isinstance(exc, bexc.NoRegionError):
+        return PermanentProviderError(f"{action}: no AWS region: set provider_options.region or AWS_DEFAULT_REGION",
+                                      cause)
+    if isinstance(exc, (bexc.ParamValidationError, bexc.ProfileNotFound)):
+        return PermanentProviderError(f"{action}: {exc}: fix the provider_options of this cluster", cause)
+    if isinstance(exc, bexc.BotoCoreError):  # connection errors, timeouts, ...
+        return TransientProviderError(f"{action}: cannot reach AWS: {exc}", cause)
+    return None
+
+
+def raise_mapped(exc: BaseException, action: str, *, instance_type: str | None = None,
+                 hints: Mapping[str, str] | None = None) -> NoReturn:
+    """Raise the typed error for `exc` (chained), or `exc` itself if it is not an AWS error."""
+    mapped = map_error(exc, action, instance_type=instance_type, hints=hints)
+    if mapped is None or mapped is exc:
+        raise exc
+    raise mapped from exc

@@ -1,0 +1,268 @@
+"""The `aws_ecs` provider: one ECS Fargate task per container, `workers_per_container` workers in it.
+
+Options (`provider_options`):
+  cluster (required)          name or ARN of the ECS cluster to run tasks in.
+  task_definition (required)  family, family:revision or ARN of a FARGATE-compatible task definition
+                              (network mode awsvpc); it decides the image (`container.image` is not
+                              used: ECS cannot override an image).
+  container_name ("worker")   the worker container inside the task definition; it gets
+                              `container.command` as its command and `container.env` plus the
+                              identity as environment overrides.
+  subnets (required, >= 1), security_groups, assign_public_ip (false)   the awsvpc network.
+  region, endpoint_url, retry_mode (standard | adaptive), max_attempts   see providers/_aws.py.
+
+Task size: the cluster's `hardware` rounded up to the cheapest valid Fargate CPU/memory pair
+(`fargate_size`), set as task-level overrides; GPUs are refused (Fargate has none).
+
+Identity: the handle is the task ARN. Tasks are tagged `fleet:id`, `fleet:cluster`, `fleet:launch`,
+`fleet:workers` and `fleet:batch`, and their worker container gets `FLEET_ID`, `FLEET_CLUSTER`,
+`FLEET_WORKERS` and `FLEET_LAUNCH_ID`. `FLEET_HANDLE` is NOT set: one RunTask call starts up to 10
+tasks with the same overrides, before their ARNs exist. A worker that needs its handle reads the
+`TaskARN` field of `$ECS_CONTAINER_METADATA_URI_V4/task` (the task metadata endpoint v4, which
+ECS provides to every Fargate container).
+
+Idempotency: every launch carries `startedBy` = "fleet-" + 30 hex characters derived from the
+fleet id, cluster and launch id (and a `clientToken` per call). Before launching, ListTasks on
+that `startedBy` (running and stopped tasks) finds calls an earlier attempt already made, which
+are adopted rather than repeated: a retry never launches twice, even where clientToken is not
+honoured. RunTask starts at most 10 tasks a call; containers of another size (the one partial
+container) get their own call because their FLEET_WORKERS differs. DescribeTasks is called in
+chunks of 100; a task it does not return (or lists under `failures`) is stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Iterable, Sequence
+
+from pydantic import Field
+
+from fleet.errors import CapacityError, PermanentProviderError, ProviderError, QuotaExceeded, TransientProviderError
+from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus
+from providers._aws import AwsOptions, Clients, chunks, error_code, plan_calls, raise_mapped, tag_dict, token
+
+log = logging.getLogger(__name__)
+
+#: Valid Fargate task sizes: CPU units -> the memory sizes (MiB) allowed with it.
+FARGATE_SIZES: tuple[tuple[int, tuple[int, ...]], ...] = (
+    (256, (512, 1024, 2048)),
+    (512, tuple(range(1024, 4096 + 1, 1024))),
+    (1024, tuple(range(2048, 8192 + 1, 1024))),
+    (2048, tuple(range(4096, 16384 + 1, 1024))),
+    (4096, tuple(range(8192, 30720 + 1, 1024))),
+    (8192, tuple(range(16384, 61440 + 1, 4096))),
+    (16384, tuple(range(32768, 122880 + 1, 8192))),
+)
+STARTING = ("PROVISIONING", "PENDING", "ACTIVATING")
+PER_RUN_TASK = 10
+PER_DESCRIBE = 100
+HINTS = {
+    "ClusterNotFoundException": "create the ECS cluster or fix provider_options.cluster",
+    "PlatformTaskDefinitionIncompatibilityException":
+        "provider_options.task_definition must be FARGATE-compatible (requiresCompatibilities FARGATE, awsvpc)",
+    "PlatformUnknownException": "fix the Fargate platform version",
+    "ClientException": "check provider_options task_definition, container_name, subnets and security_groups",
+    "InvalidParameter": "check provider_options task_definition, container_name, subnets and security_groups",
+}
+
+
+class ECSOptions(AwsOptions):
+    cluster: str = Field(min_length=1, description="ECS cluster name or ARN")
+    task_definition: str = Field(min_length=1, description="task definition family, family:revision or ARN")
+    container_name: str = Field(default="worker", min_length=1, description="the worker container in it")
+    subnets: tuple[str, ...] = Field(min_length=1, max_length=16, description="awsvpc subnets (at least one)")
+    security_groups: tuple[str, ...] = Field(default=(), max_length=5, description="awsvpc security groups")
+    assign_public_ip: bool = Field(default=False, description="give tasks a public IP (needed without NAT)")
+
+
+def fargate_size(cpu: float, memory_mb: int) -> tuple[int, int]:
+    """The cheapest valid Fargate (cpu units, memory MiB) with at least `cpu` vCPUs and
+    `memory_mb` MiB: the smallest CPU that can hold the memory, then the smallest memory step."""
+    units = math.ceil(cpu * 1024 - 1e-9)
+    for task_cpu, memories in FARGATE_SIZES:
+        if task_cpu >= units:
+            for memory in memories:
+                if memory >= memory_mb:
+                    return task_cpu, memory
+    raise PermanentProviderError(f"no Fargate task size fits cpu={cpu:g} memory_mb={memory_mb} (at most 16 vCPU "
+                                 "and 120 GiB): lower the cluster's hardware")
+
+
+def started_by(cluster: Cluster, launch_id: str) -> str:
+    """The `startedBy` marker of a launch (at most 36 characters)."""
+    return token(cluster.fleet_id, cluster.name, launch_id, prefix="fleet-", length=36)
+
+
+def _is_task_arn(handle: str) -> bool:
+    return handle.startswith("arn:") and ":task/" in handle
+
+
+class ECSProvider(Provider):
+    options_model = ECSOptions
+    listing_grace = 5.0
+
+    def __init__(self, context: ProviderContext) -> None:
+        super().__init__(context)
+        self._clients = Clients()
+
+    def client(self, cluster: Cluster) -> Any:
+        """The (cached) boto3 ECS client for `cluster`'s options."""
+        return self._clients.get("ecs", self._opts(cluster))
+
+    @staticmethod
+    def _opts(cluster: Cluster) -> ECSOptions:
+        opts = cluster.options
+        if not isinstance(opts, ECSOptions):
+            raise PermanentProviderError(f"cluster {cluster.name!r}: provider_options were not validated for aws_ecs")
+        return opts
+
+    # -- the contract ----------------------------------------------------------------------
+    def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
+                    *, launch_id: str) -> list[str]:
+        opts = self._opts(cluster)
+        if hardware.gpus:
+            raise PermanentProviderError(f"cluster {cluster.name!r} asks for GPUs, which Fargate does not offer: "
+                                         "use aws_ec2 or set hardware.gpus = 0")
+        size = fargate_size(hardware.cpu, hardware.memory_mb)
+        calls = plan_calls(cluster.containers_for(count), PER_RUN_TASK)
+        if not calls:
+            return []
+        marker = started_by(cluster, launch_id)
+        done: dict[int, list[tuple[str, int]]] = {}
+        for task in self._launched(cluster, marker):
+            tags = tag_dict(task.get("tags"))
+            if tags.get("fleet:batch", "").isdigit():
+                done.setdefault(int(tags["fleet:batch"]), []).append(
+                    (task["taskArn"], int(tags.get("fleet:workers", "1"))))
+        handles: list[str] = []
+        for index, (workers, n) in enumerate(calls):
+            if index in done:  # an earlier attempt of this launch made this call: adopt
+                got = sorted(done[index])
+            else:
+                try:
+                    got = self._run(cluster, container, size, launch_id, marker, index, workers, n)
+                except ProviderError as exc:
+                    if not handles:
+                        raise
+                    log.warning("launch %s: call %d failed after %d workers started; the rest is left to Fleet: %s",
+                                launch_id, index, len(handles), exc)
+                    break
+            for arn, w in got:
+                handles += [arn] * w
+        return handles
+
+    def _run(self, cluster: Cluster, container: ContainerSpec, size: tuple[int, int], launch_id: str, marker: str,
+             index: int, workers: int, n: int) -> list[tuple[str, int]]:
+        opts = self._opts(cluster)
+        env = {**container.env, "FLEET_ID": cluster.fleet_id, "FLEET_CLUSTER": cluster.name,
+               "FLEET_WORKERS": str(workers), "FLEET_LAUNCH_ID": launch_id}
+        tags = {"fleet:id": cluster.fleet_id, "fleet:cluster": cluster.name, "fleet:launch": launch_id,
+                "fleet:workers": str(workers), "fleet:batch": str(index)}
+        vpc: dict[str, Any] = {"subnets": list(opts.subnets),
+                               "assignPublicIp": "ENABLED" if opts.assign_public_ip else "DISABLED"}
+        if opts.security_groups:
+            vpc["securityGroups"] = list(opts.security_groups)
+        try:
+            resp = self.client(cluster).run_task(
+                cluster=opts.cluster, taskDefinition=opts.task_definition, count=n, launchType="FARGATE",
+                startedBy=marker, clientToken=token(launch_id, str(index)),
+                networkConfiguration={"awsvpcConfiguration": vpc},
+                overrides={"cpu": str(size[0]), "memory": str(size[1]), "containerOverrides": [{
+                    "name": opts.container_name, "command": list(container.command),
+                    "environment": [{"name": k, "value": v} for k, v in env.items()]}]},
+                tags=[{"key": k, "value": v} for k, v in tags.items()])
+        except Exception as exc:
+            raise_mapped(exc, "ecs:RunTask", instance_type=f"FARGATE {size[0]}/{size[1]}", hints=HINTS)
+        tasks = resp.get("tasks", [])
+        failures = resp.get("failures", [])
+        if failures:
+            reasons = "; ".join(sorted({f"{f.get('reason', '?')} {f.get('detail', '')}".strip() for f in failures}))
+            log.warning("launch %s: RunTask started %d of %d tasks: %s", launch_id, len(tasks), n, reasons)
+            if not tasks:
+                raise self._failure_error(reasons, size)
+        return [(t["taskArn"], workers) for t in tasks]
+
+    @staticmethod
+    def _failure_error(reasons: str, size: tuple[int, int]) -> ProviderError:
+        text = f"ecs:RunTask started no task: {reasons}"
+        lowered = reasons.lower()
+        if "capacity" in lowered:
+            return CapacityError(text, f"FARGATE {size[0]}/{size[1]}")
+        if "limit" in lowered or "quota" in lowered:
+            return QuotaExceeded(text)
+        return TransientProviderError(text)
+
+    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
+        unique = list(dict.fromkeys(handles))
+        seen = {t["taskArn"]: t for t in self._describe(cluster, [h for h in unique if _is_task_arn(h)])}
+        return {h: self._status(seen.get(h)) for h in unique}
+
+    @staticmethod
+    def _status(task: dict[str, Any] | None) -> WorkerStatus:
+        if task is None or task.get("desiredStatus") == "STOPPED":
+            return WorkerStatus.STOPPED
+        last = task.get("lastStatus", "")
+        if last in STARTING:
+            return WorkerStatus.INITIALIZING
+        return WorkerStatus.RUNNING if last == "RUNNING" else WorkerStatus.STOPPED
+
+    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+        unique = list(dict.fromkeys(handles))
+        opts = self._opts(cluster)
+        # Only tasks ECS knows and that are not stopping already get a StopTask: unknown is dead.
+        live = [t["taskArn"] for t in self._describe(cluster, [h for h in unique if _is_task_arn(h)])
+                if t.get("desiredStatus") != "STOPPED" and t.get("lastStatus") != "STOPPED"]
+        client = self.client(cluster)
+        for arn in live:
+            try:
+                client.stop_task(cluster=opts.cluster, task=arn, reason="stopped by Fleet")
+            except Exception as exc:
+                if error_code(exc) in ("InvalidParameterException", "ClientException") and "not found" in str(exc):
+                    continue  # gone between DescribeTasks and StopTask
+                raise_mapped(exc, "ecs:StopTask", hints=HINTS)
+        return {h: True for h in unique}
+
+    def list_workers(self, cluster: Cluster) -> dict[str, int]:
+        arns = self._list(cluster, desired="RUNNING")
+        out: dict[str, int] = {}
+        for task in self._describe(cluster, arns):
+            tags = tag_dict(task.get("tags"))
+            if (tags.get("fleet:id") == cluster.fleet_id and tags.get("fleet:cluster") == cluster.name
+                    and self._status(task) != WorkerStatus.STOPPED):
+                out[task["taskArn"]] = int(tags.get("fleet:workers", "1"))
+        return out
+
+    # -- listing ---------------------------------------------------------------------------
+    def _launched(self, cluster: Cluster, marker: str) -> list[dict[str, Any]]:
+        """Every task (running or stopped) an earlier attempt of a launch started, with tags."""
+        arns = self._list(cluster, desired="RUNNING", started=marker) + self._list(cluster, desired="STOPPED",
+                                                                                  started=marker)
+        return [t for t in self._describe(cluster, list(dict.fromkeys(arns)))
+                if tag_dict(t.get("tags")).get("fleet:id") == cluster.fleet_id]
+
+    def _list(self, cluster: Cluster, *, desired: str, started: str | None = None) -> list[str]:
+        kwargs: dict[str, Any] = {"cluster": self._opts(cluster).cluster, "desiredStatus": desired}
+        if started:
+            kwargs["startedBy"] = started
+        arns: list[str] = []
+        try:
+            for page in self.client(cluster).get_paginator("list_tasks").paginate(**kwargs):
+                arns.extend(page.get("taskArns", []))
+        except Exception as exc:
+            raise_mapped(exc, "ecs:ListTasks", hints=HINTS)
+        return arns
+
+    def _describe(self, cluster: Cluster, arns: Iterable[str]) -> list[dict[str, Any]]:
+        """DescribeTasks (with tags) in chunks of 100; tasks ECS does not know are left out."""
+        arns = list(arns)
+        client = self.client(cluster) if arns else None
+        tasks: list[dict[str, Any]] = []
+        for chunk in chunks(arns, PER_DESCRIBE):
+            try:
+                resp = client.describe_tasks(cluster=self._opts(cluster).cluster, tasks=list(chunk), include=["TAGS"])
+            except Exception as exc:
+                raise_mapped(exc, "ecs:DescribeTasks", hints=HINTS)
+            wanted = set(chunk)
+            tasks.extend(t for t in resp.get("tasks", []) if t.get("taskArn") in wanted)
+        return tasks

@@ -1,0 +1,150 @@
+"""A fault-injecting wrapper around another provider, for chaos tests (as Arvados's stub driver).
+
+Options: `inner` (a registered provider name) and `inner_options`; error rates per call
+(`run_error_rate`, `status_error_rate`, `kill_error_rate`: transient errors; `rate_limit_rate`
+and `quota_rate` on run); `never_boot_rate` (workers that stay initializing forever);
+`die_rate` (per status call, each worker dies behind Fleet's back with this probability);
+`slow_seconds` (each call sleeps up to this long); `seed`. Tests in the same process may also
+queue exact errors with `script` (see `Scripted`).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from typing import Any, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet.errors import (
+    CapacityError,
+    PermanentProviderError,
+    QuotaExceeded,
+    RateLimited,
+    TransientProviderError,
+)
+from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus
+from fleet.registry import provider_class
+
+Rate = Field(default=0.0, ge=0, le=1)
+
+
+class FaultyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inner: str = "local"
+    inner_options: dict[str, Any] = Field(default_factory=dict)
+    run_error_rate: float = Rate
+    status_error_rate: float = Rate
+    kill_error_rate: float = Rate
+    rate_limit_rate: float = Rate
+    quota_rate: float = Rate
+    never_boot_rate: float = Rate
+    die_rate: float = Rate
+    slow_seconds: float = Field(default=0.0, ge=0, le=60)
+    seed: int | None = None
+
+
+def scripted_error(spec: str) -> Exception:
+    """'transient' | 'rate_limited[:seconds]' | 'quota' | 'capacity[:type]' | 'permanent' | 'kill_fail'."""
+    kind, _, arg = spec.partition(":")
+    if kind == "rate_limited":
+        return RateLimited("injected throttling", retry_after=float(arg or 1.0))
+    if kind == "quota":
+        return QuotaExceeded("injected quota")
+    if kind == "capacity":
+        return CapacityError("injected capacity shortage", instance_type=arg or None)
+    if kind == "permanent":
+        return PermanentProviderError("injected permanent error: fix the injected option")
+    return TransientProviderError(f"injected {kind or 'transient'} error")
+
+
+class FaultyProvider(Provider):
+    options_model = FaultyOptions
+
+    def __init__(self, context: ProviderContext) -> None:
+        super().__init__(context)
+        self._inner: dict[str, Provider] = {}
+        self._rng = random.Random()
+        self._seeded = False
+        self._lock = threading.Lock()
+        self._never_boot: set[str] = set()
+        #: exact errors the next calls raise, by operation ("run", "status", "kill"); tests only
+        self.script: dict[str, deque[str]] = {"run": deque(), "status": deque(), "kill": deque()}
+        #: the excluded_types of every run call that reached the inner provider; tests only
+        self.excluded_seen: list[frozenset[str]] = []
+
+    @classmethod
+    def validate_options(cls, options: Any) -> BaseModel:
+        opts = FaultyOptions.model_validate(dict(options))
+        provider_class(opts.inner).validate_options(opts.inner_options)
+        return opts
+
+    def _parts(self, cluster: Cluster) -> tuple[Provider, Cluster, FaultyOptions]:
+        opts: FaultyOptions = cluster.options  # type: ignore[assignment]
+        with self._lock:
+            if opts.seed is not None and not self._seeded:
+                self._rng.seed(opts.seed)
+                self._seeded = True
+            if opts.inner not in self._inner:
+                self._inner[opts.inner] = provider_class(opts.inner)(self.context)
+        cls = provider_class(opts.inner)
+        ref = Cluster(cluster.fleet_id, cluster.name, cluster.workers_per_container,
+                      cls.validate_options(opts.inner_options), cluster.excluded_types)
+        return self._inner[opts.inner], ref, opts
+
+    def _chance(self, rate: float) -> bool:
+        with self._lock:
+            return rate > 0 and self._rng.random() < rate
+
+    def _before(self, op: str, opts: FaultyOptions, rate: float) -> None:
+        if opts.slow_seconds:
+            with self._lock:
+                delay = self._rng.uniform(0, opts.slow_seconds)
+            time.sleep(delay)
+        with self._lock:
+            queued = self.script[op].popleft() if self.script[op] else None
+        if queued:
+            raise scripted_error(queued)
+        if self._chance(rate):
+            raise TransientProviderError(f"injected {op} error")
+
+    def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
+                    *, launch_id: str) -> list[str]:
+        inner, ref, opts = self._parts(cluster)
+        self._before("run", opts, opts.run_error_rate)
+        if self._chance(opts.rate_limit_rate):
+            raise RateLimited("injected throttling", retry_after=1.0)
+        if self._chance(opts.quota_rate):
+            raise QuotaExceeded("injected quota")
+        with self._lock:
+            self.excluded_seen.append(cluster.excluded_types)
+        handles = inner.run_workers(ref, container, hardware, count, launch_id=launch_id)
+        for h in set(handles):
+            if self._chance(opts.never_boot_rate):
+                with self._lock:
+                    self._never_boot.add(h)
+        return handles
+
+    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
+        inner, ref, opts = self._parts(cluster)
+        self._before("status", opts, opts.status_error_rate)
+        doomed = [h for h in handles if self._chance(opts.die_rate)]
+        if doomed:
+            inner.kill_workers(ref, doomed)
+        status = inner.worker_status(ref, handles)
+        with self._lock:
+            return {h: WorkerStatus.INITIALIZING if h in self._never_boot and s == WorkerStatus.RUNNING else s
+                    for h, s in status.items()}
+
+    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+        inner, ref, opts = self._parts(cluster)
+        self._before("kill", opts, opts.kill_error_rate)
+        return inner.kill_workers(ref, handles)
+
+    def list_workers(self, cluster: Cluster) -> dict[str, int] | None:
+        inner, ref, opts = self._parts(cluster)
+        self._before("status", opts, opts.status_error_rate)
+        return inner.list_workers(ref)

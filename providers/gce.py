@@ -1,0 +1,437 @@
+"""Google Compute Engine: one VM per handle, through google-cloud-compute's REST transport.
+
+Options (`provider_options`):
+
+* `project`, `zone` (required): where instances live.
+* `source_image` (required): boot image, e.g. `projects/cos-cloud/global/images/family/cos-stable`
+  (an image with Docker when `container.image` is set).
+* `machine_type`: an explicit machine type; otherwise the cheapest type of `catalogue` (a list of
+  `fleet.catalogue.InstanceType`, default: a built-in list of e2/n2 types with relative prices)
+  that fits the cluster's `hardware` (one container = one VM).
+* `network` (default `global/networks/default`), `subnetwork`, `external_ip` (default true),
+  `service_account_email` + `scopes`, `disk_size_gb`, `preemptible` or `spot`.
+* `api_endpoint`: another Compute endpoint, scheme included (tests: `http://127.0.0.1:PORT`).
+* `anonymous`: use anonymous credentials (only for a local fake server). Otherwise credentials
+  come from application default credentials (the SDK's chain), never from options.
+* `page_size` (list page size), `operation_timeout` (the bounded wait for insert/delete
+  operations, seconds), `retry_deadline` (how long api_core retries transient errors, seconds).
+
+Identity: the instance name is the handle, `fleet-<launch id>-<index>` (deterministic, so a
+retried launch finds its instances, with a `requestId` derived from launch id and index on each
+insert; a 409 "already exists" of our own instance is adopted). Labels `fleet-id`,
+`fleet-cluster`, `fleet-launch` and `fleet-workers` mark every instance (values lowercased and
+hashed when GCE would refuse them). The `startup-script` metadata exports FLEET_ID,
+FLEET_CLUSTER, FLEET_HANDLE, FLEET_WORKERS, FLEET_LAUNCH_ID and the container's env, runs the
+worker (`docker run --network host` of `container.image`, or the command itself) and then
+`shutdown -h now`: a worker that exits stops its VM (TERMINATED counts as stopped and
+`kill_workers` deletes it), so a dead control plane leaks no running VMs. No secrets go into
+metadata: the worker gets its broker credentials the way the image/VM is set up to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import string
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fleet.catalogue import InstanceType, cheapest_fit
+from fleet.errors import (
+    CapacityError,
+    PermanentProviderError,
+    ProviderError,
+    QuotaExceeded,
+    RateLimited,
+    TransientProviderError,
+)
+from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, WorkerStatus, import_sdk
+
+T = TypeVar("T")
+
+#: Relative on-demand prices (us-central1, USD/hour, rounded): only their order matters.
+DEFAULT_CATALOGUE: tuple[InstanceType, ...] = tuple(
+    InstanceType(name=n, cpu=c, memory_mb=m, price=p) for n, c, m, p in (
+        ("e2-micro", 0.25, 1024, 0.0084), ("e2-small", 0.5, 2048, 0.0168), ("e2-medium", 1, 4096, 0.0335),
+        ("e2-highcpu-2", 2, 2048, 0.0495), ("e2-standard-2", 2, 8192, 0.0670), ("e2-highmem-2", 2, 16384, 0.0904),
+        ("e2-highcpu-4", 4, 4096, 0.0990), ("e2-standard-4", 4, 16384, 0.1340), ("e2-highmem-4", 4, 32768, 0.1808),
+        ("e2-highcpu-8", 8, 8192, 0.1980), ("e2-standard-8", 8, 32768, 0.2681), ("e2-highmem-8", 8, 65536, 0.3616),
+        ("e2-standard-16", 16, 65536, 0.5362), ("e2-standard-32", 32, 131072, 1.0723),
+        ("n2-standard-2", 2, 8192, 0.0971), ("n2-standard-4", 4, 16384, 0.1942), ("n2-standard-8", 8, 32768, 0.3885),
+        ("n2-standard-16", 16, 65536, 0.7769), ("n2-standard-32", 32, 131072, 1.5539),
+        ("n2-standard-64", 64, 262144, 3.1078), ("n2-highmem-64", 64, 524288, 4.1920),
+    )
+) + (InstanceType(name="a2-highgpu-1g", cpu=12, memory_mb=87040, gpus=1, price=3.6731),)
+
+LABEL_ID, LABEL_CLUSTER, LABEL_LAUNCH, LABEL_WORKERS = "fleet-id", "fleet-cluster", "fleet-launch", "fleet-workers"
+_STATUS = {"PROVISIONING": WorkerStatus.INITIALIZING, "STAGING": WorkerStatus.INITIALIZING,
+           "RUNNING": WorkerStatus.RUNNING}  # everything else (STOPPING, TERMINATED, ...) is stopped
+_RATE_REASONS = {"ratelimitexceeded", "userratelimitexceeded", "rate_limit_exceeded"}
+MAX_REQUEST_HOPS = 4
+_CAPACITY_CODES = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS")
+
+
+class GCEOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project: str = Field(min_length=1, description="Google Cloud project id")
+    zone: str = Field(min_length=1, description="zone of the instances, e.g. europe-west1-b")
+    source_image: str = Field(min_length=1, description="boot image, e.g. projects/debian-cloud/global/images/family/debian-12")
+    machine_type: str | None = Field(default=None, min_length=1, description="explicit machine type; else chosen from catalogue")
+    catalogue: tuple[InstanceType, ...] = Field(default=DEFAULT_CATALOGUE, min_length=1,
+                                                description="machine types to choose the cheapest fitting one from")
+    network: str = Field(default="global/networks/default", min_length=1, description="VPC network")
+    subnetwork: str | None = Field(default=None, description="subnetwork (regions/R/subnetworks/S)")
+    external_ip: bool = Field(default=True, description="give each VM an ephemeral external IP")
+    service_account_email: str | None = Field(default=None, description="service account the VMs run as")
+    scopes: tuple[str, ...] = Field(default=("https://www.googleapis.com/auth/cloud-platform",),
+                                    description="OAuth scopes of the service account")
+    disk_size_gb: int = Field(default=20, ge=10, le=65536, description="boot disk size")
+    preemptible: bool = Field(default=False, description="preemptible VMs")
+    spot: bool = Field(default=False, description="Spot VMs (deleted when preempted)")
+    api_endpoint: str | None = Field(default=None, pattern=r"^https?://", description="Compute API endpoint, scheme included")
+    anonymous: bool = Field(default=False, description="anonymous credentials: only for a local fake server")
+    page_size: int = Field(default=500, ge=1, le=500, description="instances per list page")
+    operation_timeout: float = Field(default=60.0, ge=0, le=3600, description="bounded wait for operations, seconds")
+    retry_deadline: float = Field(default=30.0, ge=0, le=600, description="api_core retry deadline for transient errors, seconds")
+
+    @model_validator(mode="after")
+    def _one_provisioning_model(self) -> GCEOptions:
+        if self.preemptible and self.spot:
+            raise ValueError("spot and preemptible: choose one")
+        return self
+
+
+def label_value(text: str) -> str:
+    """`text` as a valid label value (lowercase, digits, `_-`, <= 63 chars); hashed if it must change."""
+    if re.fullmatch(r"[a-z0-9_-]{0,63}", text):
+        return text
+    clean = re.sub(r"[^a-z0-9_-]", "-", text.lower())[:50]
+    return f"{clean}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def instance_name(launch_id: str, index: int) -> str:
+    """The deterministic instance name (= handle) of container `index` of a launch."""
+    slug = launch_id if re.fullmatch(r"[a-z0-9]{1,20}|[0-9a-f]{21,}", launch_id) else \
+        hashlib.sha256(launch_id.encode()).hexdigest()
+    return f"fleet-{slug[:20]}-{index}"
+
+
+def request_id(launch_id: str, index: int, zone: str) -> str:
+    """The insert `requestId`: a UUID fixed by launch id, index and zone."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fleet-gce:{zone}:{launch_id}:{index}"))
+
+
+def startup_script(container: ContainerSpec, env: dict[str, str]) -> str:
+    """The VM's startup script: export identity + env, run the worker, power off when it exits."""
+    argv = [string.Template(arg).safe_substitute(env) for arg in container.command]
+    lines = ["#!/bin/bash", "# Generated by Fleet: runs one worker container, then powers the VM off.", "cd /"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    if container.image:
+        passed = " ".join(f"-e {k}" for k in env)
+        run = f"docker run --rm --network host --name fleet-worker {passed} {shlex.quote(container.image)} "
+    else:
+        run = ""
+    lines += [run + " ".join(shlex.quote(a) for a in argv),
+              'echo "fleet worker exited with status $?; powering off"',
+              "shutdown -h now", ""]
+    return "\n".join(lines)
+
+
+class GCEProvider(Provider):
+    options_model = GCEOptions
+    listing_grace = 5.0
+
+    def __init__(self, context) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(context)
+        self._clients: dict[tuple[str | None, bool], tuple[Any, Any]] = {}
+
+    # -- SDK plumbing ----------------------------------------------------------------------
+    def _sdk(self, opts: GCEOptions) -> tuple[Any, Any, Any]:
+        """(compute_v1, instances client, zone operations client), built once per endpoint."""
+        compute = import_sdk("google.cloud.compute_v1", "gce")
+        key = (opts.api_endpoint, opts.anonymous)
+        if key not in self._clients:
+            kwargs: dict[str, Any] = {"transport": "rest"}
+            if opts.api_endpoint:
+                kwargs["client_options"] = {"api_endpoint": opts.api_endpoint}
+            if opts.anonymous:
+                kwargs["credentials"] = import_sdk("google.auth.credentials", "gce").AnonymousCredentials()
+            try:
+                self._clients[key] = (compute.InstancesClient(**kwargs), compute.ZoneOperationsClient(**kwargs))
+            except Exception as exc:  # DefaultCredentialsError and friends
+                raise PermanentProviderError(
+                    "no Google credentials: run `gcloud auth application-default login`, set "
+                    "GOOGLE_APPLICATION_CREDENTIALS, or run on a VM with a service account", str(exc)) from exc
+        return (compute, *self._clients[key])
+
+    def _call(self, opts: GCEOptions, fn: Callable[..., T], *args: Any, allow: tuple[int, ...] = (),
+              machine_type: str | None = None, **kwargs: Any) -> T:
+        """Call the SDK with api_core's retry on transient errors (bounded by `retry_deadline`);
+        map what escapes to typed errors, except HTTP codes in `allow`, which are re-raised as is."""
+        retry = import_sdk("google.api_core.retry", "gce").Retry(
+            predicate=_transient, initial=0.2, maximum=5.0, multiplier=2.0, timeout=opts.retry_deadline)
+        try:
+            return fn(*args, retry=retry, timeout=max(opts.retry_deadline, 10.0), **kwargs)
+        except Exception as exc:
+            if _code(exc) in allow:
+                raise
+            raise map_error(exc, opts, machine_type) from exc
+
+    def _list(self, opts: GCEOptions, **labels: str) -> list[Any]:
+        """Every instance carrying `labels`, through one filtered list (the pager follows pages)."""
+        compute, instances, _ = self._sdk(opts)
+        flt = " AND ".join(f'labels.{k} = "{v}"' for k, v in labels.items())
+        request = compute.ListInstancesRequest(project=opts.project, zone=opts.zone, filter=flt,
+                                               max_results=opts.page_size)
+        return self._call(opts, lambda **kw: list(instances.list(**kw)), request=request)
+
+    def _ours(self, cluster: Cluster) -> dict[str, str]:
+        return {LABEL_ID: label_value(cluster.fleet_id), LABEL_CLUSTER: label_value(cluster.name)}
+
+    def _wait(self, opts: GCEOptions, ops: dict[str, Any], deadline: float) -> dict[str, Any]:
+        """Wait (bounded by `deadline`) for operations keyed by name; the DONE ones, by key."""
+        _, _, operations = self._sdk(opts)
+        done: dict[str, Any] = {}
+        for key, op in ops.items():
+            while op is not None and not _done(op):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    op = None
+                    break
+                try:
+                    op = operations.wait(project=opts.project, zone=opts.zone, operation=op.name,
+                                         timeout=max(left, 1.0))
+                except Exception:  # an unfinished wait is not an error: the operation goes on
+                    op = None
+            if op is not None:
+                done[key] = op
+        return done
+
+    # -- the contract ----------------------------------------------------------------------
+    def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
+                    *, launch_id: str) -> list[str]:
+        opts: GCEOptions = cluster.options  # type: ignore[assignment]
+        machine_type = opts.machine_type or cheapest_fit(opts.catalogue, hardware).name
+        gpus = next((t.gpus for t in opts.catalogue if t.name == machine_type), 0)
+        compute, _, _ = self._sdk(opts)
+        api_errors = import_sdk("google.api_core.exceptions", "gce")
+        sizes = cluster.containers_for(count)
+        names = [instance_name(launch_id, i) for i in range(len(sizes))]
+        existing = {i.name for i in self._list(opts, **self._ours(cluster), **{LABEL_LAUNCH: label_value(launch_id)})}
+        launched = set(existing)
+        ops: dict[str, Any] = {}
+        failure: ProviderError | None = None
+        for index, (name, size) in enumerate(zip(names, sizes)):
+            if name in existing:
+                continue
+            body = self._instance(compute, opts, cluster, container, machine_type, gpus, name, size, launch_id)
+            try:
+                ops[name] = self._insert(opts, body, request_id(launch_id, index, opts.zone), machine_type)
+            except ProviderError as exc:
+                failure = exc
+                break  # quota, capacity, throttling, bad config: the next inserts would fail alike
+            except api_errors.Conflict as exc:  # the name is taken
+                self._adopt(opts, cluster, name, exc)
+                launched.add(name)
+        for name, op in self._wait(opts, ops, time.monotonic() + opts.operation_timeout).items():
+            error = _operation_error(op, opts, machine_type)
+            if error is None:
+                continue
+            ops.pop(name)
+            failure = failure or error
+        launched |= set(ops)  # accepted, and done or still going: eventual consistency covers the rest
+        if failure is not None and (not launched or isinstance(failure, (RateLimited, TransientProviderError))):
+            raise failure  # a retry with this launch id resumes where this call stopped
+        return [h for name, size in zip(names, sizes) if name in launched for h in [name] * size]
+
+    def _insert(self, opts: GCEOptions, body: Any, rid: str, machine_type: str) -> Any:
+        """Insert with request id `rid`; returns the operation (409 Conflict propagates).
+
+        GCE answers a repeated request id with the original operation. When that one failed
+        (an insert answered with an operation already DONE with an error is such a replay: a
+        fresh insert answers PENDING or RUNNING), the new attempt needs a request id of its own,
+        derived from the failed operation, so every delivery of a launch walks the same chain.
+        """
+        compute, instances, _ = self._sdk(opts)
+        op = None
+        for _ in range(MAX_REQUEST_HOPS):
+            request = compute.InsertInstanceRequest(project=opts.project, zone=opts.zone, instance_resource=body,
+                                                    request_id=rid)
+            op = self._call(opts, instances.insert_unary, request=request, allow=(409,), machine_type=machine_type)
+            if not (_done(op) and op.error and op.error.errors):
+                return op
+            rid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"fleet-gce-retry:{rid}:{op.name}"))
+        return op
+
+    def _adopt(self, opts: GCEOptions, cluster: Cluster, name: str, exc: Exception) -> None:
+        """A 409 on insert: the name exists. Adopt it if it is this fleet's and cluster's."""
+        _, instances, _ = self._sdk(opts)
+        found = self._call(opts, instances.get, project=opts.project, zone=opts.zone, instance=name)
+        labels = dict(found.labels)
+        if any(labels.get(k) != v for k, v in self._ours(cluster).items()):
+            raise PermanentProviderError(
+                f"instance name {name} in {opts.project}/{opts.zone} is taken by an instance not labelled for "
+                f"fleet {cluster.fleet_id!r} cluster {cluster.name!r}: delete or rename it", str(exc))
+
+    def _instance(self, compute: Any, opts: GCEOptions, cluster: Cluster, container: ContainerSpec,
+                  machine_type: str, gpus: int, name: str, size: int, launch_id: str) -> Any:
+        env = {**container.env, **cluster.identity_env(name, size), "FLEET_LAUNCH_ID": launch_id}
+        nic = compute.NetworkInterface(network=opts.network)
+        if opts.subnetwork:
+            nic.subnetwork = opts.subnetwork
+        if opts.external_ip:
+            nic.access_configs = [compute.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")]
+        scheduling = compute.Scheduling()
+        if opts.spot:
+            scheduling = compute.Scheduling(provisioning_model="SPOT", instance_termination_action="DELETE")
+        elif opts.preemptible:
+            scheduling = compute.Scheduling(preemptible=True, automatic_restart=False, on_host_maintenance="TERMINATE")
+        elif gpus:
+            scheduling = compute.Scheduling(on_host_maintenance="TERMINATE")
+        body = compute.Instance(
+            name=name,
+            machine_type=f"zones/{opts.zone}/machineTypes/{machine_type}",
+            labels={**self._ours(cluster), LABEL_LAUNCH: label_value(launch_id), LABEL_WORKERS: str(size)},
+            metadata=compute.Metadata(items=[compute.Items(key="startup-script", value=startup_script(container, env))]),
+            disks=[compute.AttachedDisk(boot=True, auto_delete=True, initialize_params=compute.AttachedDiskInitializeParams(
+                source_image=opts.source_image, disk_size_gb=opts.disk_size_gb))],
+            network_interfaces=[nic],
+            scheduling=scheduling,
+        )
+        if opts.service_account_email:
+            body.service_accounts = [compute.ServiceAccount(email=opts.service_account_email, scopes=list(opts.scopes))]
+        return body
+
+    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
+        opts: GCEOptions = cluster.options  # type: ignore[assignment]
+        if not handles:
+            return {}
+        seen = {i.name: _STATUS.get(i.status, WorkerStatus.STOPPED) for i in self._list(opts, **self._ours(cluster))}
+        return {h: seen.get(h, WorkerStatus.STOPPED) for h in handles}
+
+    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+        """Delete each handle's instance. Only instances labelled for this fleet and cluster are
+        touched (one list finds them); a handle not among them is unknown, so already stopped.
+        An operation still running at the bounded wait's end counts as going away (True); a typed
+        error (throttled, refused) propagates and Fleet asks again: deletes are idempotent."""
+        opts: GCEOptions = cluster.options  # type: ignore[assignment]
+        if not handles:
+            return {}
+        _, instances, _ = self._sdk(opts)
+        not_found = import_sdk("google.api_core.exceptions", "gce").NotFound
+        ours = {i.name for i in self._list(opts, **self._ours(cluster))}
+        result = {h: True for h in handles}
+        ops: dict[str, Any] = {}
+        for h in dict.fromkeys(handles):
+            if h in ours:
+                try:
+                    ops[h] = self._call(opts, instances.delete_unary, project=opts.project, zone=opts.zone,
+                                        instance=h, allow=(404,))
+                except not_found:
+                    continue  # gone between the list and the delete
+        for h, op in self._wait(opts, ops, time.monotonic() + opts.operation_timeout).items():
+            errors = list(op.error.errors) if op.error else []
+            if errors and not all("NOT_FOUND" in e.code for e in errors):
+                result[h] = False
+        return result
+
+    def list_workers(self, cluster: Cluster) -> dict[str, int]:
+        opts: GCEOptions = cluster.options  # type: ignore[assignment]
+        return {i.name: int(dict(i.labels).get(LABEL_WORKERS, "1"))
+                for i in self._list(opts, **self._ours(cluster))
+                if _STATUS.get(i.status, WorkerStatus.STOPPED) != WorkerStatus.STOPPED}
+
+
+# -- errors --------------------------------------------------------------------------------
+def _code(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, int) else None
+
+
+def _reasons(exc: BaseException) -> set[str]:
+    out = {str(getattr(exc, "reason", "") or "").lower()}
+    for e in getattr(exc, "errors", None) or ():
+        if isinstance(e, dict):
+            out.add(str(e.get("reason", "")).lower())
+    return out - {""}
+
+
+def _transient(exc: BaseException) -> bool:
+    """What api_core's retry retries: server errors and broken connections, not throttling."""
+    code = _code(exc)
+    if code is not None:
+        return code >= 500
+    requests = import_sdk("requests", "gce")
+    auth_errors = import_sdk("google.auth.exceptions", "gce")
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                            auth_errors.TransportError, ConnectionError, TimeoutError))
+
+
+def _retry_after(exc: BaseException, default: float = 10.0) -> float:
+    response = getattr(exc, "response", None)
+    try:
+        return max(float(response.headers.get("Retry-After")), 0.0)  # type: ignore[union-attr]
+    except (AttributeError, TypeError, ValueError):
+        return default
+
+
+def map_error(exc: BaseException, opts: GCEOptions, machine_type: str | None) -> ProviderError:
+    """A google.api_core / transport exception as one of Fleet's typed errors."""
+    if isinstance(exc, ProviderError):
+        return exc
+    code, reasons, text = _code(exc), _reasons(exc), str(exc)
+    cause = text[:500]
+    if code == 429 or reasons & _RATE_REASONS:
+        return RateLimited(f"the Compute API throttled project {opts.project}", _retry_after(exc), cause)
+    if "quotaexceeded" in reasons or "QUOTA_EXCEEDED" in text:
+        return QuotaExceeded(f"a Compute Engine quota of project {opts.project} in {opts.zone} is used up", cause)
+    if any(c in text for c in _CAPACITY_CODES) or "zone_resource_pool_exhausted" in reasons:
+        return CapacityError(f"zone {opts.zone} has no capacity for {machine_type}", machine_type, cause)
+    if code == 401:
+        return PermanentProviderError(
+            "Google credentials were rejected: refresh application default credentials "
+            "(gcloud auth application-default login) or GOOGLE_APPLICATION_CREDENTIALS", cause)
+    if code == 403:
+        return PermanentProviderError(
+            f"permission denied in project {opts.project}: grant the credentials roles/compute.instanceAdmin.v1 "
+            "(and iam.serviceAccountUser for service_account_email), and enable the Compute Engine API", cause)
+    if code == 404:
+        return PermanentProviderError(
+            f"not found: check provider_options project ({opts.project}), zone ({opts.zone}), source_image, "
+            "network and subnetwork", cause)
+    if code is not None and 400 <= code < 500:
+        return PermanentProviderError(
+            "the Compute API refused the request: check provider_options (machine_type, source_image, network, "
+            "disk_size_gb, service_account_email)", cause)
+    if isinstance(exc, (ValueError, TypeError)) and code is None and not _transient(exc):
+        return PermanentProviderError("invalid Compute request: check provider_options", cause)
+    return TransientProviderError("the Compute API failed; retry later", cause)
+
+
+def _done(op: Any) -> bool:
+    return getattr(op.status, "name", str(op.status)) == "DONE"
+
+
+def _operation_error(op: Any, opts: GCEOptions, machine_type: str) -> ProviderError | None:
+    """The typed error of a DONE operation that failed, else None."""
+    errors = list(op.error.errors) if op.error else []
+    if not errors:
+        return None
+    codes = [e.code for e in errors]
+    text = "; ".join(f"{e.code}: {e.message}" for e in errors)[:500]
+    if "QUOTA_EXCEEDED" in codes:
+        return QuotaExceeded(f"a Compute Engine quota of project {opts.project} in {opts.zone} is used up", text)
+    if any(c in _CAPACITY_CODES for c in codes):
+        return CapacityError(f"zone {opts.zone} has no capacity for {machine_type}", machine_type, text)
+    if any("RATE" in c and "EXCEEDED" in c for c in codes):
+        return RateLimited(f"the Compute API throttled project {opts.project}", 10.0, text)
+    if any(c in ("RESOURCE_NOT_FOUND", "INVALID_FIELD_VALUE", "PERMISSION_DENIED", "INVALID_USAGE") for c in codes):
+        return PermanentProviderError(
+            "an instance could not be created: check provider_options (source_image, network, machine_type)", text)
+    return TransientProviderError("an instance operation failed; retry later", text)

@@ -1,0 +1,209 @@
+"""Recovery, orphan reaping, boot timeouts, kill retries and the typed cloud errors, each against
+a real Redis and real Celery workers (the control plane of tests/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fleet.errors import InvalidRequest
+from fleet.provider import ContainerSpec, Hardware, ProviderContext, WorkerStatus
+from providers.local import LocalProvider
+from providers.memory import MemoryProvider
+from tests.conftest import FLEET_ID, ROOT, converged, wait_for
+
+
+def scale(app: Any, cluster: str, n: int) -> dict[str, Any]:
+    return app.send_task("fleet.scale", args=[cluster, n]).get(timeout=20)
+
+
+def wipe(r: redis.Redis, cluster: str) -> None:
+    """What a Redis without persistence loses on a restart, for this cluster."""
+    for key in r.scan_iter(f"fleet:{FLEET_ID}:{cluster}:*"):
+        r.delete(key)
+
+
+def test_lost_redis_state_is_rebuilt_from_the_provider(fleet: Any, control_plane: Any, r: redis.Redis) -> None:
+    scale(control_plane, "shared", 10)
+    wait_for(converged(fleet, "shared", 10), what="10")
+    world = MemoryProvider.world(FLEET_ID)
+    before = dict(fleet.state.read("shared").handles)
+    launches = len(world.launches)
+    wipe(r, "shared")
+    # the sweep adopts what the provider lists and, the desired number being gone, keeps it
+    wait_for(converged(fleet, "shared", 10), timeout=15, what="adopted")
+    after = fleet.state.read("shared")
+    assert set(after.handles) == set(before)
+    assert {h: rec["w"] for h, rec in after.handles.items()} == {h: rec["w"] for h, rec in before.items()}
+    assert len(world.launches) == launches  # nothing launched again
+    assert any(e["kind"] == "desired" and e.get("source") == "adopted" for e in fleet.state.events("shared"))
+    # and it goes on from there
+    scale(control_plane, "shared", 4)
+    wait_for(converged(fleet, "shared", 4), what="4")
+    assert world.live("shared") == 4
+
+
+def test_orphans_are_adopted_after_the_grace_and_killed_when_not_needed(fleet: Any, control_plane: Any) -> None:
+    scale(control_plane, "single", 2)
+    wait_for(converged(fleet, "single", 2), what="2")
+    # workers of this fleet and cluster that Fleet never launched (a control plane died mid-launch)
+    provider = fleet.provider("memory").inner
+    ref = fleet.config.cluster("single")
+    orphans = set(provider.run_workers(ref, ContainerSpec(command=("w",)), Hardware(), 3, launch_id=uuid.uuid4().hex))
+    # until the grace passes they are not Fleet's, but they count against max_workers
+    wait_for(lambda: fleet.get_worker_numbers("single")["unknown"] == 3, what="seen as unknown")
+    wait_for(lambda: set(provider.list_workers(ref)).isdisjoint(orphans), timeout=15, what="orphans killed")
+    events = fleet.state.events("single", 200)
+    assert {e["handle"] for e in events if e["kind"] == "adopted"} == orphans
+    assert {e["handle"] for e in events if e["kind"] == "kill"} == orphans  # the newest go first
+    wait_for(converged(fleet, "single", 2), what="back to 2")
+    assert set(provider.list_workers(ref)) == set(fleet.state.read("single").handles)
+
+
+def test_another_fleets_workers_are_never_touched(fleet: Any, control_plane: Any) -> None:
+    scale(control_plane, "local", 2)
+    wait_for(converged(fleet, "local", 2), what="2")
+    stranger = LocalProvider(ProviderContext("other" + FLEET_ID, ROOT))
+    ref = fleet.config.cluster("local")
+    theirs = type(ref)("other" + FLEET_ID, "local", 2, ref.options)
+    (h,) = set(stranger.run_workers(theirs, ContainerSpec(command=(sys.executable, "-c", "import time; time.sleep(60)")),
+                                    Hardware(), 2, launch_id=uuid.uuid4().hex))
+    try:
+        time.sleep(4)  # two orphan graces, several sweeps
+        assert stranger.worker_status(theirs, [h]) == {h: WorkerStatus.RUNNING}
+        assert h not in fleet.state.read("local").handles
+        assert fleet.get_worker_numbers("local")["unknown"] == 0
+    finally:
+        stranger.kill_workers(theirs, [h])
+    scale(control_plane, "local", 0)
+    wait_for(converged(fleet, "local", 0), timeout=30, what="0")
+
+
+def test_workers_that_never_boot_are_killed_and_replaced(fleet: Any, control_plane: Any) -> None:
+    scale(control_plane, "slowboot", 2)
+    wait_for(lambda: len([e for e in fleet.state.events("slowboot", 200) if e["kind"] == "boot_timeout"]) >= 4,
+             timeout=20, what="two rounds of boot timeouts")
+    events = fleet.state.events("slowboot", 200)
+    timed_out = [e["handle"] for e in events if e["kind"] == "boot_timeout"]
+    killed = {e["handle"] for e in events if e["kind"] == "killed"}
+    assert set(timed_out[:2]) <= killed  # killed, and replaced by new launches
+    assert len([e for e in events if e["kind"] == "launch"]) >= 2
+    scale(control_plane, "slowboot", 0)
+    wait_for(converged(fleet, "slowboot", 0), what="0")
+
+
+def test_failed_kills_are_retried_until_the_worker_is_gone(fleet: Any, control_plane: Any) -> None:
+    scale(control_plane, "flaky", 1)
+    wait_for(converged(fleet, "flaky", 1), what="1")
+    faulty = fleet.provider("faulty").inner
+    faulty.script["kill"].extend(["transient", "transient", "transient"])
+    (handle,) = fleet.state.read("flaky").handles
+    scale(control_plane, "flaky", 0)
+    wait_for(lambda: fleet.state.read("flaky").handles.get(handle, {}).get("s") == "stopping", what="stopping")
+    wait_for(converged(fleet, "flaky", 0), timeout=30, what="gone after retries")
+    failures = [e for e in fleet.state.events("flaky", 200) if e["kind"] == "kill_failed"]
+    assert len(failures) >= 3 and {e["handle"] for e in failures} == {handle}
+    assert MemoryProvider.world(FLEET_ID).live("flaky") == 0
+
+
+def test_rate_limited_holds_every_worker_off_the_provider(fleet: Any, control_plane: Any) -> None:
+    faulty = fleet.provider("faulty").inner
+    faulty.script["run"].append("rate_limited:2")
+    scale(control_plane, "flaky", 2)
+    wait_for(lambda: fleet.get_worker_numbers("flaky")["rate_limited"] > 0, what="a shared hold")
+    calls = MemoryProvider.world(FLEET_ID).calls["run"]
+    time.sleep(1.0)
+    assert MemoryProvider.world(FLEET_ID).calls["run"] == calls  # nobody calls during the hold
+    wait_for(converged(fleet, "flaky", 2), timeout=20, what="launched after the hold")
+
+
+def test_quota_exceeded_holds_launches_until_a_worker_goes(fleet: Any, control_plane: Any) -> None:
+    faulty = fleet.provider("faulty").inner
+    scale(control_plane, "flaky", 2)
+    wait_for(converged(fleet, "flaky", 2), what="2")
+    faulty.script["run"].append("quota")
+    scale(control_plane, "flaky", 4)
+    wait_for(lambda: fleet.get_worker_numbers("flaky")["at_quota"] > 0, what="at quota")
+    time.sleep(1.5)  # several sweeps: no launch is tried while at quota
+    status = fleet.get_worker_numbers("flaky")
+    assert (status["running"], status["pending"], status["at_quota"] > 0) == (2, 0, True)
+    assert len([e for e in fleet.state.events("flaky", 200) if e["kind"] == "at_quota"]) == 1
+    MemoryProvider.world(FLEET_ID).crash(next(iter(fleet.state.read("flaky").handles)))  # a worker goes away
+    wait_for(converged(fleet, "flaky", 4), timeout=20, what="launches resume")
+
+
+def test_capacity_error_holds_the_type_and_tries_the_next(fleet: Any, control_plane: Any) -> None:
+    faulty = fleet.provider("faulty").inner
+    faulty.script["run"].append("capacity:big.large")
+    scale(control_plane, "flaky", 1)
+    wait_for(converged(fleet, "flaky", 1), timeout=20, what="launched on another type")
+    assert "big.large" in faulty.excluded_seen[-1]
+    assert "big.large" in fleet.guard.held_types("faulty")
+    assert any(e["kind"] == "no_capacity" and e["instance_type"] == "big.large" for e in fleet.state.events("flaky"))
+
+
+def test_permanent_error_shows_in_status_and_stops_retrying_until_cleared(fleet: Any, control_plane: Any) -> None:
+    faulty = fleet.provider("faulty").inner
+    faulty.script["run"].append("permanent")
+    scale(control_plane, "flaky", 1)
+    wait_for(lambda: fleet.get_worker_numbers("flaky")["error"], what="the error in status")
+    assert "fix the injected option" in fleet.get_worker_numbers("flaky")["error"]
+    calls = MemoryProvider.world(FLEET_ID).calls["run"]
+    time.sleep(1.5)  # several sweeps and reconciles: no hot loop, no retry
+    assert fleet.get_worker_numbers("flaky")["pending"] == 0
+    assert len([e for e in fleet.state.events("flaky", 200) if e["kind"] == "error"]) == 1
+    assert MemoryProvider.world(FLEET_ID).calls["run"] == calls
+    assert control_plane.send_task("fleet.clear", args=["flaky"]).get(timeout=20)["cleared"]
+    wait_for(converged(fleet, "flaky", 1), timeout=20, what="launched after the operator cleared it")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cluster=st.one_of(st.text(max_size=70), st.integers(), st.none(), st.lists(st.text(), max_size=2)),
+       workers=st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.text(max_size=10), st.none(),
+                         st.booleans(), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(), st.integers(), max_size=2)))
+def test_bad_input_to_the_public_tasks_changes_nothing(fleet: Any, r: redis.Redis, cluster: Any, workers: Any) -> None:
+    def snapshot() -> dict[bytes, Any]:  # what a scale request may change: desired numbers, launches
+        return {k: r.dump(k) for k in r.scan_iter(f"fleet:{FLEET_ID}:*") if k.endswith((b":desired", b":pending"))}
+
+    before = snapshot()
+    try:
+        result = fleet.set_worker_number(cluster, workers)
+    except InvalidRequest as exc:
+        assert 0 < len(str(exc)) < 400
+        assert snapshot() == before
+    else:
+        spec = fleet.config.spec(cluster)
+        assert isinstance(workers, int) and not isinstance(workers, bool)
+        assert spec.min_workers <= workers <= spec.max_workers and result["desired"] == workers
+        fleet.set_worker_number(cluster, 0)
+
+
+def test_malformed_messages_never_crash_a_control_plane_worker(fleet: Any, control_plane: Any) -> None:
+    from kombu import Connection
+
+    with Connection(control_plane.conf.broker_url) as conn:
+        producer = conn.Producer()
+        producer.publish(b"\xff not json", routing_key="celery", content_type="application/json",
+                         content_encoding="binary", headers={"task": "fleet.scale", "id": str(uuid.uuid4())})
+        producer.publish({"no": "task"}, routing_key="celery", serializer="json")
+        producer.publish(b"\x80\x04K\x01.", routing_key="celery", content_type="application/x-python-serialize",
+                         content_encoding="binary", headers={"task": "fleet.scale", "id": str(uuid.uuid4())})
+    bad = [control_plane.send_task("fleet.scale", args=["single"]),
+           control_plane.send_task("fleet.scale", args=["single", 1, 2, 3]),
+           control_plane.send_task("fleet.scale", kwargs={"bogus": 1}),
+           control_plane.send_task("fleet.kill", args=["single", "not-a-list"], queue=f"fleet.{FLEET_ID}.provider.memory"),
+           control_plane.send_task("fleet.nope", args=[])]
+    for result in bad[:3]:
+        with pytest.raises(TypeError):
+            result.get(timeout=20)
+    scale(control_plane, "single", 3)  # the worker is alive and well
+    wait_for(converged(fleet, "single", 3), what="3")
+    assert json.loads(json.dumps(fleet.get_worker_numbers("single")))["running"] == 3
