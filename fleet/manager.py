@@ -318,7 +318,7 @@ class Manager:
                 with as_provider_errors(spec.provider, "status"):
                     status = provider.worker_status(ref, killed)
                 gone = self.state.apply_status(
-                    cluster, {h: WorkerStatus(status[h]).value for h in killed if h in status})[2]
+                    cluster, {h: WorkerStatus(status[h]).value for h in killed if h in status}).gone
             except ProviderError:
                 pass  # the next sweep confirms
         if gone:
@@ -373,8 +373,11 @@ class Manager:
                 log.warning("provider %s gave no status for %s; skipped", spec.provider, h)
                 continue
             observed[h] = WorkerStatus(s).value
-        pruned, changed, gone = self.state.apply_status(
+        applied = self.state.apply_status(
             cluster, {h: observed[h] for h in st.handles if h in observed}, float(provider.listing_grace))
+        if applied.dead:
+            # Dead is not necessarily gone (an exited container, a stopped VM): clean up, idempotently.
+            self.dispatcher.kill(cluster, applied.dead, spec.provider)
         live_unknown = {h: w for h, w in unknown.items() if observed.get(h, "stopped") != "stopped"}
         now = time.time()
         first_seen = self.state.track_unknown(cluster, live_unknown, now)
@@ -384,9 +387,9 @@ class Manager:
         adopted = self.state.adopt(cluster, due, set_desired=lost_desired and bool(st.handles or due)) if due else 0
         if lost_desired and not due and st.handles:
             self.state.adopt(cluster, {}, set_desired=True)
-        if gone:
+        if applied.gone:
             self.guard.worker_went_away(cluster)
-        return {"cluster": cluster, "handles": len(st.handles), "pruned": pruned, "changed": changed,
+        return {"cluster": cluster, "handles": len(st.handles), "pruned": applied.pruned, "changed": applied.changed,
                 "adopted": adopted, "unknown": len(live_unknown) - len(due)}
 
     def _boot_timeouts(self, cluster: str, spec: ClusterSpec, now: float) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import redis
@@ -66,6 +66,7 @@ _STATUS = """
 local now = tonumber(ARGV[1])
 local grace = tonumber(ARGV[3])
 local pruned, changed, gone = 0, 0, 0
+local dead = {}
 for i = 4, #ARGV, 2 do
   local h, s = ARGV[i], ARGV[i + 1]
   local raw = redis.call('HGET', KEYS[1], h)
@@ -83,6 +84,7 @@ for i = 4, #ARGV, 2 do
         pruned = pruned + r.w
         changed = changed + 1
         gone = gone + 1
+        table.insert(dead, h)
       end
     else
       if r.s ~= 'stopping' and r.s ~= s then
@@ -98,7 +100,7 @@ for i = 4, #ARGV, 2 do
     end
   end
 end
-return {pruned, changed, gone}
+return {pruned, changed, gone, dead}
 """
 
 _KILLED = """
@@ -144,6 +146,14 @@ if ARGV[3] == '1' and redis.call('HEXISTS', KEYS[4], 'n') == 0 then
 end
 return adopted
 """
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    pruned: int = 0  # workers of handles that died on their own
+    changed: int = 0  # handles whose record changed
+    gone: int = 0  # handles that left Redis (died, or killed and confirmed)
+    dead: list[str] = field(default_factory=list)  # the handles that died on their own
 
 
 @dataclass(frozen=True)
@@ -278,17 +288,16 @@ class State:
         return self._record(keys=keys, args=args).decode()
 
     # -- sweep and kills ---------------------------------------------------------------------
-    def apply_status(self, cluster: str, status: Mapping[str, str], grace: float = 0.0) -> tuple[int, int, int]:
-        """Write observed statuses in one script call; drops stopped handles.
-        Returns (workers pruned because they died, handles changed, handles gone)."""
+    def apply_status(self, cluster: str, status: Mapping[str, str], grace: float = 0.0) -> StatusResult:
+        """Write observed statuses in one script call; drops stopped handles."""
         if not status:
-            return 0, 0, 0
+            return StatusResult()
         args: list[Any] = [time.time(), EVENTS_MAXLEN, grace]
         for h, s in status.items():
             args += [h, s]
         keys = [self.key(cluster, "handles"), self.key(cluster, "events")]
-        pruned, changed, gone = self._status(keys=keys, args=args)
-        return int(pruned), int(changed), int(gone)
+        pruned, changed, gone, dead = self._status(keys=keys, args=args)
+        return StatusResult(int(pruned), int(changed), int(gone), [h.decode() for h in dead])
 
     def record_kills(self, cluster: str, results: Mapping[str, bool]) -> None:
         """Count a kill attempt on each handle (they stay stopping until the provider no longer

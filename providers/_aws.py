@@ -95,7 +95,7 @@ class Clients:
             if client is None:
                 boto3 = import_sdk("boto3", "aws")
                 config = import_sdk("botocore.config", "aws").Config(
-                    retries={"mode": opts.retry_mode, "max_attempts": opts.max_attempts},
+                    retries={"mode": opts.retry_mode, "total_max_attempts": opts.max_attempts},
                     connect_timeout=10, read_timeout=60, user_agent_extra="fleet")
                 try:
                     client = boto3.session.Session(region_name=opts.region).client(

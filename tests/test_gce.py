@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest

@@ -3,8 +3,8 @@ of tests/fake_gce.py (anonymous credentials, `api_endpoint` on loopback)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
