@@ -35,6 +35,10 @@ class FleetSettings(BaseModel):
     #: seconds before a failed (or not yet effective) kill is sent again; doubles per attempt up
     #: to 5 minutes
     kill_retry: float = Field(default=10.0, gt=0, le=3600)
+    #: seconds a cluster stays "at quota" (no launches) unless a worker goes away first
+    quota_hold: float = Field(default=60.0, gt=0, le=3600)
+    #: seconds an instance type the cloud had no capacity for is avoided
+    capacity_hold: float = Field(default=60.0, gt=0, le=3600)
 
 
 class ProviderLimits(BaseModel):

@@ -5,6 +5,7 @@
 | `provider:{p}:hold`                | rate-limited: no call to provider p before this expires      |
 | `provider:{p}:capacity` (zset)     | instance types with no capacity, scored by hold-until time    |
 | `provider:{p}:slot:{i}`            | concurrent-launch slots (redis-py Locks)                      |
+| `recovering`                       | Redis lost data under a running control plane: no launches   |
 | `{cluster}:at_quota`               | quota reached: no launches until a worker goes or it expires |
 | `{cluster}:error`                  | a permanent error (JSON: message, config fingerprint, at)    |
 
@@ -24,9 +25,6 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from fleet.errors import TransientProviderError
-
-QUOTA_HOLD = 60.0
-CAPACITY_HOLD = 60.0
 
 
 class LaunchSlotsBusy(TransientProviderError):
@@ -92,7 +90,7 @@ class Guard:
                 return
         raise LaunchSlotsBusy(f"all {slots} concurrent launches of provider {provider!r} are taken")
 
-    def hold_type(self, provider: str, instance_type: str, seconds: float = CAPACITY_HOLD) -> None:
+    def hold_type(self, provider: str, instance_type: str, seconds: float) -> None:
         self.r.zadd(self._key("provider", provider, "capacity"), {instance_type: time.time() + seconds})
 
     def held_types(self, provider: str) -> frozenset[str]:
@@ -104,8 +102,16 @@ class Guard:
             _, held = pipe.execute()
         return frozenset(h.decode() for h in held)
 
+    def start_recovery(self, seconds: float) -> None:
+        """Hold every launch of the fleet for `seconds` (Redis lost data under us)."""
+        self.r.set(self._key("recovering"), time.time() + seconds, px=int(seconds * 1000), nx=True)
+
+    def recovering(self) -> float:
+        raw = self.r.get(self._key("recovering"))
+        return max(float(raw) - time.time(), 0.0) if raw else 0.0
+
     # -- per cluster -----------------------------------------------------------------------
-    def set_at_quota(self, cluster: str, seconds: float = QUOTA_HOLD) -> None:
+    def set_at_quota(self, cluster: str, seconds: float) -> None:
         self.r.set(self._key(cluster, "at_quota"), time.time() + seconds, px=int(seconds * 1000))
 
     def at_quota(self, cluster: str) -> float:

@@ -91,6 +91,23 @@ class Manager:
         self.dispatcher = dispatcher
         self._providers: dict[str, Provider] = {}
         self._providers_lock = threading.Lock()
+        self._epoch: bytes | None = None
+
+    def check_epoch(self) -> None:
+        """Notice when Redis lost its data under a running control plane (a restart without
+        persistence): launches that were in flight then are invisible until their run tasks
+        record them or the sweep adopts them, so every worker holds launches off for
+        `launch_timeout`. A control plane that starts on an empty Redis holds nothing."""
+        key = f"fleet:{self.config.fleet.id}:epoch"
+        current = self.redis.get(key)
+        if current is None:
+            self.redis.set(key, uuid.uuid4().hex, nx=True)
+            current = self.redis.get(key)
+            if self._epoch is not None:
+                self.guard.start_recovery(self.config.fleet.launch_timeout)
+        elif self._epoch is not None and current != self._epoch:
+            self.guard.start_recovery(self.config.fleet.launch_timeout)
+        self._epoch = current
 
     # -- helpers ---------------------------------------------------------------------------
     def provider(self, name: str) -> Provider:
@@ -129,6 +146,8 @@ class Manager:
             return f"error: {error['message']}"
         if self.guard.at_quota(cluster):
             return "at quota"
+        if self.guard.recovering():
+            return "recovering from a loss of Redis data"
         return None
 
     # -- the seed's public pair ------------------------------------------------------------
@@ -154,6 +173,7 @@ class Manager:
         summary.update(
             provider=spec.provider, min_workers=spec.min_workers, max_workers=spec.max_workers,
             at_quota=round(self.guard.at_quota(cluster), 1),
+            recovering=round(self.guard.recovering(), 1),
             rate_limited=round(self.guard.provider_hold(spec.provider), 1),
             error=error["message"] if error else None,
             unknown=self.state.unknown_workers(cluster),
@@ -177,6 +197,7 @@ class Manager:
         cluster's keys, so a concurrent launch record or sweep makes it re-plan, not double-act.
         """
         spec = self.config.spec(cluster)
+        self.check_epoch()
         self.redis.delete(self.state.key(cluster, "queued"))
         lock = self.redis.lock(self.state.key(cluster, "lock"), timeout=60, blocking_timeout=10)
         if not lock.acquire():
@@ -266,6 +287,8 @@ class Manager:
                 self._launch_failed(cluster, spec, launch_id, exc)
                 return {"launch_id": launch_id, "state": "failed", "error": type(exc).__name__}
             previous = self.state.record_launch(cluster, launch_id, handles)
+            if previous == "missing":  # Redis lost the launch while we ran it
+                self.guard.start_recovery(self.config.fleet.launch_timeout)
         finally:
             try:
                 lock.release()
@@ -286,11 +309,11 @@ class Manager:
         fields: dict[str, Any] = {"op": "run", "launch": launch_id, "error": type(exc).__name__,
                                   "message": str(exc)[:500]}
         if isinstance(exc, QuotaExceeded):
-            self.guard.set_at_quota(cluster)
+            self.guard.set_at_quota(cluster, self.config.fleet.quota_hold)
             self.state.event(cluster, "at_quota", **fields)
         elif isinstance(exc, CapacityError):
             if exc.instance_type:
-                self.guard.hold_type(spec.provider, exc.instance_type)
+                self.guard.hold_type(spec.provider, exc.instance_type, self.config.fleet.capacity_hold)
             self.state.event(cluster, "no_capacity", instance_type=exc.instance_type or "", **fields)
             self.request_reconcile(cluster)  # try the next eligible type now
         else:
@@ -333,6 +356,7 @@ class Manager:
         handle's status in one script call, kill boot timeouts, re-send lost launches and kills,
         and ask for a reconcile."""
         spec, ref, provider = self._parts(cluster)
+        self.check_epoch()
         # Expires on its own, so a sweep whose worker died holds up the next ones for a minute at most.
         lock = self.redis.lock(self.state.key(cluster, "sweeping"), timeout=60, blocking=False)
         if not lock.acquire():

@@ -24,12 +24,20 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import Any, Iterable, Iterator, Literal, Mapping, NoReturn, Sequence, TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal, NoReturn, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fleet.errors import (CapacityError, PermanentProviderError, ProviderError, QuotaExceeded, RateLimited,
-                          TransientProviderError)
+from fleet.errors import (
+    CapacityError,
+    PermanentProviderError,
+    ProviderError,
+    QuotaExceeded,
+    RateLimited,
+    TransientProviderError,
+)
 from fleet.provider import import_sdk
 
 T = TypeVar("T")
@@ -82,28 +90,43 @@ class AwsOptions(BaseModel):
 
 class Clients:
     """boto3 clients, one per (service, region, endpoint, retry settings), built once and shared
-    by threads (boto3 clients are thread-safe; sessions are not, hence the lock)."""
+    by threads (boto3 clients are thread-safe; building them is not, hence the lock). Every
+    client gets a session of its own (credentials are resolved per client, through the SDK
+    chain), but all share one botocore loader, so the service models are parsed once."""
+
+    _build_lock = threading.Lock()
+    _loader: Any = None
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._cache: dict[tuple[Any, ...], Any] = {}
 
     def get(self, service: str, opts: AwsOptions) -> Any:
         key = (service, opts.region, opts.endpoint_url, opts.retry_mode, opts.max_attempts)
-        with self._lock:
+        client = self._cache.get(key)
+        if client is not None:
+            return client
+        with self._build_lock:
             client = self._cache.get(key)
             if client is None:
-                boto3 = import_sdk("boto3", "aws")
-                config = import_sdk("botocore.config", "aws").Config(
-                    retries={"mode": opts.retry_mode, "total_max_attempts": opts.max_attempts},
-                    connect_timeout=10, read_timeout=60, user_agent_extra="fleet")
-                try:
-                    client = boto3.session.Session(region_name=opts.region).client(
-                        service, endpoint_url=opts.endpoint_url, config=config)
-                except Exception as exc:  # NoRegionError and friends
-                    raise_mapped(exc, f"building the {service} client")
-                self._cache[key] = client
+                client = self._cache[key] = self._build(service, opts)
             return client
+
+    @classmethod
+    def _build(cls, service: str, opts: AwsOptions) -> Any:
+        boto3 = import_sdk("boto3", "aws")
+        botocore = import_sdk("botocore.session", "aws")
+        config = import_sdk("botocore.config", "aws").Config(
+            retries={"mode": opts.retry_mode, "total_max_attempts": opts.max_attempts},
+            connect_timeout=10, read_timeout=60, user_agent_extra="fleet")
+        if cls._loader is None:
+            cls._loader = import_sdk("botocore.loaders", "aws").create_loader()
+        core = botocore.Session()
+        core.register_component("data_loader", cls._loader)
+        try:
+            return boto3.session.Session(botocore_session=core, region_name=opts.region).client(
+                service, endpoint_url=opts.endpoint_url, config=config)
+        except Exception as exc:  # noqa: BLE001 - NoRegionError and friends; others are re-raised as they are
+            raise_mapped(exc, f"building the {service} client")
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -179,7 +202,7 @@ def map_error(exc: BaseException, action: str, *, instance_type: str | None = No
     if isinstance(exc, bexc.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code") or "")
-        text = str(err.get("Message") or err.get("message") or "")
+        text = str(err.get("Message") or err.get("message") or "").strip().rstrip(".")
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         said = f"{action} failed: {code or status}: {text}".rstrip(": ")
         hint = next((h for prefix, h in (hints or {}).items() if code.startswith(prefix)), None)
@@ -221,3 +244,13 @@ def raise_mapped(exc: BaseException, action: str, *, instance_type: str | None =
     if mapped is None or mapped is exc:
         raise exc
     raise mapped from exc
+
+
+@contextmanager
+def aws_errors(action: str, *, instance_type: str | None = None,
+               hints: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Map what botocore raises inside the block (after its own retries) to a typed error."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - anything not from AWS is re-raised as it is
+        raise_mapped(exc, action, instance_type=instance_type, hints=hints)

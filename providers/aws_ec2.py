@@ -34,14 +34,25 @@ from __future__ import annotations
 import logging
 import re
 import shlex
-from typing import Any, Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import Field
 
 from fleet.catalogue import InstanceType, cheapest_fit
 from fleet.errors import PermanentProviderError, ProviderError
 from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus
-from providers._aws import AwsOptions, Clients, chunks, error_code, plan_calls, raise_mapped, tag_dict, token
+from providers._aws import (
+    AwsOptions,
+    Clients,
+    aws_errors,
+    chunks,
+    error_code,
+    plan_calls,
+    raise_mapped,
+    tag_dict,
+    token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,16 +216,14 @@ class EC2Provider(Provider):
         if opts.iam_instance_profile:
             prof = opts.iam_instance_profile
             params["IamInstanceProfile"] = {"Arn": prof} if prof.startswith("arn:") else {"Name": prof}
-        try:
+        with aws_errors("ec2:RunInstances", instance_type=itype, hints=HINTS):
             resp = client.run_instances(**params)
-        except Exception as exc:
-            raise_mapped(exc, "ec2:RunInstances", instance_type=itype, hints=HINTS)
         return [(i["InstanceId"], workers) for i in resp.get("Instances", [])]
 
     def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
         unique = list(dict.fromkeys(handles))
-        if not unique:
-            return {}
+        if not any(INSTANCE_ID.fullmatch(h) for h in unique):
+            return {h: WorkerStatus.STOPPED for h in unique}
         seen = {i["InstanceId"]: i["State"]["Name"]
                 for i in self._describe(cluster, [{"Name": "instance-state-name", "Values": list(LIVE)}])}
         return {h: STATUS.get(seen.get(h, ""), WorkerStatus.STOPPED) for h in unique}
@@ -232,7 +241,7 @@ class EC2Provider(Provider):
         """TerminateInstances; one unknown id fails the whole call, so split until it is alone."""
         try:
             client.terminate_instances(InstanceIds=ids)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - raise_mapped re-raises anything not from AWS
             if error_code(exc) not in NOT_FOUND:
                 raise_mapped(exc, "ec2:TerminateInstances", hints=HINTS)
             if len(ids) > 1:
@@ -247,7 +256,7 @@ class EC2Provider(Provider):
                 for i in self._describe(cluster, [{"Name": "instance-state-name", "Values": states}])}
 
     # -- describe --------------------------------------------------------------------------
-    def _describe(self, cluster: Cluster, extra: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def _describe(self, cluster: Cluster, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Every instance tagged with this fleet id and cluster (and `extra` filters), all pages."""
         opts = self._opts(cluster)
         filters = [{"Name": "tag:fleet:id", "Values": [cluster.fleet_id]},
@@ -255,10 +264,8 @@ class EC2Provider(Provider):
         pages = self.client(cluster).get_paginator("describe_instances").paginate(
             Filters=filters, PaginationConfig={"PageSize": opts.page_size})
         instances: list[dict[str, Any]] = []
-        try:
+        with aws_errors("ec2:DescribeInstances", hints=HINTS):
             for page in pages:
                 for reservation in page.get("Reservations", []):
                     instances.extend(reservation.get("Instances", []))
-        except Exception as exc:
-            raise_mapped(exc, "ec2:DescribeInstances", hints=HINTS)
-        return iter(instances)
+        return instances

@@ -34,13 +34,24 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from pydantic import Field
 
 from fleet.errors import CapacityError, PermanentProviderError, ProviderError, QuotaExceeded, TransientProviderError
 from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus
-from providers._aws import AwsOptions, Clients, chunks, error_code, plan_calls, raise_mapped, tag_dict, token
+from providers._aws import (
+    AwsOptions,
+    Clients,
+    aws_errors,
+    chunks,
+    error_code,
+    plan_calls,
+    raise_mapped,
+    tag_dict,
+    token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +131,7 @@ class ECSProvider(Provider):
     # -- the contract ----------------------------------------------------------------------
     def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
-        opts = self._opts(cluster)
+        self._opts(cluster)  # refuse options of another provider before anything else
         if hardware.gpus:
             raise PermanentProviderError(f"cluster {cluster.name!r} asks for GPUs, which Fargate does not offer: "
                                          "use aws_ec2 or set hardware.gpus = 0")
@@ -163,7 +174,7 @@ class ECSProvider(Provider):
                                "assignPublicIp": "ENABLED" if opts.assign_public_ip else "DISABLED"}
         if opts.security_groups:
             vpc["securityGroups"] = list(opts.security_groups)
-        try:
+        with aws_errors("ecs:RunTask", instance_type=f"FARGATE {size[0]}/{size[1]}", hints=HINTS):
             resp = self.client(cluster).run_task(
                 cluster=opts.cluster, taskDefinition=opts.task_definition, count=n, launchType="FARGATE",
                 startedBy=marker, clientToken=token(launch_id, str(index)),
@@ -172,8 +183,6 @@ class ECSProvider(Provider):
                     "name": opts.container_name, "command": list(container.command),
                     "environment": [{"name": k, "value": v} for k, v in env.items()]}]},
                 tags=[{"key": k, "value": v} for k, v in tags.items()])
-        except Exception as exc:
-            raise_mapped(exc, "ecs:RunTask", instance_type=f"FARGATE {size[0]}/{size[1]}", hints=HINTS)
         tasks = resp.get("tasks", [])
         failures = resp.get("failures", [])
         if failures:
@@ -217,7 +226,7 @@ class ECSProvider(Provider):
         for arn in live:
             try:
                 client.stop_task(cluster=opts.cluster, task=arn, reason="stopped by Fleet")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - raise_mapped re-raises anything not from AWS
                 if error_code(exc) in ("InvalidParameterException", "ClientException") and "not found" in str(exc):
                     continue  # gone between DescribeTasks and StopTask
                 raise_mapped(exc, "ecs:StopTask", hints=HINTS)
@@ -246,23 +255,19 @@ class ECSProvider(Provider):
         if started:
             kwargs["startedBy"] = started
         arns: list[str] = []
-        try:
+        with aws_errors("ecs:ListTasks", hints=HINTS):
             for page in self.client(cluster).get_paginator("list_tasks").paginate(**kwargs):
                 arns.extend(page.get("taskArns", []))
-        except Exception as exc:
-            raise_mapped(exc, "ecs:ListTasks", hints=HINTS)
         return arns
 
     def _describe(self, cluster: Cluster, arns: Iterable[str]) -> list[dict[str, Any]]:
         """DescribeTasks (with tags) in chunks of 100; tasks ECS does not know are left out."""
         arns = list(arns)
-        client = self.client(cluster) if arns else None
         tasks: list[dict[str, Any]] = []
         for chunk in chunks(arns, PER_DESCRIBE):
-            try:
-                resp = client.describe_tasks(cluster=self._opts(cluster).cluster, tasks=list(chunk), include=["TAGS"])
-            except Exception as exc:
-                raise_mapped(exc, "ecs:DescribeTasks", hints=HINTS)
+            with aws_errors("ecs:DescribeTasks", hints=HINTS):
+                resp = self.client(cluster).describe_tasks(cluster=self._opts(cluster).cluster, tasks=list(chunk),
+                                                           include=["TAGS"])
             wanted = set(chunk)
             tasks.extend(t for t in resp.get("tasks", []) if t.get("taskArn") in wanted)
         return tasks

@@ -10,6 +10,7 @@ queue exact errors with `script` (see `Scripted`).
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -45,6 +46,7 @@ class FaultyOptions(BaseModel):
     die_rate: float = Rate
     slow_seconds: float = Field(default=0.0, ge=0, le=60)
     seed: int | None = None
+    calm_file: str | None = Field(default=None, description="while this file exists, inject nothing")
 
 
 def scripted_error(spec: str) -> Exception:
@@ -95,12 +97,14 @@ class FaultyProvider(Provider):
                       cls.validate_options(opts.inner_options), cluster.excluded_types)
         return self._inner[opts.inner], ref, opts
 
-    def _chance(self, rate: float) -> bool:
+    def _chance(self, rate: float, opts: FaultyOptions | None = None) -> bool:
+        if opts is not None and opts.calm_file and os.path.exists(opts.calm_file):
+            return False
         with self._lock:
             return rate > 0 and self._rng.random() < rate
 
     def _before(self, op: str, opts: FaultyOptions, rate: float) -> None:
-        if opts.slow_seconds:
+        if opts.slow_seconds and not (opts.calm_file and os.path.exists(opts.calm_file)):
             with self._lock:
                 delay = self._rng.uniform(0, opts.slow_seconds)
             time.sleep(delay)
@@ -108,22 +112,22 @@ class FaultyProvider(Provider):
             queued = self.script[op].popleft() if self.script[op] else None
         if queued:
             raise scripted_error(queued)
-        if self._chance(rate):
+        if self._chance(rate, opts):
             raise TransientProviderError(f"injected {op} error")
 
     def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
         inner, ref, opts = self._parts(cluster)
         self._before("run", opts, opts.run_error_rate)
-        if self._chance(opts.rate_limit_rate):
+        if self._chance(opts.rate_limit_rate, opts):
             raise RateLimited("injected throttling", retry_after=1.0)
-        if self._chance(opts.quota_rate):
+        if self._chance(opts.quota_rate, opts):
             raise QuotaExceeded("injected quota")
         with self._lock:
             self.excluded_seen.append(cluster.excluded_types)
         handles = inner.run_workers(ref, container, hardware, count, launch_id=launch_id)
         for h in set(handles):
-            if self._chance(opts.never_boot_rate):
+            if self._chance(opts.never_boot_rate, opts):
                 with self._lock:
                     self._never_boot.add(h)
         return handles
@@ -131,7 +135,7 @@ class FaultyProvider(Provider):
     def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
         inner, ref, opts = self._parts(cluster)
         self._before("status", opts, opts.status_error_rate)
-        doomed = [h for h in handles if self._chance(opts.die_rate)]
+        doomed = [h for h in handles if self._chance(opts.die_rate, opts)]
         if doomed:
             inner.kill_workers(ref, doomed)
         status = inner.worker_status(ref, handles)

@@ -7,8 +7,10 @@ share it, e.g. as Celery's `--concurrency`.
 
 Handles are deterministic, `<launch id>-<index>`, and live in the process's own environment, so
 the provider finds its processes again by reading `/proc/<pid>/environ`: after a control-plane
-restart (`list_workers`), on a redelivered launch (nothing is started twice), and as the guard
-against PID reuse (a reused PID does not carry the handle). Output goes to
+restart (`list_workers`) and as the guard against PID reuse (a reused PID does not carry the
+handle). A marker file per handle (`<state_dir>/launched/<fleet>/<cluster>/<handle>`, created
+exclusively before the process starts) makes a handle start at most once, so a redelivered launch
+starts nothing new even when the first process has died since. Output goes to
 `<state_dir>/logs/<cluster>/<handle>.log`.
 """
 
@@ -107,14 +109,25 @@ class LocalProvider(Provider):
     def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
         opts: LocalOptions = cluster.options  # type: ignore[assignment]
-        existing = self._scan(cluster)
         logs = self.context.state_dir / "logs" / cluster.name
+        marks = self.context.state_dir / "launched" / cluster.fleet_id / cluster.name
         logs.mkdir(parents=True, exist_ok=True)
+        marks.mkdir(parents=True, exist_ok=True)
         handles: list[str] = []
         for index, workers in enumerate(cluster.containers_for(count)):
             handle = f"{launch_id[:16]}-{index}"
-            if handle not in existing:
-                self._spawn(cluster, container, opts, handle, workers, launch_id, logs / f"{handle}.log")
+            # A handle is started at most once, ever: a redelivered launch whose process has died
+            # since returns the (stopped) handle instead of starting it again.
+            try:
+                (marks / handle).touch(exist_ok=False)
+            except FileExistsError:
+                pass
+            else:
+                try:
+                    self._spawn(cluster, container, opts, handle, workers, launch_id, logs / f"{handle}.log")
+                except BaseException:
+                    (marks / handle).unlink(missing_ok=True)
+                    raise
             handles += [handle] * workers
         return handles
 

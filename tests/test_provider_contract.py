@@ -153,3 +153,15 @@ def test_local_status_guards_against_pid_reuse(tmp_path: Path) -> None:
     wait_for(lambda: provider.worker_status(cluster, [h]) == {h: WorkerStatus.STOPPED}, what="stopped")
     provider._pids[h] = os.getpid()
     assert provider.worker_status(cluster, [h]) == {h: WorkerStatus.STOPPED}
+
+
+def test_local_redelivered_launch_does_not_restart_a_dead_worker(tmp_path: Path) -> None:
+    provider, cluster = local(tmp_path)
+    container = ContainerSpec(command=(sys.executable, "-c", "import time; time.sleep(60)"))
+    launch_id = uuid.uuid4().hex
+    (h,) = set(provider.run_workers(cluster, container, Hardware(), 1, launch_id=launch_id))
+    os.killpg(provider._pid(cluster, h), signal.SIGKILL)
+    wait_for(lambda: provider.worker_status(cluster, [h]) == {h: WorkerStatus.STOPPED}, what="stopped")
+    assert set(provider.run_workers(cluster, container, Hardware(), 1, launch_id=launch_id)) == {h}
+    assert provider.worker_status(cluster, [h]) == {h: WorkerStatus.STOPPED}
+    assert provider.list_workers(cluster) == {}

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -65,7 +66,6 @@ def aws_world() -> Iterator[AwsWorld]:
         url = f"http://{host}:{port}"
         ec2 = boto3.client("ec2", endpoint_url=url, region_name=REGION)
         ecs = boto3.client("ecs", endpoint_url=url, region_name=REGION)
-        ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         vpc = ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
         ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.77.0.0/20")["Subnet"]["SubnetId"]
@@ -75,7 +75,7 @@ def aws_world() -> Iterator[AwsWorld]:
             family="fleet-worker", requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="256",
             memory="512", containerDefinitions=[{"name": "worker", "image": "busybox", "memory": 512,
                                                  "essential": True}])
-        world = AwsWorld(url, ami, subnet, sg, "fleet-test-ecs", "fleet-worker")
+        world = AwsWorld(url, "ami-12c6146b", subnet, sg, "fleet-test-ecs", "fleet-worker")
         world.post("/moto-api/state-manager/set-transition",
                    {"model_name": "ecs::task", "transition": {"progression": "manual", "times": 1000}})
         yield world

@@ -1,0 +1,241 @@
+"""The chaos test (after Arvados's dispatcher test): a fault-injecting provider around the local
+one, two control-plane worker processes and one beat, 120 random scale requests over three
+clusters, one worker SIGKILLed during a launch and restarted, and Redis restarted without
+persistence mid-run (FLUSHALL: state, broker queues and bindings all gone). Seeded: CHAOS_SEED=N reproduces a run's requests and faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from fleet.embedded import EmbeddedRedis, free_port
+from fleet.provider import Cluster, ProviderContext
+from providers.local import LocalOptions, LocalProvider
+
+CLUSTERS = {"a": (1, 6), "b": (2, 8), "c": (3, 9)}  # name: (workers per container, max_workers)
+REQUESTS = 120
+CONVERGE_WITHIN = 90.0
+
+
+def config(tmp: Path, fleet_id: str, seed: int) -> str:
+    spawns = tmp / "spawns.log"
+    command = ["sh", "-c", f'echo "$FLEET_HANDLE $$" >> {spawns}; exec sleep 600']
+    text = f"""
+        [fleet]
+        id = "{fleet_id}"
+        sweep_interval = 0.5
+        orphan_grace = 2
+        launch_timeout = 8
+        kill_retry = 0.5
+        quota_hold = 3
+        capacity_hold = 3
+        [providers.faulty]
+        ops_per_second = 200
+        concurrent_launches = 4
+    """
+    for name, (per, most) in CLUSTERS.items():
+        text += f"""
+        [clusters.{name}]
+        provider = "faulty"
+        workers_per_container = {per}
+        max_workers = {most}
+        boot_timeout = 3
+        [clusters.{name}.container]
+        command = {json.dumps(command)}
+        [clusters.{name}.provider_options]
+        inner = "local"
+        inner_options = {{ kill_grace = 1 }}
+        run_error_rate = 0.1
+        status_error_rate = 0.05
+        kill_error_rate = 0.1
+        rate_limit_rate = 0.05
+        quota_rate = 0.03
+        never_boot_rate = 0.05
+        die_rate = 0.02
+        slow_seconds = 0.3
+        seed = {seed}
+        calm_file = "{tmp / 'calm'}"
+        """
+    return textwrap.dedent(text)
+
+
+class ControlPlane:
+    """Two `celery -A tasks worker` processes and one `celery -A tasks beat`, as in production."""
+
+    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+        self.tmp, self.env = tmp, env
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, role: str) -> None:
+        celery = [sys.executable, "-m", "celery", "-A", "tasks"]
+        if role == "beat":
+            argv = celery + ["beat", "--schedule", str(self.tmp / "beat-schedule"), "--loglevel", "WARNING"]
+        else:
+            argv = celery + ["worker", "--pool", "threads", "--concurrency", "4", "--hostname", f"{role}@%h",
+                             "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        log = open(self.tmp / f"{role}.log", "ab")
+        self.procs[role] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(role)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for role in list(self.procs):
+            try:
+                self.kill(role, signal.SIGTERM)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+
+
+def test_chaos(tmp_path: Path) -> None:
+    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(1 << 30))
+    print(f"chaos seed {seed} (CHAOS_SEED={seed} reproduces it)")
+    try:
+        run_chaos(tmp_path, seed)
+    except BaseException as exc:
+        for log in sorted(tmp_path.glob("*.log")):
+            if log.name != "spawns.log":
+                print(f"--- last lines of {log.name}:", *log.read_text(errors="replace").splitlines()[-15:], sep="\n")
+        raise AssertionError(f"chaos test failed; reproduce with CHAOS_SEED={seed}: {exc}") from exc
+
+
+def run_chaos(tmp: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    fleet_id = f"chaos{seed % 100000}"
+    (tmp / "fleet.toml").write_text(config(tmp, fleet_id, seed))
+    port = free_port()
+    server = EmbeddedRedis(tmp / "redis", port=port, persist=False, die_with_parent=True)
+    url = server.start()
+    env = {**os.environ, "FLEET_CONFIG": str(tmp / "fleet.toml"), "FLEET_REDIS_URL": url,
+           "FLEET_STATE_DIR": str(tmp / "state")}
+    plane = ControlPlane(tmp, env)
+    local = LocalProvider(ProviderContext(fleet_id, tmp / "state"))
+    refs = {name: Cluster(fleet_id, name, per, LocalOptions(kill_grace=1)) for name, (per, _) in CLUSTERS.items()}
+    peak: Counter[str] = Counter()
+    over: list[str] = []
+    watching = threading.Event()
+    watching.set()
+
+    story: Counter[str] = Counter()
+    seen = {name: "0" for name in CLUSTERS}
+
+    def watch() -> None:
+        """Ten times a second: the provider's truth (never above max_workers) and the events
+        (read as they come, so the story survives the Redis restart)."""
+        reader = redis.Redis(port=port, socket_timeout=2)
+        while watching.is_set():
+            for name, ref in refs.items():
+                live = sum(local.list_workers(ref).values())
+                peak[name] = max(peak[name], live)
+                if live > CLUSTERS[name][1]:
+                    over.append(f"{name}: {live} live workers at {time.time():.1f}")
+                try:
+                    for _, entries in reader.xread({f"fleet:{fleet_id}:{name}:events": seen[name]}, count=1000) or []:
+                        for eid, data in entries:
+                            seen[name] = eid.decode()
+                            story[data[b"kind"].decode()] += 1
+                except redis.RedisError:
+                    pass  # Redis is restarting
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    client = Celery("chaos-client", broker=url, backend=url, set_as_current=False)
+    client.conf.broker_connection_retry_on_startup = True
+    r = redis.Redis.from_url(url)
+    last: dict[str, int] = {}
+    try:
+        for role in ("w1", "w2", "beat"):
+            plane.start(role)
+        watcher.start()
+        started = time.monotonic()
+        for i in range(REQUESTS):
+            if i == 20:  # a worker Fleet counts as running certainly dies behind its back
+                def running() -> list[tuple[Cluster, str]]:
+                    return [(ref, h) for name, ref in refs.items()
+                            for h, v in r.hgetall(f"fleet:{fleet_id}:{name}:handles").items()
+                            if json.loads(v)["s"] == "running" and local._pid(ref, h.decode())]
+                deadline = time.monotonic() + 20
+                while not running() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                ref, victim = running()[0]
+                os.killpg(local._pid(ref, victim.decode()), signal.SIGKILL)
+                deadline = time.monotonic() + 20  # noticed and dropped (as stopped, or killed if chosen meanwhile)
+                while r.hexists(f"fleet:{fleet_id}:{ref.name}:handles", victim):
+                    assert time.monotonic() < deadline, f"the death of {victim!r} went unnoticed"
+                    time.sleep(0.05)
+            if i == 40:  # SIGKILL a control-plane worker while a launch is in flight, then restart it
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and not any(
+                        json.loads(v).get("state") == "running"
+                        for name in CLUSTERS for v in r.hvals(f"fleet:{fleet_id}:{name}:pending")):
+                    time.sleep(0.01)
+                plane.kill("w1")
+                time.sleep(1)
+                plane.start("w1")
+            if i == 80:  # Redis loses everything, broker queues and bindings included
+                r.flushall()
+            # after the restart every cluster gets requests again (its desired number was lost)
+            name = list(CLUSTERS)[i % 3] if i >= 117 else rng.choice(list(CLUSTERS))
+            n = rng.randint(0, CLUSTERS[name][1])
+            print(f"{time.monotonic() - started:6.1f}s request {i}: {name} -> {n}", flush=True)
+            reply = client.send_task("fleet.scale", args=[name, n]).get(timeout=30)
+            assert reply["desired"] == n
+            last[name] = n
+            time.sleep(rng.uniform(0, 0.15))
+        sent_in = time.monotonic() - started
+
+        (tmp / "calm").touch()  # faults stop; now everything must settle
+        settle_start = time.monotonic()
+        views: dict[str, Any] = {}
+        while True:
+            views = {}
+            for name, ref in refs.items():
+                status = client.send_task("fleet.status", args=[name]).get(timeout=30)
+                listed = local.list_workers(ref)
+                known = {k.decode(): json.loads(v) for k, v in r.hgetall(f"fleet:{fleet_id}:{name}:handles").items()}
+                views[name] = (status, listed, {h: rec["w"] for h, rec in known.items()})
+            done = all(
+                s["desired"] == last[name] and s["running"] == last[name] and s["initializing"] == 0
+                and s["stopping"] == 0 and s["pending"] == 0 and s["unknown"] == 0 and listed == known
+                for name, (s, listed, known) in views.items())
+            if done:
+                break
+            assert time.monotonic() - settle_start < CONVERGE_WITHIN, f"not converged: {views}"
+            time.sleep(0.5)
+        settled_in = time.monotonic() - settle_start
+    finally:
+        watching.clear()
+        plane.stop()
+        for ref in refs.values():
+            left = local.list_workers(ref)
+            if left:
+                local.kill_workers(ref, list(left))
+        server.stop()
+
+    spawns = Counter(line.split()[0] for line in (tmp / "spawns.log").read_text().splitlines())
+    twice = {h: n for h, n in spawns.items() if n > 1}
+    print(f"chaos: {REQUESTS} requests in {sent_in:.1f} s, settled in {settled_in:.1f} s; "
+          f"{len(spawns)} containers started; peak workers {dict(peak)}; final {last}")
+    print(f"chaos story: {dict(sorted(story.items()))}")
+    assert not over, f"max_workers exceeded: {over[:5]}"
+    assert not twice, f"handles started twice: {twice}"
+    assert len(spawns) > 10
+    # the events tell the story: launches, kills, faults, adoption after the flush (the watcher may
+    # miss the few events written just before the flush, so only the certain kinds are required)
+    assert {"launch", "launched", "kill", "killed", "adopted"} <= set(story), story
