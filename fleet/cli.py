@@ -18,6 +18,7 @@ from rich.table import Table
 from fleet.config import FleetConfig, config_path, load_config
 from fleet.errors import FleetError
 from fleet.runtime import resolve_redis_url
+from fleet.manager import Manager
 from fleet.state import ClusterState, State
 
 console = Console()
@@ -109,20 +110,35 @@ def scale(cluster: str, workers: int, wait: bool, timeout: float) -> None:
     config = _config()
     url = resolve_redis_url(config)
     config.spec(cluster)
+    reply = _call(url, "fleet.scale", cluster, workers)
+    console.print(f"{cluster}: desired {reply['desired']} (version {reply['version']})")
+    if wait and not wait_converged(_state(config), cluster, timeout):
+        sys.exit(1)
+
+
+def _call(url: str, task: str, *args: Any) -> Any:
+    """Send a public task by name and wait for its reply, turning failures into FleetError."""
     from celery.exceptions import TimeoutError as CeleryTimeout
     from kombu.exceptions import OperationalError
 
     try:
-        reply = _client(url).send_task("fleet.scale", args=[cluster, workers]).get(timeout=30)
+        return _client(url).send_task(task, args=list(args)).get(timeout=30)
     except CeleryTimeout:
         raise FleetError("no control plane answered within 30 s: is `fleet up` running?") from None
     except OperationalError as exc:
         raise FleetError(f"cannot reach the broker at {url}: {exc}") from None
     except Exception as exc:  # the control plane's typed error, rebuilt by Celery
         raise FleetError(f"{type(exc).__name__}: {exc}") from None
-    console.print(f"{cluster}: desired {reply['desired']} (version {reply['version']})")
-    if wait and not wait_converged(_state(config), cluster, timeout):
-        sys.exit(1)
+
+
+@main.command()
+@click.argument("cluster")
+def clear(cluster: str) -> None:
+    """Forget CLUSTER's permanent provider error and quota hold, so that it launches again."""
+    config = _config()
+    config.spec(cluster)
+    reply = _call(resolve_redis_url(config), "fleet.clear", cluster)
+    console.print(f"{cluster}: {'cleared' if reply['cleared'] else 'nothing to clear'}")
 
 
 def wait_converged(state: State, cluster: str, timeout: float, target_version: int | None = None) -> bool:
@@ -147,11 +163,29 @@ def wait_converged(state: State, cluster: str, timeout: float, target_version: i
             time.sleep(0.25)
 
 
-def _table(state: ClusterState, cluster: str, provider: str) -> Table:
-    s = state.summary(cluster)
-    table = Table(title=f"{cluster} ({provider}): desired {s['desired'] if s['desired'] is not None else '-'}, "
+class _ReadOnly:
+    """The CLI reads state itself but sends work only as public tasks, like any other service."""
+
+    def run(self, *args: Any) -> None:
+        raise FleetError("the CLI does not dispatch provider work")
+
+    kill = reconcile = run
+
+
+def _manager(config: FleetConfig) -> Manager:
+    url = resolve_redis_url(config)
+    return Manager(config, redis.Redis.from_url(url), _ReadOnly(), url=url)
+
+
+def _table(state: ClusterState, s: dict[str, Any]) -> Table:
+    flags = [f"[red]error: {s['error']}[/red]"] if s["error"] else []
+    flags += [f"[yellow]at quota for {s['at_quota']:.0f}s[/yellow]"] if s["at_quota"] else []
+    flags += [f"[yellow]rate-limited for {s['rate_limited']:.0f}s[/yellow]"] if s["rate_limited"] else []
+    flags += [f"[yellow]recovering for {s['recovering']:.0f}s[/yellow]"] if s["recovering"] else []
+    flags += [f"{s['unknown']} unknown workers being checked"] if s["unknown"] else []
+    table = Table(title=f"{s['cluster']} ({s['provider']}): desired {s['desired'] if s['desired'] is not None else '-'}, "
                         f"initializing {s['initializing']}, running {s['running']}, stopping {s['stopping']}, "
-                        f"pending {s['pending']}", title_justify="left")
+                        f"pending {s['pending']}" + "".join(f"\n  {f}" for f in flags), title_justify="left")
     for col in ("handle", "workers", "status", "for", "launch"):
         table.add_column(col)
     now = time.time()
@@ -170,16 +204,17 @@ def status(cluster: str | None, as_json: bool) -> None:
     if cluster:
         config.spec(cluster)
     names = [cluster] if cluster else list(config.clusters)
-    states = _state(config).read_many(names)
+    manager = _manager(config)
+    states = manager.state.read_many(names)
+    summaries = {c: manager.get_worker_numbers(c) for c in names}
     if as_json:
         # the `fleet.status` task's shape, plus every handle's record under "workers"
-        out = [{**states[c].summary(c), "provider": config.clusters[c].provider,
-                "min_workers": config.clusters[c].min_workers, "max_workers": config.clusters[c].max_workers,
-                "workers": [{"handle": h, **r} for h, r in states[c].handles.items()]} for c in names]
+        out = [{**summaries[c], "workers": [{"handle": h, **r} for h, r in states[c].handles.items()]}
+               for c in names]
         click.echo(json.dumps(out[0] if cluster else out, indent=2))
         return
     for c in names:
-        console.print(_table(states[c], c, config.clusters[c].provider))
+        console.print(_table(states[c], summaries[c]))
 
 
 @main.command()

@@ -14,6 +14,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from click.testing import CliRunner
+
+from fleet.cli import main
 from fleet.errors import InvalidRequest
 from fleet.provider import ContainerSpec, Hardware, ProviderContext, WorkerStatus
 from providers.local import LocalProvider
@@ -135,6 +138,7 @@ def test_quota_exceeded_holds_launches_until_a_worker_goes(fleet: Any, control_p
     time.sleep(1.5)  # several sweeps: no launch is tried while at quota
     status = fleet.get_worker_numbers("flaky")
     assert (status["running"], status["pending"], status["at_quota"] > 0) == (2, 0, True)
+    assert "at quota for" in CliRunner().invoke(main, ["status", "flaky"]).output
     assert len([e for e in fleet.state.events("flaky", 200) if e["kind"] == "at_quota"]) == 1
     MemoryProvider.world(FLEET_ID).crash(next(iter(fleet.state.read("flaky").handles)))  # a worker goes away
     wait_for(converged(fleet, "flaky", 4), timeout=20, what="launches resume")
@@ -161,7 +165,10 @@ def test_permanent_error_shows_in_status_and_stops_retrying_until_cleared(fleet:
     assert fleet.get_worker_numbers("flaky")["pending"] == 0
     assert len([e for e in fleet.state.events("flaky", 200) if e["kind"] == "error"]) == 1
     assert MemoryProvider.world(FLEET_ID).calls["run"] == calls
-    assert control_plane.send_task("fleet.clear", args=["flaky"]).get(timeout=20)["cleared"]
+    shown = CliRunner().invoke(main, ["status", "flaky"])
+    assert shown.exit_code == 0 and "error: injected permanent error" in shown.output
+    cleared = CliRunner().invoke(main, ["clear", "flaky"])  # the operator's reset
+    assert cleared.exit_code == 0 and "flaky: cleared" in cleared.output, cleared.output
     wait_for(converged(fleet, "flaky", 1), timeout=20, what="launched after the operator cleared it")
 
 
