@@ -3,7 +3,8 @@
 | key        | type   | holds                                                                 |
 |------------|--------|-----------------------------------------------------------------------|
 | `desired`  | hash   | `n` (desired workers), `version` (only grows), `at`                   |
-| `handles`  | hash   | handle -> JSON {w: workers, s: status, since, launch, seen, kills}    |
+| `handles`  | hash   | handle -> JSON {w: workers, s: status, since, launch, seen, kills,    |
+|            |        | req (launch request time, until running), hold, drain_until, busy}    |
 | `pending`  | hash   | launch_id -> JSON {count, state: queued|running|cancelled, at, claimed}|
 | `events`   | stream | launched / killed / stopped / cancelled / error ..., capped           |
 | `lock`     | string | the reconcile lock (redis-py Lock)                                    |
@@ -41,108 +42,134 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(p))
 return {'claimed', p.count}
 """
 
-_RECORD = """
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-local state = 'missing'
-if raw then state = cjson.decode(raw).state end
-redis.call('HDEL', KEYS[1], ARGV[1])
+# Every script that writes events starts with this: KEYS[1] the cluster's event stream, KEYS[2]
+# the fleet's metrics hash; ARGV[1] the cluster, ARGV[2] the stream's cap, ARGV[3] the time.
+# emit() appends an event and counts it (fleet_events_total and friends, see fleet.metrics).
+_PRELUDE = """
+local EVENTS, METRICS, CLUSTER, MAXLEN, now = KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local function emit(kind, ...)
+  redis.call('XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'kind', kind, ...)
+  redis.call('HINCRBY', METRICS, 'events|' .. CLUSTER .. '|' .. kind, 1)
+end
+local READY = {1, 2, 5, 10, 30, 60, 120, 300, 600, 1800}
+local function ready(seconds, workers)
+  local le = '+Inf'
+  for _, b in ipairs(READY) do
+    if seconds <= b then le = tostring(b) break end
+  end
+  redis.call('HINCRBY', METRICS, 'ready|' .. CLUSTER .. '|' .. le, workers)
+  redis.call('HINCRBYFLOAT', METRICS, 'ready_sum|' .. CLUSTER, seconds * workers)
+  redis.call('HINCRBY', METRICS, 'ready_count|' .. CLUSTER, workers)
+end
+"""
+
+# KEYS[3] pending, KEYS[4] handles; ARGV[4] launch id, then handle, workers pairs.
+_RECORD = _PRELUDE + """
+local raw = redis.call('HGET', KEYS[3], ARGV[4])
+local state, req = 'missing', now
+if raw then
+  local p = cjson.decode(raw)
+  state, req = p.state, p.at or now
+end
+redis.call('HDEL', KEYS[3], ARGV[4])
 local status = 'initializing'
 if state == 'cancelled' then status = 'stopping' end
-local now = tonumber(ARGV[2])
 local added = 0
-for i = 4, #ARGV, 2 do
-  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
+for i = 5, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[4], ARGV[i]) == 0 then
     local w = tonumber(ARGV[i + 1])
-    redis.call('HSET', KEYS[2], ARGV[i], cjson.encode({w = w, s = status, since = now, launch = ARGV[1], seen = now, kills = 0}))
+    redis.call('HSET', KEYS[4], ARGV[i], cjson.encode({w = w, s = status, since = now, launch = ARGV[4], seen = now,
+      kills = 0, req = req}))
     added = added + w
   end
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'launched', 'launch', ARGV[1],
-  'workers', tostring(added), 'state', state)
+emit('launched', 'launch', ARGV[4], 'workers', tostring(added), 'state', state)
 return state
 """
 
-_STATUS = """
-local now = tonumber(ARGV[1])
-local grace = tonumber(ARGV[3])
+# KEYS[3] handles; ARGV[4] listing grace, then handle, status pairs.
+_STATUS = _PRELUDE + """
+local grace = tonumber(ARGV[4])
 local pruned, changed, gone = 0, 0, 0
 local dead = {}
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local h, s = ARGV[i], ARGV[i + 1]
-  local raw = redis.call('HGET', KEYS[1], h)
+  local raw = redis.call('HGET', KEYS[3], h)
   if raw then
     local r = cjson.decode(raw)
     if s == 'stopped' then
       if r.s == 'stopping' then
-        redis.call('HDEL', KEYS[1], h)
-        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'killed', 'handle', h, 'workers', tostring(r.w))
+        redis.call('HDEL', KEYS[3], h)
+        emit('killed', 'handle', h, 'workers', tostring(r.w))
         changed = changed + 1
         gone = gone + 1
       elseif not (r.s == 'initializing' and now - r.since < grace) then
-        redis.call('HDEL', KEYS[1], h)
-        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'stopped', 'handle', h, 'workers', tostring(r.w), 'was', r.s)
+        redis.call('HDEL', KEYS[3], h)
+        emit('stopped', 'handle', h, 'workers', tostring(r.w), 'was', r.s)
         pruned = pruned + r.w
         changed = changed + 1
         gone = gone + 1
         table.insert(dead, h)
       end
     else
-      if r.s ~= 'stopping' and r.s ~= s then
+      if r.s ~= 'stopping' and r.s ~= 'draining' and r.s ~= s then
+        if s == 'running' then
+          emit('running', 'handle', h, 'workers', tostring(r.w))
+          if r.req then ready(now - r.req, r.w) r.req = nil end
+        end
         r.s = s
         r.since = now
         changed = changed + 1
-        if s == 'running' then
-          redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'running', 'handle', h, 'workers', tostring(r.w))
-        end
       end
       r.seen = now
-      redis.call('HSET', KEYS[1], h, cjson.encode(r))
+      redis.call('HSET', KEYS[3], h, cjson.encode(r))
     end
   end
 end
 return {pruned, changed, gone, dead}
 """
 
-_KILLED = """
-local now = tonumber(ARGV[1])
-for i = 3, #ARGV, 2 do
+# KEYS[3] handles; then handle, ok pairs.
+_KILLED = _PRELUDE + """
+for i = 4, #ARGV, 2 do
   local h, ok = ARGV[i], ARGV[i + 1]
-  local raw = redis.call('HGET', KEYS[1], h)
+  local raw = redis.call('HGET', KEYS[3], h)
   if raw then
     local r = cjson.decode(raw)
     r.kills = (r.kills or 0) + 1
     r.kill_at = now
     if ok ~= '1' then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'kill_failed', 'handle', h, 'attempt', tostring(r.kills))
+      emit('kill_failed', 'handle', h, 'attempt', tostring(r.kills))
     end
-    redis.call('HSET', KEYS[1], h, cjson.encode(r))
+    redis.call('HSET', KEYS[3], h, cjson.encode(r))
   end
 end
 return 0
 """
 
-_ADOPT = """
-local now = tonumber(ARGV[1])
+# KEYS[3] handles, KEYS[4] unknown, KEYS[5] desired; ARGV[4] '1' to set a lost desired number,
+# then handle, workers, status triples.
+_ADOPT = _PRELUDE + """
 local adopted = 0
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   local h = ARGV[i]
-  redis.call('HDEL', KEYS[3], h)
-  if redis.call('HEXISTS', KEYS[1], h) == 0 then
+  redis.call('HDEL', KEYS[4], h)
+  if redis.call('HEXISTS', KEYS[3], h) == 0 then
     local w = tonumber(ARGV[i + 1])
-    redis.call('HSET', KEYS[1], h, cjson.encode({w = w, s = ARGV[i + 2], since = now, launch = 'adopted', seen = now, kills = 0}))
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'adopted', 'handle', h, 'workers', tostring(w), 'status', ARGV[i + 2])
+    redis.call('HSET', KEYS[3], h, cjson.encode({w = w, s = ARGV[i + 2], since = now, launch = 'adopted', seen = now, kills = 0}))
+    emit('adopted', 'handle', h, 'workers', tostring(w), 'status', ARGV[i + 2])
     adopted = adopted + w
   end
 end
-if ARGV[3] == '1' and redis.call('HEXISTS', KEYS[4], 'n') == 0 then
+if ARGV[4] == '1' and redis.call('HEXISTS', KEYS[5], 'n') == 0 then
   local live = 0
-  for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do
+  for _, raw in ipairs(redis.call('HVALS', KEYS[3])) do
     local r = cjson.decode(raw)
     if r.s == 'initializing' or r.s == 'running' then live = live + r.w end
   end
-  redis.call('HINCRBY', KEYS[4], 'version', 1)
-  redis.call('HSET', KEYS[4], 'n', live, 'at', now)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'desired', 'n', tostring(live), 'source', 'adopted')
+  redis.call('HINCRBY', KEYS[5], 'version', 1)
+  redis.call('HSET', KEYS[5], 'n', live, 'at', now)
+  emit('desired', 'n', tostring(live), 'source', 'adopted')
 end
 return adopted
 """
@@ -228,6 +255,11 @@ class State:
     def key(self, cluster: str, name: str) -> str:
         return f"fleet:{self.fleet_id}:{cluster}:{name}"
 
+    @property
+    def metrics_key(self) -> str:
+        """The fleet's counters and histograms (read by fleet.metrics)."""
+        return f"fleet:{self.fleet_id}:metrics"
+
     # -- desired ---------------------------------------------------------------------------
     def set_desired(self, cluster: str, n: int) -> int:
         """Store the desired number; returns its new version (only grows)."""
@@ -275,28 +307,32 @@ class State:
         state, count = self._claim(keys=[self.key(cluster, "pending")], args=[launch_id, time.time()])
         return state.decode(), int(count)
 
+    def _script(self, script: Any, cluster: str, keys: list[str], args: list[Any]) -> Any:
+        """Run one of the event-writing scripts (see _PRELUDE for the leading keys and args)."""
+        return script(keys=[self.key(cluster, "events"), self.metrics_key, *keys],
+                      args=[cluster, EVENTS_MAXLEN, time.time(), *args])
+
     def record_launch(self, cluster: str, launch_id: str, handles: list[str]) -> str:
         """Move a launch's handles into the cluster (initializing, or stopping if it was cancelled
         meanwhile) and drop the pending entry, atomically. Returns the launch's previous state."""
         counts: dict[str, int] = {}
         for h in handles:
             counts[h] = counts.get(h, 0) + 1
-        args: list[Any] = [launch_id, time.time(), EVENTS_MAXLEN]
+        args: list[Any] = [launch_id]
         for h, w in counts.items():
             args += [h, w]
-        keys = [self.key(cluster, "pending"), self.key(cluster, "handles"), self.key(cluster, "events")]
-        return self._record(keys=keys, args=args).decode()
+        keys = [self.key(cluster, "pending"), self.key(cluster, "handles")]
+        return str(self._script(self._record, cluster, keys, args).decode())
 
     # -- sweep and kills ---------------------------------------------------------------------
     def apply_status(self, cluster: str, status: Mapping[str, str], grace: float = 0.0) -> StatusResult:
         """Write observed statuses in one script call; drops stopped handles."""
         if not status:
             return StatusResult()
-        args: list[Any] = [time.time(), EVENTS_MAXLEN, grace]
+        args: list[Any] = [grace]
         for h, s in status.items():
             args += [h, s]
-        keys = [self.key(cluster, "handles"), self.key(cluster, "events")]
-        pruned, changed, gone, dead = self._status(keys=keys, args=args)
+        pruned, changed, gone, dead = self._script(self._status, cluster, [self.key(cluster, "handles")], args)
         return StatusResult(int(pruned), int(changed), int(gone), [h.decode() for h in dead])
 
     def record_kills(self, cluster: str, results: Mapping[str, bool]) -> None:
@@ -304,10 +340,10 @@ class State:
         reports them; see apply_status); a failed one is an event."""
         if not results:
             return
-        args: list[Any] = [time.time(), EVENTS_MAXLEN]
+        args: list[Any] = []
         for h, ok in results.items():
             args += [h, "1" if ok else "0"]
-        self._killed(keys=[self.key(cluster, "handles"), self.key(cluster, "events")], args=args)
+        self._script(self._killed, cluster, [self.key(cluster, "handles")], args)
 
     # -- recovery --------------------------------------------------------------------------
     def track_unknown(self, cluster: str, listed: Mapping[str, int], now: float) -> dict[str, float]:
@@ -329,20 +365,23 @@ class State:
     def adopt(self, cluster: str, found: Mapping[str, tuple[int, str]], set_desired: bool) -> int:
         """Record handles found at the provider (handle -> (workers, status)); with set_desired
         and no desired number stored, desired := the cluster's live workers (the seed's reconnect)."""
-        args: list[Any] = [time.time(), EVENTS_MAXLEN, "1" if set_desired else "0"]
+        args: list[Any] = ["1" if set_desired else "0"]
         for h, (w, s) in found.items():
             args += [h, w, s]
-        keys = [self.key(cluster, "handles"), self.key(cluster, "events"), self.key(cluster, "unknown"),
-                self.key(cluster, "desired")]
-        return int(self._adopt(keys=keys, args=args))
+        keys = [self.key(cluster, "handles"), self.key(cluster, "unknown"), self.key(cluster, "desired")]
+        return int(self._script(self._adopt, cluster, keys, args))
 
     # -- events ----------------------------------------------------------------------------
     def _event(self, pipe: Any, cluster: str, kind: str, **fields: Any) -> None:
+        """Append an event on `pipe` (a pipeline or the client) and count it, as emit() does."""
         data = {"kind": kind, **{k: str(v) for k, v in fields.items()}}
         pipe.xadd(self.key(cluster, "events"), data, maxlen=EVENTS_MAXLEN, approximate=True)
+        pipe.hincrby(self.metrics_key, f"events|{cluster}|{kind}", 1)
 
     def event(self, cluster: str, kind: str, **fields: Any) -> None:
-        self._event(self.r, cluster, kind, **fields)
+        pipe = self.r.pipeline(transaction=True)
+        self._event(pipe, cluster, kind, **fields)
+        pipe.execute()
 
     def events(self, cluster: str, count: int = 50) -> list[dict[str, Any]]:
         """The newest `count` events, oldest first."""

@@ -175,8 +175,11 @@ class LocalProvider(Provider):
         for h, pid in waiting.items():
             if not self._signal(pid, signal.SIGKILL):
                 result[h] = False
-        for pid in waiting.values():
-            _alive(pid)  # reap if it is our child
+        deadline = time.monotonic() + 5  # SIGKILL is not instant on a loaded machine
+        while waiting and time.monotonic() < deadline:
+            waiting = {h: p for h, p in waiting.items() if _alive(p)}  # reaps our children
+            if waiting:
+                time.sleep(0.02)
         with self._lock:
             for h in handles:
                 self._pids.pop(h, None)

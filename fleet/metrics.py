@@ -1,0 +1,373 @@
+"""Prometheus metrics, kept in Redis so that every control-plane worker contributes to them and
+any process (`fleet metrics --port`, a control-plane worker) can serve them.
+
+Counters and histograms live in one hash, `fleet:{fleet_id}:metrics`:
+
+| field                                  | meaning                                                  |
+|----------------------------------------|----------------------------------------------------------|
+| `events|{cluster}|{kind}`              | every event ever written for that cluster and kind        |
+| `ready|{cluster}|{le}`                  | workers whose launch request -> running time fell in the  |
+|                                        | bucket with upper bound `le` (NOT cumulative)             |
+| `ready_sum|{cluster}`, `ready_count|{cluster}` | seconds (HINCRBYFLOAT) and number of those workers |
+| `op|{provider}|{op}|{le}`              | provider operation latency (op: run/status/kill/list),    |
+|                                        | same non-cumulative bucket scheme with OP_BUCKETS         |
+| `op_sum|{provider}|{op}`, `op_count|{provider}|{op}` | seconds and number of operations            |
+| `op_errors|{provider}|{op}|{error}`    | failed operations by exception class name                 |
+
+Gauges (workers by state, desired, pending, at quota, rate-limited...) are not stored: the
+collector reads them at scrape time from the cluster keys of `fleet.state` and `fleet.guard`, in
+one pipelined round trip whatever the number of clusters, handles or launches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from typing import Any, Iterable, Iterator, Sequence
+
+import redis
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from fleet.config import FleetConfig
+
+log = logging.getLogger(__name__)
+
+#: upper bounds (seconds) of the time-to-running buckets, as stored in `ready|{cluster}|{le}`
+READY_BUCKETS: tuple[str, ...] = ("1", "2", "5", "10", "30", "60", "120", "300", "600", "1800", "+Inf")
+#: upper bounds (seconds) of the provider operation buckets, as stored in `op|{provider}|{op}|{le}`
+OP_BUCKETS: tuple[str, ...] = ("0.01", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "+Inf")
+#: the provider operations the wrapper times
+OPS: tuple[str, ...] = ("run", "status", "kill", "list")
+#: worker / handle states always reported (others found in Redis are reported too)
+STATES: tuple[str, ...] = ("initializing", "running", "stopping", "draining")
+#: event kinds that count as a failure, reported as fleet_failures_total{cause}
+FAILURE_CAUSES: tuple[str, ...] = (
+    "error", "at_quota", "no_capacity", "short_launch", "kill_failed", "sweep_failed", "boot_timeout",
+)
+#: event kinds that mean "a worker went away and will be replaced"
+REPLACEMENT_KINDS: tuple[str, ...] = ("stopped", "boot_timeout")
+
+
+def metrics_key(fleet_id: str) -> str:
+    return f"fleet:{fleet_id}:metrics"
+
+
+def bucket_for(seconds: float, buckets: Sequence[str]) -> str:
+    """The `le` of the (non-cumulative) bucket `seconds` falls in: the first upper bound it does
+    not exceed, else the last one ("+Inf"). NaN goes to the last bucket."""
+    for le in buckets:
+        if seconds <= float(le):
+            return le
+    return buckets[-1]
+
+
+def event_field(cluster: str, kind: str) -> str:
+    return f"events|{cluster}|{kind}"
+
+
+def _pipeline(pipe_or_client: Any) -> tuple[Any, bool]:
+    """(pipeline to queue commands on, whether we own it and must execute it)."""
+    if isinstance(pipe_or_client, redis.client.Pipeline):
+        return pipe_or_client, False
+    return pipe_or_client.pipeline(transaction=False), True
+
+
+def record_event(pipe_or_client: Any, fleet_id: str, cluster: str, kind: str, n: int = 1) -> None:
+    """Count `n` events of `kind` (queued on a pipeline if given one; else sent at once)."""
+    pipe_or_client.hincrby(metrics_key(fleet_id), event_field(cluster, kind), n)
+
+
+def record_ready(pipe_or_client: Any, fleet_id: str, cluster: str, seconds: float, workers: int = 1) -> None:
+    """Observe `workers` workers that took `seconds` from launch request to running.
+
+    Given a pipeline (or a WATCH/MULTI transaction in its MULTI phase), the commands are queued on
+    it and it is not executed; given a client, they are sent in one non-transactional pipeline."""
+    seconds = max(float(seconds), 0.0)
+    pipe, own = _pipeline(pipe_or_client)
+    key = metrics_key(fleet_id)
+    pipe.hincrby(key, f"ready|{cluster}|{bucket_for(seconds, READY_BUCKETS)}", workers)
+    pipe.hincrbyfloat(key, f"ready_sum|{cluster}", seconds * workers)
+    pipe.hincrby(key, f"ready_count|{cluster}", workers)
+    if own:
+        pipe.execute()
+
+
+def record_op(client: redis.Redis, fleet_id: str, provider: str, op: str, seconds: float, error: str | None) -> None:
+    """Observe one provider operation (`op` in run/status/kill/list) that took `seconds` and
+    failed with the exception class named `error` (None: it succeeded). One round trip.
+
+    Never raises a Redis error: metrics must not break the provider call they time."""
+    seconds = max(float(seconds), 0.0)
+    key = metrics_key(fleet_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(key, f"op|{provider}|{op}|{bucket_for(seconds, OP_BUCKETS)}", 1)
+    pipe.hincrbyfloat(key, f"op_sum|{provider}|{op}", seconds)
+    pipe.hincrby(key, f"op_count|{provider}|{op}", 1)
+    if error:
+        pipe.hincrby(key, f"op_errors|{provider}|{op}|{error}", 1)
+    try:
+        pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("cannot record a %s %s operation in the metrics: %s", provider, op, exc)
+
+
+def _lua_list(values: Iterable[str]) -> str:
+    return "{" + ", ".join(f"'{v}'" for v in values) + "}"
+
+
+#: Lua helpers for the state scripts (paste at the top of a script; the metrics hash must be one
+#: of its KEYS). `count_event(mkey, cluster, kind, n)` counts events; `record_ready(mkey, cluster,
+#: seconds, workers)` observes the time to running, exactly as `record_ready` above does.
+LUA_HELPERS = f"""
+local READY_BUCKETS = {_lua_list(READY_BUCKETS)}
+local function count_event(mkey, cluster, kind, n)
+  redis.call('HINCRBY', mkey, 'events|' .. cluster .. '|' .. kind, n or 1)
+end
+local function record_ready(mkey, cluster, seconds, workers)
+  workers = workers or 1
+  if seconds < 0 then seconds = 0 end
+  local le = READY_BUCKETS[#READY_BUCKETS]
+  for i = 1, #READY_BUCKETS - 1 do
+    if seconds <= tonumber(READY_BUCKETS[i]) then le = READY_BUCKETS[i]; break end
+  end
+  redis.call('HINCRBY', mkey, 'ready|' .. cluster .. '|' .. le, workers)
+  redis.call('HINCRBYFLOAT', mkey, 'ready_sum|' .. cluster, tostring(seconds * workers))
+  redis.call('HINCRBY', mkey, 'ready_count|' .. cluster, workers)
+end
+"""
+
+
+# -- the collector ---------------------------------------------------------------------------
+def _le_value(le: str) -> float:
+    try:
+        return float(le)
+    except ValueError:
+        return math.inf
+
+
+def _cumulative(counts: dict[str, float], buckets: Sequence[str]) -> list[tuple[str, float]]:
+    """Non-cumulative counts by `le` -> the sorted cumulative buckets Prometheus wants (every
+    standard bound present; a bound found in Redis but not in `buckets` is kept too)."""
+    bounds: dict[float, float] = {_le_value(le): 0.0 for le in buckets}
+    bounds.setdefault(math.inf, 0.0)
+    for le, n in counts.items():
+        v = _le_value(le)
+        bounds[v] = bounds.get(v, 0.0) + n
+    out, total = [], 0.0
+    for v in sorted(bounds):
+        total += bounds[v]
+        out.append((floatToGoString(v), total))
+    return out
+
+
+def _num(raw: Any) -> float:
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _until(raw: Any, now: float) -> int:
+    """1 if a hold key (its value: the time it ends) is set and not yet over."""
+    return int(raw is not None and _num(raw) > now)
+
+
+def _records(values: Iterable[bytes], what: str) -> Iterator[dict[str, Any]]:
+    for raw in values:
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            log.warning("skipping a malformed %s record in the metrics: %r", what, raw[:100])
+            continue
+        if isinstance(record, dict):
+            yield record
+
+
+class FleetCollector(Collector):
+    """Reads a fleet's metrics from Redis at scrape time (one pipelined round trip)."""
+
+    PER_CLUSTER = ("desired", "handles", "pending", "at_quota", "error")
+
+    def __init__(self, config: FleetConfig, client: redis.Redis) -> None:
+        self.config = config
+        self.r = client
+        self.fleet_id = config.fleet.id
+
+    def _key(self, *parts: str) -> str:
+        return ":".join(("fleet", self.fleet_id, *parts))
+
+    def providers(self) -> list[str]:
+        return sorted({spec.provider for spec in self.config.clusters.values()} | set(self.config.providers))
+
+    def describe(self) -> list[Metric]:
+        return []  # no collect() at registration time (it would read Redis)
+
+    def read(self) -> dict[str, Any]:
+        """Everything a scrape needs, in one pipeline: 2 + 5 per cluster + 1 per provider commands."""
+        clusters = list(self.config.clusters)
+        providers = self.providers()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(metrics_key(self.fleet_id))
+        pipe.get(self._key("recovering"))
+        for c in clusters:
+            pipe.hget(self._key(c, "desired"), "n")
+            pipe.hvals(self._key(c, "handles"))
+            pipe.hvals(self._key(c, "pending"))
+            pipe.get(self._key(c, "at_quota"))
+            pipe.exists(self._key(c, "error"))
+        for p in providers:
+            pipe.get(self._key("provider", p, "hold"))
+        raw = pipe.execute()
+        metrics, recovering, rest = raw[0], raw[1], raw[2:]
+        n = len(self.PER_CLUSTER)
+        per_cluster = {c: dict(zip(self.PER_CLUSTER, rest[i * n:(i + 1) * n])) for i, c in enumerate(clusters)}
+        holds = dict(zip(providers, rest[len(clusters) * n:]))
+        return {
+            "metrics": {k.decode(): v.decode() for k, v in metrics.items()},
+            "recovering": recovering, "clusters": per_cluster, "holds": holds,
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("fleet_redis_up", "1 if the last scrape could read the fleet's Redis")
+        try:
+            data = self.read()
+        except redis.RedisError as exc:
+            log.warning("metrics scrape cannot read Redis: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        now = time.time()
+        yield from self._gauges(data, now)
+        yield from self._counters(data["metrics"])
+        yield from self._histograms(data["metrics"])
+
+    # -- gauges ----------------------------------------------------------------------------
+    def _gauges(self, data: dict[str, Any], now: float) -> Iterator[Metric]:
+        workers = GaugeMetricFamily("fleet_workers", "Workers by cluster and state (from the handle records)",
+                                    labels=["cluster", "state"])
+        handles = GaugeMetricFamily("fleet_handles", "Handles (containers/VMs) by cluster and state",
+                                    labels=["cluster", "state"])
+        desired = GaugeMetricFamily("fleet_desired_workers", "The desired number of workers (absent: never set)",
+                                    labels=["cluster"])
+        max_w = GaugeMetricFamily("fleet_max_workers", "The cluster's max_workers", labels=["cluster"])
+        min_w = GaugeMetricFamily("fleet_min_workers", "The cluster's min_workers", labels=["cluster"])
+        pending = GaugeMetricFamily("fleet_pending_launch_workers",
+                                    "Workers of launches requested but not yet recorded (cancelled ones excluded)",
+                                    labels=["cluster"])
+        at_quota = GaugeMetricFamily("fleet_at_quota", "1 while the cluster is held off launches at its quota",
+                                     labels=["cluster"])
+        error = GaugeMetricFamily("fleet_cluster_error", "1 while the cluster has a permanent error (fleet clear)",
+                                  labels=["cluster"])
+        for cluster, raw in data["clusters"].items():
+            spec = self.config.clusters[cluster]
+            by_workers: dict[str, float] = {s: 0 for s in STATES}
+            by_handles: dict[str, float] = {s: 0 for s in STATES}
+            for r in _records(raw["handles"], "handle"):
+                state = str(r.get("s", "unknown"))
+                by_workers[state] = by_workers.get(state, 0) + _num(r.get("w", 0))
+                by_handles[state] = by_handles.get(state, 0) + 1
+            for state in by_workers:
+                workers.add_metric([cluster, state], by_workers[state])
+                handles.add_metric([cluster, state], by_handles[state])
+            if raw["desired"] is not None:
+                desired.add_metric([cluster], _num(raw["desired"]))
+            max_w.add_metric([cluster], spec.max_workers)
+            min_w.add_metric([cluster], spec.min_workers)
+            pending.add_metric([cluster], sum(_num(p.get("count", 0)) for p in _records(raw["pending"], "pending")
+                                              if p.get("state") != "cancelled"))
+            at_quota.add_metric([cluster], _until(raw["at_quota"], now))
+            error.add_metric([cluster], int(bool(raw["error"])))
+        rate_limited = GaugeMetricFamily("fleet_rate_limited", "1 while a provider is held off after a rate limit",
+                                         labels=["provider"])
+        for provider, raw in data["holds"].items():
+            rate_limited.add_metric([provider], _until(raw, now))
+        recovering = GaugeMetricFamily("fleet_recovering",
+                                       "1 while launches are held after Redis lost data under the control plane")
+        recovering.add_metric([], _until(data["recovering"], now))
+        yield from (workers, handles, desired, max_w, min_w, pending, at_quota, error, rate_limited, recovering)
+
+    # -- counters --------------------------------------------------------------------------
+    def _counters(self, metrics: dict[str, str]) -> Iterator[Metric]:
+        events: dict[tuple[str, str], float] = {}
+        op_errors: dict[tuple[str, str, str], float] = {}
+        for field, value in metrics.items():
+            parts = field.split("|")
+            if parts[0] == "events" and len(parts) == 3:
+                events[(parts[1], parts[2])] = _num(value)
+            elif parts[0] == "op_errors" and len(parts) == 4:
+                op_errors[(parts[1], parts[2], parts[3])] = _num(value)
+        clusters = sorted(set(self.config.clusters) | {c for c, _ in events})
+
+        def count(cluster: str, *kinds: str) -> float:
+            return sum(events.get((cluster, k), 0) for k in kinds)
+
+        total = CounterMetricFamily("fleet_events", "Events by cluster and kind", labels=["cluster", "kind"])
+        for (cluster, kind), n in sorted(events.items()):
+            total.add_metric([cluster, kind], n)
+        launches = CounterMetricFamily("fleet_launches", "Launches recorded (events, not workers)", labels=["cluster"])
+        kills = CounterMetricFamily("fleet_kills", "Kills confirmed (events, not workers)", labels=["cluster"])
+        replacements = CounterMetricFamily(
+            "fleet_replacements", "Workers that died or never booted and are replaced (stopped + boot_timeout)",
+            labels=["cluster"])
+        failures = CounterMetricFamily("fleet_failures", "Failures by cause", labels=["cluster", "cause"])
+        for cluster in clusters:
+            launches.add_metric([cluster], count(cluster, "launched"))
+            kills.add_metric([cluster], count(cluster, "killed"))
+            replacements.add_metric([cluster], count(cluster, *REPLACEMENT_KINDS))
+            for cause in FAILURE_CAUSES:
+                failures.add_metric([cluster, cause], count(cluster, cause))
+        errors = CounterMetricFamily("fleet_provider_errors", "Failed provider operations by exception class",
+                                     labels=["provider", "op", "error"])
+        for key, n in sorted(op_errors.items()):
+            errors.add_metric(list(key), n)
+        yield from (total, launches, kills, replacements, failures, errors)
+
+    # -- histograms ------------------------------------------------------------------------
+    def _histograms(self, metrics: dict[str, str]) -> Iterator[Metric]:
+        ready: dict[str, dict[str, float]] = defaultdict(dict)
+        ready_sum: dict[str, float] = defaultdict(float)
+        ops: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+        op_sum: dict[tuple[str, str], float] = defaultdict(float)
+        for field, value in metrics.items():
+            parts = field.split("|")
+            kind = parts[0]
+            if kind == "ready" and len(parts) == 3:
+                ready[parts[1]][parts[2]] = _num(value)
+            elif kind == "ready_sum" and len(parts) == 2:
+                ready_sum[parts[1]] = _num(value)
+            elif kind == "op" and len(parts) == 4:
+                ops[(parts[1], parts[2])][parts[3]] = _num(value)
+            elif kind == "op_sum" and len(parts) == 3:
+                op_sum[(parts[1], parts[2])] = _num(value)
+        # (ready_count / op_count are not needed: _count is the +Inf bucket, kept in step with them)
+        ttr = HistogramMetricFamily("fleet_time_to_running_seconds",
+                                    "Seconds from a worker's launch request to it running", labels=["cluster"])
+        for cluster in sorted(set(self.config.clusters) | set(ready)):
+            ttr.add_metric([cluster], _cumulative(ready.get(cluster, {}), READY_BUCKETS), ready_sum.get(cluster, 0.0))
+        latency = HistogramMetricFamily("fleet_provider_operation_seconds",
+                                        "Seconds per provider operation (run/status/kill/list)",
+                                        labels=["provider", "op"])
+        for key in sorted({(p, op) for p in self.providers() for op in OPS} | set(ops)):
+            latency.add_metric(list(key), _cumulative(ops.get(key, {}), OP_BUCKETS), op_sum.get(key, 0.0))
+        yield from (ttr, latency)
+
+
+def registry_for(config: FleetConfig, client: redis.Redis) -> CollectorRegistry:
+    """A registry holding only this fleet's collector (no process/platform metrics)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(config, client))
+    return registry
+
+
+def serve(config: FleetConfig, client: redis.Redis, port: int, addr: str = "127.0.0.1") -> tuple[Any, Any]:
+    """Serve /metrics on `addr:port` (0: a free port; see server.server_port) from a daemon
+    thread. Returns (server, thread): stop with server.shutdown(); server.server_close()."""
+    return start_http_server(port, addr=addr, registry=registry_for(config, client))
