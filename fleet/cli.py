@@ -133,6 +133,53 @@ def _call(url: str, task: str, *args: Any) -> Any:
 
 @main.command()
 @click.argument("cluster")
+@click.argument("handle")
+@click.option("--release", is_flag=True, help="release a held handle")
+def hold(cluster: str, handle: str, release: bool) -> None:
+    """Never kill HANDLE of CLUSTER automatically (until --release)."""
+    config = _config()
+    reply = _call(resolve_redis_url(config), "fleet.hold", cluster, handle, not release)
+    console.print(f"{cluster}/{handle}: {'held' if reply['hold'] else 'released'}")
+
+
+@main.command()
+@click.argument("cluster")
+@click.argument("handle")
+def drain(cluster: str, handle: str) -> None:
+    """Drain HANDLE of CLUSTER: stop consuming, finish its tasks, then go (it is replaced)."""
+    config = _config()
+    _call(resolve_redis_url(config), "fleet.drain_handle", cluster, handle)
+    console.print(f"{cluster}/{handle}: draining")
+
+
+@main.command()
+@click.argument("cluster")
+@click.argument("handle")
+def kill(cluster: str, handle: str) -> None:
+    """Kill HANDLE of CLUSTER now, held or not (it is replaced)."""
+    config = _config()
+    _call(resolve_redis_url(config), "fleet.kill_handle", cluster, handle)
+    console.print(f"{cluster}/{handle}: killed")
+
+
+@main.command()
+@click.option("--port", type=int, default=9100, show_default=True, help="port of the /metrics endpoint")
+@click.option("--addr", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: all)")
+def metrics(port: int, addr: str) -> None:
+    """Serve the fleet's Prometheus metrics (read from Redis at each scrape) until Ctrl-C."""
+    from fleet.metrics import serve
+
+    config = _config()
+    server, thread = serve(config, redis.Redis.from_url(resolve_redis_url(config)), port, addr)
+    console.print(f"metrics of fleet {config.fleet.id} at http://{addr}:{server.server_port}/metrics")
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+@main.command()
+@click.argument("cluster")
 def clear(cluster: str) -> None:
     """Forget CLUSTER's permanent provider error and quota hold, so that it launches again."""
     config = _config()
@@ -169,7 +216,7 @@ class _ReadOnly:
     def run(self, *args: Any) -> None:
         raise FleetError("the CLI does not dispatch provider work")
 
-    kill = reconcile = run
+    kill = reconcile = drain = run
 
 
 def _manager(config: FleetConfig) -> Manager:

@@ -50,6 +50,16 @@ class ProviderLimits(BaseModel):
     concurrent_launches: int = Field(default=4, ge=1, le=1000)
 
 
+class AutoscaleSpec(BaseModel):
+    """Opt-in autoscaling from the cluster's queues (see fleet.autoscale)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tasks_per_worker: int = Field(default=1, ge=1, le=100_000)
+    scale_down_delay: float = Field(default=60.0, ge=0, le=86400)
+    agreeing_sweeps: int = Field(default=3, ge=1, le=1000)
+
+
 class ClusterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -61,11 +71,21 @@ class ClusterSpec(BaseModel):
     container: ContainerSpec
     hardware: Hardware = Field(default_factory=Hardware)
     provider_options: dict[str, Any] = Field(default_factory=dict)
+    #: the Celery queues the cluster's workers consume (for autoscaling and draining)
+    queues: tuple[str, ...] = ()
+    #: the workers' Celery broker, if not the fleet's Redis
+    broker_url: str | None = None
+    #: seconds a worker chosen for scale-down may finish its tasks (after it stops consuming)
+    #: before it is killed; 0 kills at once. Needs `queues` and workers named `${FLEET_HANDLE}@...`
+    drain_timeout: float = Field(default=0.0, ge=0, le=86400)
+    autoscale: AutoscaleSpec | None = None
 
     @model_validator(mode="after")
     def _limits(self) -> "ClusterSpec":
         if self.max_workers < self.min_workers:
             raise ValueError(f"max_workers ({self.max_workers}) is below min_workers ({self.min_workers})")
+        if (self.autoscale or self.drain_timeout) and not self.queues:
+            raise ValueError("autoscale and drain_timeout need `queues`: the Celery queues the workers consume")
         return self
 
 

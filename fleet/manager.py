@@ -16,13 +16,13 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
 import redis
 from redis.exceptions import WatchError
 
-from fleet import planner
+from fleet import autoscale, planner
 from fleet.config import ClusterSpec, FleetConfig, shorten
 from fleet.errors import (
     CapacityError,
@@ -35,6 +35,7 @@ from fleet.errors import (
     TransientProviderError,
 )
 from fleet.guard import Guard
+from fleet.probe import Probe
 from fleet.provider import Cluster, Provider, ProviderContext, WorkerStatus
 from fleet.registry import provider_class
 from fleet.state import ClusterState, State
@@ -55,6 +56,7 @@ class Dispatcher(Protocol):
     def run(self, cluster: str, launch_id: str, provider: str) -> None: ...
     def kill(self, cluster: str, handles: Sequence[str], provider: str) -> None: ...
     def reconcile(self, cluster: str) -> None: ...
+    def drain(self, cluster: str, handles: Sequence[str]) -> None: ...
 
 
 class LockBusy(Exception):
@@ -67,6 +69,7 @@ class ReconcileResult:
     launched: list[tuple[str, int]] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
+    drained: list[str] = field(default_factory=list)
     desired: int | None = None
     observed: int = 0
 
@@ -92,6 +95,8 @@ class Manager:
         self._providers: dict[str, Provider] = {}
         self._providers_lock = threading.Lock()
         self._epoch: bytes | None = None
+        self._probes: dict[str, Probe] = {}
+        self.url = url or _url_of(client)
 
     def check_epoch(self) -> None:
         """Notice when Redis lost its data under a running control plane (a restart without
@@ -160,7 +165,8 @@ class Manager:
             raise ScaleRefused(
                 f"cluster {cluster!r} takes between {spec.min_workers} and {spec.max_workers} workers, got {n}"
             )
-        version = self.state.set_desired(cluster, n)
+        # With autoscaling on, a manual number is also a floor the autoscaler keeps (0 clears it).
+        version = self.state.set_desired(cluster, n, floor=n if spec.autoscale else None)
         self.request_reconcile(cluster)
         return {"cluster": cluster, "desired": n, "version": version}
 
@@ -213,6 +219,8 @@ class Manager:
             self.dispatcher.run(cluster, launch_id, spec.provider)
         if result.killed:
             self.dispatcher.kill(cluster, result.killed, spec.provider)
+        if result.drained:
+            self.dispatcher.drain(cluster, result.drained)
         return result
 
     def _commit_plan(self, cluster: str, spec: ClusterSpec, blocked: bool) -> ReconcileResult:
@@ -240,8 +248,16 @@ class Manager:
                         else:
                             pipe.hset(pending_key, launch_id, _json({**entry, "state": "cancelled"}))
                         self.state._event(pipe, cluster, "cancelled", launch=launch_id, workers=entry["count"])
+                    drained: list[str] = []
                     for handle in plan.kill:
                         rec = st.handles[handle]
+                        if spec.drain_timeout and rec["s"] == planner.RUNNING:
+                            # finish its work first: stop consuming, then killed by the sweep
+                            drained.append(handle)
+                            pipe.hset(handles_key, handle, _json({**rec, "s": "draining", "since": now,
+                                                                  "drain_until": now + spec.drain_timeout}))
+                            self.state._event(pipe, cluster, "drain", handle=handle, workers=rec["w"], was=rec["s"])
+                            continue
                         pipe.hset(handles_key, handle, _json({**rec, "s": "stopping", "since": now, "kill_at": now}))
                         self.state._event(pipe, cluster, "kill", handle=handle, workers=rec["w"], was=rec["s"])
                     launches = self._split(plan.launch, spec.workers_per_container)
@@ -251,7 +267,9 @@ class Manager:
                     if plan.capped_by_max:
                         self.state._event(pipe, cluster, "at_max", max_workers=spec.max_workers)
                     pipe.execute()
-                    result.launched, result.cancelled, result.killed = launches, plan.cancel, plan.kill
+                    result.launched, result.cancelled = launches, plan.cancel
+                    result.killed = [h for h in plan.kill if h not in drained]
+                    result.drained = drained
                     return result
                 except WatchError:
                     continue
@@ -371,6 +389,8 @@ class Manager:
                 report = {"cluster": cluster, "failed": type(exc).__name__}
             now = time.time()
             self._boot_timeouts(cluster, spec, now)
+            if spec.queues:
+                report.update(self._watch_celery(cluster, spec, now))
             self._resend(cluster, spec, self.state.read(cluster), now)
         finally:
             try:
@@ -416,26 +436,106 @@ class Manager:
         return {"cluster": cluster, "handles": len(st.handles), "pruned": applied.pruned, "changed": applied.changed,
                 "adopted": adopted, "unknown": len(live_unknown) - len(due)}
 
+    # -- Celery-aware steps: autoscaling and draining --------------------------------------
+    def probe(self, spec: ClusterSpec) -> Probe:
+        url = spec.broker_url or self.url
+        with self._providers_lock:
+            if url not in self._probes:
+                self._probes[url] = Probe(url)
+            return self._probes[url]
+
+    def _watch_celery(self, cluster: str, spec: ClusterSpec, now: float) -> dict[str, Any]:
+        """Ask the cluster's workers what they hold; finish drains; autoscale from the load."""
+        probe = self.probe(spec)
+        try:
+            activity = probe.activity()
+            waiting = probe.waiting(spec.queues) if spec.autoscale else 0
+        except Exception as exc:  # the workers' broker may be down: skip, never crash the sweep
+            log.warning("cannot probe the workers of %s: %s", cluster, exc)
+            return {"probe_failed": type(exc).__name__}
+        st = self.state.read(cluster)
+        self.state.patch(cluster, {h: {"busy": activity.of(h)} for h in st.handles})
+        idle = [h for h, r in st.handles.items() if r["s"] == "draining" and activity.of(h) == 0]
+        late = [h for h, r in st.handles.items()
+                if r["s"] == "draining" and activity.of(h) and now >= float(r.get("drain_until", 0))]
+        done = self.state.transition(cluster, idle, ["draining"], "stopping", "drained")
+        done += self.state.transition(cluster, late, ["draining"], "stopping", "drain_timeout")
+        if done:
+            self.dispatcher.kill(cluster, done, spec.provider)
+        report: dict[str, Any] = {"busy": sum(activity.busy.get(h, 0) for h in st.handles), "drained": len(done)}
+        if spec.autoscale:
+            report.update(self._autoscale(cluster, spec, st, waiting + report["busy"], now))
+        return report
+
+    def _autoscale(self, cluster: str, spec: ClusterSpec, st: ClusterState, load: int, now: float) -> dict[str, Any]:
+        assert spec.autoscale is not None
+        key = self.state.key(cluster, "autoscale")
+        raw = self.redis.get(key)
+        memory = autoscale.Memory(**json.loads(raw)) if raw else autoscale.Memory()
+        current = self.target(spec, st)
+        decision = autoscale.decide(
+            load=load, current=current, floor=st.desired.floor if st.desired else 0,
+            min_workers=spec.min_workers, max_workers=spec.max_workers,
+            tasks_per_worker=spec.autoscale.tasks_per_worker, scale_down_delay=spec.autoscale.scale_down_delay,
+            agreeing_sweeps=spec.autoscale.agreeing_sweeps, memory=memory, now=now)
+        self.redis.set(key, json.dumps(asdict(decision.memory)), ex=86400)
+        if decision.desired is not None and decision.desired != current:
+            floor = st.desired.floor if st.desired else 0
+            self.state.set_desired(cluster, decision.desired, floor=floor, source=f"autoscale load={load}")
+        return {"load": load, "wanted": decision.wanted}
+
+    def start_drain(self, cluster: str, handles: Sequence[str]) -> dict[str, Any]:
+        """Tell the workers of draining handles to stop consuming (the sweep kills them once idle)."""
+        spec = self.config.spec(cluster)
+        unique = validate_handles(handles)
+        probe = self.probe(spec)
+        activity = probe.activity()
+        hostnames = [name for h in unique for name in activity.hostnames.get(h, [])]
+        probe.stop_consuming(spec.queues, hostnames)
+        return {"handles": len(unique), "workers": len(hostnames)}
+
+    # -- operator controls per handle (as Arvados's management API) ------------------------
+    def hold(self, cluster: Any, handle: Any, hold: bool = True) -> dict[str, Any]:
+        """Never kill this handle automatically (hold=False releases it)."""
+        self.config.spec(cluster)
+        (h,) = validate_handles([handle])
+        if not self.state.patch(cluster, {h: {"hold": bool(hold)}}) and h not in self.state.read(cluster).handles:
+            raise InvalidRequest(f"cluster {cluster!r} has no handle {shorten(h)}")
+        self.state.event(cluster, "held" if hold else "released", handle=h)
+        return {"cluster": cluster, "handle": h, "hold": bool(hold)}
+
+    def drain_handle(self, cluster: Any, handle: Any) -> dict[str, Any]:
+        """Drain one handle now (its replacement is launched as for any worker that goes away)."""
+        spec = self.config.spec(cluster)
+        (h,) = validate_handles([handle])
+        if not spec.queues:
+            raise InvalidRequest(f"cluster {cluster!r} has no `queues`: nothing to drain; kill the handle instead")
+        moved = self.state.transition(cluster, [h], ["running", "initializing"], "draining", "drain",
+                                      drain_until=time.time() + (spec.drain_timeout or 300.0), by="operator")
+        if not moved:
+            raise InvalidRequest(f"cluster {cluster!r} has no running handle {shorten(h)}")
+        self.dispatcher.drain(cluster, moved)
+        self.request_reconcile(cluster)
+        return {"cluster": cluster, "handle": h, "draining": True}
+
+    def kill_handle(self, cluster: Any, handle: Any) -> dict[str, Any]:
+        """Kill one handle now, held or not (its replacement is launched as for any worker that dies)."""
+        spec = self.config.spec(cluster)
+        (h,) = validate_handles([handle])
+        moved = self.state.transition(cluster, [h], ["running", "initializing", "draining"], "stopping", "kill",
+                                      by="operator")
+        if not moved:
+            raise InvalidRequest(f"cluster {cluster!r} has no live handle {shorten(h)}")
+        self.dispatcher.kill(cluster, moved, spec.provider)
+        self.request_reconcile(cluster)
+        return {"cluster": cluster, "handle": h, "killed": True}
+
     def _boot_timeouts(self, cluster: str, spec: ClusterSpec, now: float) -> None:
-        key = self.state.key(cluster, "handles")
-        late: list[str] = []
-        with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    records = {k.decode(): _load(v) for k, v in pipe.hgetall(key).items()}
-                    late = [h for h, r in records.items() if r["s"] == "initializing" and now - r["since"] > spec.boot_timeout]
-                    if not late:
-                        return
-                    pipe.multi()
-                    for h in late:
-                        pipe.hset(key, h, _json({**records[h], "s": "stopping", "since": now, "kill_at": now}))
-                        self.state._event(pipe, cluster, "boot_timeout", handle=h, workers=records[h]["w"])
-                    pipe.execute()
-                    break
-                except WatchError:
-                    continue
-        self.dispatcher.kill(cluster, late, spec.provider)
+        records = self.state.read(cluster).handles
+        late = [h for h, r in records.items() if r["s"] == "initializing" and now - r["since"] > spec.boot_timeout]
+        moved = self.state.transition(cluster, late, ["initializing"], "stopping", "boot_timeout")
+        if moved:
+            self.dispatcher.kill(cluster, moved, spec.provider)
 
     def _resend(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> None:
         timeout = self.config.fleet.launch_timeout
@@ -493,6 +593,3 @@ def kill_backoff(attempts: int, base: float = 10.0) -> float:
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
-
-def _load(raw: bytes) -> dict[str, Any]:
-    return dict(json.loads(raw))

@@ -26,11 +26,17 @@ import logging
 import math
 import time
 from collections import defaultdict
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -274,8 +280,8 @@ class FleetCollector(Collector):
                 state = str(r.get("s", "unknown"))
                 by_workers[state] = by_workers.get(state, 0) + _num(r.get("w", 0))
                 by_handles[state] = by_handles.get(state, 0) + 1
-            for state in by_workers:
-                workers.add_metric([cluster, state], by_workers[state])
+            for state, n in by_workers.items():
+                workers.add_metric([cluster, state], n)
                 handles.add_metric([cluster, state], by_handles[state])
             if raw["desired"] is not None:
                 desired.add_metric([cluster], _num(raw["desired"]))

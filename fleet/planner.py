@@ -20,6 +20,7 @@ K = TypeVar("K", bound=Hashable)
 
 INITIALIZING = "initializing"
 RUNNING = "running"
+DRAINING = "draining"
 STOPPING = "stopping"
 QUEUED = "queued"
 IN_FLIGHT = "running"  # a pending launch whose run task has claimed it
@@ -29,8 +30,10 @@ IN_FLIGHT = "running"  # a pending launch whose run task has claimed it
 class HandleView:
     handle: str
     workers: int
-    status: str  # initializing | running | stopping
+    status: str  # initializing | running | draining | stopping
     since: float = 0.0
+    busy: int = 0  # tasks active or reserved on its workers (last sweep), when known
+    hold: bool = False  # an operator's hold: never chosen to be killed
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ def plan(
     max_workers until adopted). `may_launch=False` (at quota, a permanent error) plans no launch.
     """
     live = [h for h in handles if h.status in (INITIALIZING, RUNNING)]
-    stopping = sum(h.workers for h in handles if h.status == STOPPING)
+    stopping = sum(h.workers for h in handles if h.status in (STOPPING, DRAINING))
     open_pending = [p for p in pending if p.state != "cancelled"]
     # Cancelled launches already claimed by a run task may still materialise: they count
     # against max_workers until their run task records (and kills) them.
@@ -121,12 +124,18 @@ def plan(
 
     excess = observed - desired
     if excess > 0:
-        newest = lambda xs: sorted(xs, key=lambda x: -getattr(x, "since", getattr(x, "created", 0.0)))
+        def newest(xs: list[PendingView]) -> list[PendingView]:
+            return sorted(xs, key=lambda p: -p.created)
+
+        def idlest(status: str) -> list[tuple[str, int]]:  # idle first, then the newest
+            chosen = sorted((h for h in live if h.status == status and not h.hold), key=lambda h: (h.busy, -h.since))
+            return [(h.handle, h.workers) for h in chosen]
+
         tiers: list[tuple[str, list[tuple[str, int]]]] = [
             ("cancel", [(p.launch_id, p.count) for p in newest([p for p in open_pending if p.state == QUEUED])]),
             ("cancel", [(p.launch_id, p.count) for p in newest([p for p in open_pending if p.state == IN_FLIGHT])]),
-            ("kill", [(h.handle, h.workers) for h in newest([h for h in live if h.status == INITIALIZING])]),
-            ("kill", [(h.handle, h.workers) for h in newest([h for h in live if h.status == RUNNING])]),
+            ("kill", idlest(INITIALIZING)),
+            ("kill", idlest(RUNNING)),
         ]
         chosen: list[tuple[int, str, str, int]] = []  # (tier, action, key, workers)
         for tier, (action, items) in enumerate(tiers):

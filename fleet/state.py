@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping
 
 import redis
 
+from fleet.metrics import LUA_HELPERS, metrics_key, record_event
 from fleet.planner import HandleView, PendingView
 
 EVENTS_MAXLEN = 1000
@@ -45,21 +46,11 @@ return {'claimed', p.count}
 # Every script that writes events starts with this: KEYS[1] the cluster's event stream, KEYS[2]
 # the fleet's metrics hash; ARGV[1] the cluster, ARGV[2] the stream's cap, ARGV[3] the time.
 # emit() appends an event and counts it (fleet_events_total and friends, see fleet.metrics).
-_PRELUDE = """
+_PRELUDE = LUA_HELPERS + """
 local EVENTS, METRICS, CLUSTER, MAXLEN, now = KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3])
 local function emit(kind, ...)
   redis.call('XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'kind', kind, ...)
-  redis.call('HINCRBY', METRICS, 'events|' .. CLUSTER .. '|' .. kind, 1)
-end
-local READY = {1, 2, 5, 10, 30, 60, 120, 300, 600, 1800}
-local function ready(seconds, workers)
-  local le = '+Inf'
-  for _, b in ipairs(READY) do
-    if seconds <= b then le = tostring(b) break end
-  end
-  redis.call('HINCRBY', METRICS, 'ready|' .. CLUSTER .. '|' .. le, workers)
-  redis.call('HINCRBYFLOAT', METRICS, 'ready_sum|' .. CLUSTER, seconds * workers)
-  redis.call('HINCRBY', METRICS, 'ready_count|' .. CLUSTER, workers)
+  count_event(METRICS, CLUSTER, kind)
 end
 """
 
@@ -115,7 +106,7 @@ for i = 5, #ARGV, 2 do
       if r.s ~= 'stopping' and r.s ~= 'draining' and r.s ~= s then
         if s == 'running' then
           emit('running', 'handle', h, 'workers', tostring(r.w))
-          if r.req then ready(now - r.req, r.w) r.req = nil end
+          if r.req then record_ready(METRICS, CLUSTER, now - r.req, r.w) r.req = nil end
         end
         r.s = s
         r.since = now
@@ -188,6 +179,7 @@ class Desired:
     n: int
     version: int
     at: float
+    floor: int = 0  # autoscaled clusters: the last manual request, a floor for the autoscaler
 
 
 @dataclass(frozen=True)
@@ -197,7 +189,8 @@ class ClusterState:
     pending: dict[str, dict[str, Any]]
 
     def handle_views(self) -> list[HandleView]:
-        return [HandleView(h, int(r["w"]), r["s"], float(r.get("since", 0))) for h, r in self.handles.items()]
+        return [HandleView(h, int(r["w"]), r["s"], float(r.get("since", 0)), int(r.get("busy", 0)),
+                           bool(r.get("hold", False))) for h, r in self.handles.items()]
 
     def pending_views(self) -> list[PendingView]:
         return [PendingView(l, int(p["count"]), p["state"], float(p.get("at", 0))) for l, p in self.pending.items()]
@@ -215,6 +208,7 @@ class ClusterState:
             "initializing": self.count("initializing"),
             "running": self.count("running"),
             "stopping": self.count("stopping"),
+            "draining": self.count("draining"),
             "pending": sum(int(p["count"]) for p in live_pending),
             "handles": len(self.handles),
         }
@@ -226,6 +220,7 @@ class ClusterState:
             and not self.pending
             and self.count("initializing") == 0
             and self.count("stopping") == 0
+            and self.count("draining") == 0
             and self.count("running") == self.desired.n
         )
 
@@ -237,7 +232,7 @@ def _decode(raw: Mapping[bytes, bytes]) -> dict[str, dict[str, Any]]:
 def _desired(raw: Mapping[bytes, bytes]) -> Desired | None:
     if not raw or b"n" not in raw:
         return None
-    return Desired(int(raw[b"n"]), int(raw.get(b"version", 0)), float(raw.get(b"at", 0)))
+    return Desired(int(raw[b"n"]), int(raw.get(b"version", 0)), float(raw.get(b"at", 0)), int(raw.get(b"floor", 0)))
 
 
 class State:
@@ -258,16 +253,16 @@ class State:
     @property
     def metrics_key(self) -> str:
         """The fleet's counters and histograms (read by fleet.metrics)."""
-        return f"fleet:{self.fleet_id}:metrics"
+        return metrics_key(self.fleet_id)
 
     # -- desired ---------------------------------------------------------------------------
-    def set_desired(self, cluster: str, n: int) -> int:
-        """Store the desired number; returns its new version (only grows)."""
+    def set_desired(self, cluster: str, n: int, *, floor: int | None = None, source: str = "request") -> int:
+        """Store the desired number (and the autoscaler's floor); returns its new version (only grows)."""
         key = self.key(cluster, "desired")
         pipe = self.r.pipeline(transaction=True)
         pipe.hincrby(key, "version", 1)
-        pipe.hset(key, mapping={"n": n, "at": time.time()})
-        self._event(pipe, cluster, "desired", n=n)
+        pipe.hset(key, mapping={"n": n, "at": time.time(), **({"floor": floor} if floor is not None else {})})
+        self._event(pipe, cluster, "desired", n=n, source=source)
         version, *_ = pipe.execute()
         return int(version)
 
@@ -345,6 +340,52 @@ class State:
             args += [h, "1" if ok else "0"]
         self._script(self._killed, cluster, [self.key(cluster, "handles")], args)
 
+    def transition(self, cluster: str, handles: Iterable[str], allowed: Iterable[str], to: str,
+                   event: str, **extra: Any) -> list[str]:
+        """Move handles whose status is in `allowed` to status `to` (since = now, plus `extra`
+        fields), with one event each, atomically (WATCH/MULTI). Returns the handles moved."""
+        key, wanted, ok = self.key(cluster, "handles"), list(dict.fromkeys(handles)), set(allowed)
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.hmget(key, wanted) if wanted else []
+                    records = {h: json.loads(v) for h, v in zip(wanted, raw, strict=True) if v}
+                    moved = [h for h, r in records.items() if r["s"] in ok]
+                    if not moved:
+                        return []
+                    now = time.time()
+                    pipe.multi()
+                    for h in moved:
+                        was = records[h]["s"]
+                        pipe.hset(key, h, json.dumps({**records[h], "s": to, "since": now, "kill_at": now, **extra}))
+                        self._event(pipe, cluster, event, handle=h, workers=records[h]["w"], was=was)
+                    pipe.execute()
+                    return moved
+                except redis.WatchError:
+                    continue
+
+    def patch(self, cluster: str, fields: Mapping[str, Mapping[str, Any]]) -> int:
+        """Set fields on existing handle records (handle -> {field: value}); returns # patched."""
+        key = self.key(cluster, "handles")
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    wanted = list(fields)
+                    raw = pipe.hmget(key, wanted) if wanted else []
+                    records = {h: json.loads(v) for h, v in zip(wanted, raw, strict=True) if v}
+                    changed = {h: r for h, r in records.items() if any(r.get(k) != v for k, v in fields[h].items())}
+                    if not changed:
+                        return 0
+                    pipe.multi()
+                    for h, r in changed.items():
+                        pipe.hset(key, h, json.dumps({**r, **fields[h]}))
+                    pipe.execute()
+                    return len(changed)
+                except redis.WatchError:
+                    continue
+
     # -- recovery --------------------------------------------------------------------------
     def track_unknown(self, cluster: str, listed: Mapping[str, int], now: float) -> dict[str, float]:
         """Remember when each live handle the provider lists but Redis does not know was first
@@ -376,7 +417,7 @@ class State:
         """Append an event on `pipe` (a pipeline or the client) and count it, as emit() does."""
         data = {"kind": kind, **{k: str(v) for k, v in fields.items()}}
         pipe.xadd(self.key(cluster, "events"), data, maxlen=EVENTS_MAXLEN, approximate=True)
-        pipe.hincrby(self.metrics_key, f"events|{cluster}|{kind}", 1)
+        record_event(pipe, self.fleet_id, cluster, kind)
 
     def event(self, cluster: str, kind: str, **fields: Any) -> None:
         pipe = self.r.pipeline(transaction=True)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 from fleet.config import ProviderLimits
 from fleet.errors import RateLimited
 from fleet.guard import Guard
+from fleet.metrics import record_op
 from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, WorkerStatus
 
 
 class GuardedProvider(Provider):
     """Shares a provider's rate limit, throttling holds and launch concurrency across every
     control-plane worker: before each call it honours a hold (raising RateLimited with the time
-    left) and takes an operation token; a RateLimited from the cloud holds every worker off."""
+    left) and takes an operation token; a RateLimited from the cloud holds every worker off.
+    Every call's latency and error class go to the metrics (fleet_provider_operation_seconds)."""
 
     def __init__(self, inner: Provider, name: str, guard: Guard, limits: ProviderLimits, launch_timeout: float) -> None:
         super().__init__(inner.context)
@@ -25,28 +28,35 @@ class GuardedProvider(Provider):
         self.options_model = inner.options_model
         self.listing_grace = inner.listing_grace  # type: ignore[misc]
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, op: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         wait = self.guard.provider_hold(self.name)
         if wait > 0:
             raise RateLimited(f"provider {self.name!r} is rate-limited", retry_after=wait)
         self.guard.take_op(self.name, self.limits.ops_per_second)
+        started, error = time.monotonic(), None
         try:
             return fn(*args, **kwargs)
         except RateLimited as exc:
+            error = type(exc).__name__
             self.guard.hold_provider(self.name, exc.retry_after)
             raise
+        except Exception as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            record_op(self.guard.r, self.guard.fleet_id, self.name, op, time.monotonic() - started, error)
 
     def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
         with self.guard.launch_slot(self.name, self.limits.concurrent_launches, self.launch_timeout):
-            return list(self._call(self.inner.run_workers, cluster, container, hardware, count, launch_id=launch_id))
+            return list(self._call("run", self.inner.run_workers, cluster, container, hardware, count, launch_id=launch_id))
 
     def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
-        return dict(self._call(self.inner.worker_status, cluster, handles))
+        return dict(self._call("status", self.inner.worker_status, cluster, handles))
 
     def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
-        return dict(self._call(self.inner.kill_workers, cluster, handles))
+        return dict(self._call("kill", self.inner.kill_workers, cluster, handles))
 
     def list_workers(self, cluster: Cluster) -> dict[str, int] | None:
-        listed = self._call(self.inner.list_workers, cluster)
+        listed = self._call("list", self.inner.list_workers, cluster)
         return None if listed is None else dict(listed)

@@ -7,11 +7,13 @@ Redis). Broker, result backend and state share that one Redis.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Sequence
 
 import redis
 from celery import Celery
+from celery.signals import worker_ready
 from kombu import Queue
 
 from fleet.config import FleetConfig, load_config
@@ -46,6 +48,9 @@ def celery_settings() -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "broker_connection_retry_on_startup": True,
+        # for Flower (`celery -A tasks flower`): task events, with names and JSON arguments only
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
         # Redelivery of an unacked task after a worker died; the sweep re-sends lost launches and
         # kills much sooner (launch_timeout, kill back-off), so this only needs to be long.
         "broker_transport_options": {"visibility_timeout": 3600},
@@ -82,6 +87,19 @@ class CeleryDispatcher:
 
     def reconcile(self, cluster: str) -> None:
         app.send_task("fleet.reconcile", (cluster,), queue=control_queue(self.fleet_id))
+
+    def drain(self, cluster: str, handles: Sequence[str]) -> None:
+        app.send_task("fleet.drain", (cluster, list(handles)), queue=control_queue(self.fleet_id))
+
+
+@worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    """A control-plane worker serves /metrics too when FLEET_METRICS_PORT is set."""
+    port = os.environ.get("FLEET_METRICS_PORT")
+    if port:
+        from fleet.metrics import serve
+
+        serve(config(), manager().redis, int(port), os.environ.get("FLEET_METRICS_ADDR", "127.0.0.1"))
 
 
 def manager() -> Manager:

@@ -51,6 +51,12 @@ def kill(self: Task, cluster: str, handles: list[str]) -> dict[str, Any]:
         return _retry_provider(self, exc)
 
 
+@app.task(name="fleet.drain", ignore_result=True, acks_late=True)
+def drain(cluster: str, handles: list[str]) -> dict[str, Any]:
+    """Tell the workers of draining handles to stop consuming."""
+    return manager().start_drain(cluster, handles)
+
+
 @app.task(name="fleet.sweep", ignore_result=True)
 def sweep() -> int:
     """Beat's entry point: one sweep task per cluster, each expiring with the interval."""

@@ -24,6 +24,24 @@ def clear(cluster: Any) -> dict[str, Any]:
     return manager().clear(cluster)
 
 
+@app.task(name="fleet.hold", throws=(FleetError,))
+def hold(cluster: Any, handle: Any, hold: Any = True) -> dict[str, Any]:
+    """Never kill `handle` automatically (hold=False releases it)."""
+    return manager().hold(cluster, handle, bool(hold))
+
+
+@app.task(name="fleet.drain_handle", throws=(FleetError,))
+def drain_handle(cluster: Any, handle: Any) -> dict[str, Any]:
+    """Drain `handle` (stop consuming, finish its tasks, then go); it is replaced."""
+    return manager().drain_handle(cluster, handle)
+
+
+@app.task(name="fleet.kill_handle", throws=(FleetError,))
+def kill_handle(cluster: Any, handle: Any) -> dict[str, Any]:
+    """Kill `handle` now, held or not; it is replaced."""
+    return manager().kill_handle(cluster, handle)
+
+
 @app.task(name="fleet.status", throws=(FleetError,))
 def status(cluster: Any) -> dict[str, Any]:
     """{cluster, desired, initializing, running, stopping, pending, handles, ...} of `cluster`."""

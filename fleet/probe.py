@@ -1,0 +1,59 @@
+"""What a cluster's Celery workers are doing, asked over their broker: messages waiting in their
+queues, and tasks active or reserved (prefetched) on each worker. Workers are matched to handles
+by hostname: start them with `--hostname ${FLEET_HANDLE}@%h`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from celery import Celery
+
+
+@dataclass
+class Activity:
+    """Tasks active or reserved, by handle (workers whose hostname starts with `<handle>@`)."""
+
+    busy: dict[str, int] = field(default_factory=dict)
+    hostnames: dict[str, list[str]] = field(default_factory=dict)
+
+    def of(self, handle: str) -> int:
+        return self.busy.get(handle, 0)
+
+
+class Probe:
+    """One per broker URL; cheap to keep (connections are pooled by kombu)."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.app = Celery("fleet-probe", broker=broker_url, set_as_current=False)
+        self.app.conf.broker_connection_retry_on_startup = True
+
+    def waiting(self, queues: Sequence[str]) -> int:
+        """Messages waiting in `queues` (for Redis, priority sub-queues included)."""
+        total = 0
+        with self.app.connection_for_read() as conn:
+            channel = conn.default_channel
+            for queue in queues:
+                total += channel.queue_declare(queue=queue, passive=True).message_count
+        return total
+
+    def activity(self, timeout: float = 1.0) -> Activity:
+        """One broadcast: every worker's active and reserved tasks."""
+        inspect = self.app.control.inspect(timeout=timeout)
+        replies = inspect._request("active") or {}
+        reserved = inspect._request("reserved") or {}
+        found = Activity()
+        for hostname in set(replies) | set(reserved):
+            handle = hostname.split("@", 1)[0]
+            count = len(replies.get(hostname) or []) + len(reserved.get(hostname) or [])
+            found.busy[handle] = found.busy.get(handle, 0) + count
+            found.hostnames.setdefault(handle, []).append(hostname)
+        return found
+
+    def stop_consuming(self, queues: Iterable[str], hostnames: Sequence[str]) -> None:
+        """Tell these workers to stop taking new messages from `queues` (they finish what they hold)."""
+        if not hostnames:
+            return
+        for queue in queues:
+            self.app.control.cancel_consumer(queue, destination=list(hostnames))
