@@ -245,23 +245,39 @@ def _table(state: ClusterState, s: dict[str, Any]) -> Table:
 @main.command()
 @click.argument("cluster", required=False)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def status(cluster: str | None, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="a live table, refreshed every second, until Ctrl-C")
+def status(cluster: str | None, as_json: bool, watch: bool) -> None:
     """Desired, initializing and running workers, and the handles, per cluster."""
     config = _config()
     if cluster:
         config.spec(cluster)
     names = [cluster] if cluster else list(config.clusters)
     manager = _manager(config)
-    states = manager.state.read_many(names)
-    summaries = {c: manager.get_worker_numbers(c) for c in names}
+
+    def tables() -> list[Table]:
+        states = manager.state.read_many(names)
+        return [_table(states[c], manager.get_worker_numbers(c)) for c in names]
+
     if as_json:
+        states = manager.state.read_many(names)
         # the `fleet.status` task's shape, plus every handle's record under "workers"
-        out = [{**summaries[c], "workers": [{"handle": h, **r} for h, r in states[c].handles.items()]}
+        out = [{**manager.get_worker_numbers(c), "workers": [{"handle": h, **r} for h, r in states[c].handles.items()]}
                for c in names]
         click.echo(json.dumps(out[0] if cluster else out, indent=2))
-        return
-    for c in names:
-        console.print(_table(states[c], summaries[c]))
+    elif watch:
+        from rich.console import Group
+        from rich.live import Live
+
+        try:
+            with Live(Group(*tables()), console=console, refresh_per_second=2) as live:
+                while True:
+                    time.sleep(1)
+                    live.update(Group(*tables()))
+        except KeyboardInterrupt:
+            pass
+    else:
+        for table in tables():
+            console.print(table)
 
 
 @main.command()

@@ -447,13 +447,13 @@ class Manager:
     def _watch_celery(self, cluster: str, spec: ClusterSpec, now: float) -> dict[str, Any]:
         """Ask the cluster's workers what they hold; finish drains; autoscale from the load."""
         probe = self.probe(spec)
+        st = self.state.read(cluster)
         try:
-            activity = probe.activity()
+            activity = probe.activity([h for h, r in st.handles.items() if r["s"] != "stopping"])
             waiting = probe.waiting(spec.queues) if spec.autoscale else 0
         except Exception as exc:  # the workers' broker may be down: skip, never crash the sweep
             log.warning("cannot probe the workers of %s: %s", cluster, exc)
             return {"probe_failed": type(exc).__name__}
-        st = self.state.read(cluster)
         self.state.patch(cluster, {h: {"busy": activity.of(h)} for h in st.handles})
         idle = [h for h, r in st.handles.items() if r["s"] == "draining" and activity.of(h) == 0]
         late = [h for h, r in st.handles.items()
@@ -462,9 +462,11 @@ class Manager:
         done += self.state.transition(cluster, late, ["draining"], "stopping", "drain_timeout")
         if done:
             self.dispatcher.kill(cluster, done, spec.provider)
-        report: dict[str, Any] = {"busy": sum(activity.busy.get(h, 0) for h in st.handles), "drained": len(done)}
+        # what draining workers still hold needs no capacity: they finish it and go
+        busy = sum(activity.of(h) for h, r in st.handles.items() if r["s"] in ("initializing", "running"))
+        report: dict[str, Any] = {"busy": busy, "drained": len(done)}
         if spec.autoscale:
-            report.update(self._autoscale(cluster, spec, st, waiting + report["busy"], now))
+            report.update(self._autoscale(cluster, spec, st, waiting + busy, now))
         return report
 
     def _autoscale(self, cluster: str, spec: ClusterSpec, st: ClusterState, load: int, now: float) -> dict[str, Any]:
@@ -489,7 +491,7 @@ class Manager:
         spec = self.config.spec(cluster)
         unique = validate_handles(handles)
         probe = self.probe(spec)
-        activity = probe.activity()
+        activity = probe.activity(unique)
         hostnames = [name for h in unique for name in activity.hostnames.get(h, [])]
         probe.stop_consuming(spec.queues, hostnames)
         return {"handles": len(unique), "workers": len(hostnames)}

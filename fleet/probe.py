@@ -5,6 +5,7 @@ by hostname: start them with `--hostname ${FLEET_HANDLE}@%h`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -33,14 +34,21 @@ class Probe:
         """Messages waiting in `queues` (for Redis, priority sub-queues included)."""
         total = 0
         with self.app.connection_for_read() as conn:
-            channel = conn.default_channel
             for queue in queues:
-                total += channel.queue_declare(queue=queue, passive=True).message_count
+                with conn.channel() as channel:
+                    try:
+                        total += channel.queue_declare(queue=queue, passive=True).message_count
+                    except conn.channel_errors:
+                        pass  # no such queue (Redis: an empty one): nothing waits there
         return total
 
-    def activity(self, timeout: float = 1.0) -> Activity:
-        """One broadcast: every worker's active and reserved tasks."""
-        inspect = self.app.control.inspect(timeout=timeout)
+    def activity(self, handles: Sequence[str], timeout: float = 1.0) -> Activity:
+        """Active and reserved tasks of the workers of `handles` (hostnames `<handle>@...`): two
+        broadcasts only they answer, each done when all answered or after `timeout` seconds."""
+        if not handles:
+            return Activity()
+        pattern = "^(?:" + "|".join(re.escape(h) for h in handles) + ")@"
+        inspect = self.app.control.inspect(timeout=timeout, limit=len(handles), pattern=pattern, matcher="pcre")
         replies = inspect._request("active") or {}
         reserved = inspect._request("reserved") or {}
         found = Activity()

@@ -26,6 +26,10 @@ ROOT = Path(tempfile.mkdtemp(prefix="fleet-tests-"))
 FLEET_ID = "t" + uuid.uuid4().hex[:6]
 SWEEP = 0.5
 PY = sys.executable
+# A real Celery worker of the demo's job app, named after its handle (for drain and autoscale).
+CELERY_CMD = [PY, "-m", "celery", "-A", "fleet.demo.jobs", "worker", "--queues", "auto-jobs", "--pool", "threads",
+              "--concurrency", "${FLEET_WORKERS}", "--hostname", "${FLEET_HANDLE}@%h", "--loglevel", "WARNING",
+              "--without-gossip", "--without-mingle", "--prefetch-multiplier", "1"]
 # A local "container": records its environment, then sleeps; exits on SIGTERM.
 LOCAL_CMD = [PY, "-c", "import os,json,time,sys; open(os.environ['OUT_DIR']+'/'+os.environ['FLEET_HANDLE']+'.json','w')"
              ".write(json.dumps(dict(os.environ))); time.sleep(3600)"]
@@ -92,6 +96,20 @@ CONFIG = textwrap.dedent(f"""
     [clusters.slowboot.provider_options]
     boot_seconds = 3600
 
+    [clusters.auto]
+    provider = "local"
+    max_workers = 4
+    queues = ["auto-jobs"]
+    drain_timeout = 30
+    [clusters.auto.autoscale]
+    tasks_per_worker = 2
+    scale_down_delay = 4
+    agreeing_sweeps = 3
+    [clusters.auto.container]
+    command = {json.dumps(CELERY_CMD)}
+    [clusters.auto.provider_options]
+    kill_grace = 10
+
     [clusters.local]
     provider = "local"
     workers_per_container = 2
@@ -154,8 +172,9 @@ def _no_local_leftovers() -> Iterator[None]:
 
     config = load_config(ROOT / "fleet.toml")
     provider = LocalProvider(ProviderContext(FLEET_ID, ROOT))
-    ref = config.cluster("local")
-    provider.kill_workers(ref, list(provider.list_workers(ref)))
+    for name in ("local", "auto"):
+        ref = config.cluster(name)
+        provider.kill_workers(ref, list(provider.list_workers(ref)))
 
 
 @pytest.fixture

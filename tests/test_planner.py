@@ -88,3 +88,17 @@ def test_plan_properties(init: list[int], run: list[int], queued: list[int], des
     assert after + p.launch <= desired  # never launches past the target
     killed = sum(h.workers for h in hs if h.handle in p.kill)  # these are stopping until gone
     assert p.launch == 0 or after + killed + p.launch <= max_workers  # never past max_workers
+
+
+def test_held_handles_are_never_chosen_and_idle_ones_go_first() -> None:
+    hs = [HandleView("held", 1, "running", since=3.0, hold=True), HandleView("busy", 1, "running", since=2.0, busy=3),
+          HandleView("idle", 1, "running", since=1.0, busy=0)]
+    assert plan(2, 16, hs, []).kill == ["idle"]
+    assert sorted(plan(0, 16, hs, []).kill) == ["busy", "idle"]  # the held one stays, above the target
+
+
+def test_draining_workers_count_against_max_but_not_as_live() -> None:
+    hs = [HandleView("d", 2, "draining"), HandleView("r", 2, "running")]
+    p = plan(4, 4, hs, [])
+    assert p.launch == 0 and p.capped_by_max  # 2 live + 2 draining = max
+    assert plan(4, 6, hs, []).launch == 2

@@ -13,6 +13,13 @@ app.conf.update(task_default_queue="demo-jobs", task_acks_late=True, worker_pref
                 broker_connection_retry_on_startup=True)
 
 
+@app.task(name="demo.sleep")
+def sleep(seconds: float, tag: str = "") -> dict[str, object]:
+    """A job that takes `seconds`: for autoscaling and draining demos and tests."""
+    time.sleep(seconds)
+    return {"tag": tag, "handle": os.environ.get("FLEET_HANDLE", "?"), "pid": os.getpid()}
+
+
 @app.task(name="demo.square")
 def square(x: int) -> dict[str, object]:
     """A job: square a number, slowly enough that several workers share the load."""
