@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet.errors import PermanentProviderError
+from fleet.errors import CapacityError, PermanentProviderError
 from fleet.provider import Hardware
 
 
@@ -34,12 +34,16 @@ def eligible(catalogue: Iterable[InstanceType], hw: Hardware, exclude: Iterable[
 
 
 def cheapest_fit(catalogue: Sequence[InstanceType], hw: Hardware, exclude: Iterable[str] = ()) -> InstanceType:
-    """The cheapest type that fits; PermanentProviderError naming the need when none does."""
+    """The cheapest type that fits, skipping `exclude` (types the cloud just had no capacity
+    for). PermanentProviderError naming the need when none fits at all; CapacityError when the
+    only ones that fit are excluded (Fleet then holds the cluster's launches for a while)."""
+    exclude = frozenset(exclude)
     fits = eligible(catalogue, hw, exclude)
-    if not fits:
-        raise PermanentProviderError(
-            f"no instance type in the catalogue fits cpu={hw.cpu:g} memory_mb={hw.memory_mb} gpus={hw.gpus}"
-            f"{' (excluding ' + ', '.join(sorted(set(exclude))) + ')' if exclude else ''}: "
-            "add one to provider_options.catalogue or lower the cluster's hardware"
-        )
-    return fits[0]
+    if fits:
+        return fits[0]
+    if eligible(catalogue, hw):
+        raise CapacityError(f"every instance type that fits is out of capacity: {', '.join(sorted(exclude))}")
+    raise PermanentProviderError(
+        f"no instance type in the catalogue fits cpu={hw.cpu:g} memory_mb={hw.memory_mb} gpus={hw.gpus}: "
+        "add one to provider_options.catalogue or lower the cluster's hardware"
+    )

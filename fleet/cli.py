@@ -227,6 +227,7 @@ def _manager(config: FleetConfig) -> Manager:
 def _table(state: ClusterState, s: dict[str, Any]) -> Table:
     flags = [f"[red]error: {s['error']}[/red]"] if s["error"] else []
     flags += [f"[yellow]at quota for {s['at_quota']:.0f}s[/yellow]"] if s["at_quota"] else []
+    flags += [f"[yellow]no capacity for {s['no_capacity']:.0f}s[/yellow]"] if s["no_capacity"] else []
     flags += [f"[yellow]rate-limited for {s['rate_limited']:.0f}s[/yellow]"] if s["rate_limited"] else []
     flags += [f"[yellow]recovering for {s['recovering']:.0f}s[/yellow]"] if s["recovering"] else []
     flags += [f"{s['unknown']} unknown workers being checked"] if s["unknown"] else []

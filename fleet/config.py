@@ -46,7 +46,7 @@ class ProviderLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ops_per_second: float = Field(default=10.0, ge=1, le=10000)
+    ops_per_second: int = Field(default=10, ge=1, le=10000)
     concurrent_launches: int = Field(default=4, ge=1, le=1000)
 
 

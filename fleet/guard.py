@@ -7,6 +7,7 @@
 | `provider:{p}:slot:{i}`            | concurrent-launch slots (redis-py Locks)                      |
 | `recovering`                       | Redis lost data under a running control plane: no launches   |
 | `{cluster}:at_quota`               | quota reached: no launches until a worker goes or it expires |
+| `{cluster}:no_capacity`            | no capacity for any type the cluster may use: no launches    |
 | `{cluster}:error`                  | a permanent error (JSON: message, config fingerprint, at)    |
 
 Operations per second are limited with the `limits` library (moving window, Redis storage).
@@ -64,9 +65,9 @@ class Guard:
         raw = self.r.get(self._key("provider", provider, "hold"))
         return max(float(raw) - time.time(), 0.0) if raw else 0.0
 
-    def take_op(self, provider: str, per_second: float, max_wait: float = 30.0) -> None:
+    def take_op(self, provider: str, per_second: int, max_wait: float = 30.0) -> None:
         """Wait for one operation token of `provider` (shared by every control-plane worker)."""
-        item = parse(f"{max(int(per_second), 1)}/second")
+        item = parse(f"{max(per_second, 1)}/second")
         deadline = time.monotonic() + max_wait
         while not self._limiter.hit(item, self.fleet_id, provider):
             if time.monotonic() > deadline:
@@ -119,6 +120,14 @@ class Guard:
         raw = self.r.get(self._key(cluster, "at_quota"))
         return max(float(raw) - time.time(), 0.0) if raw else 0.0
 
+    def set_no_capacity(self, cluster: str, seconds: float) -> None:
+        """No launch for the cluster for a while: the cloud has no capacity for anything it may use."""
+        self.r.set(self._key(cluster, "no_capacity"), time.time() + seconds, px=int(seconds * 1000))
+
+    def no_capacity(self, cluster: str) -> float:
+        raw = self.r.get(self._key(cluster, "no_capacity"))
+        return max(float(raw) - time.time(), 0.0) if raw else 0.0
+
     def worker_went_away(self, cluster: str) -> None:
         """A worker left: the quota may have room again."""
         self.r.delete(self._key(cluster, "at_quota"))
@@ -133,4 +142,5 @@ class Guard:
 
     def clear(self, cluster: str) -> bool:
         """An operator's reset: forget the cluster's permanent error and quota state."""
-        return bool(self.r.delete(self._key(cluster, "error"), self._key(cluster, "at_quota")))
+        return bool(self.r.delete(self._key(cluster, "error"), self._key(cluster, "at_quota"),
+                                  self._key(cluster, "no_capacity")))

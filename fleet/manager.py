@@ -151,6 +151,8 @@ class Manager:
             return f"error: {error['message']}"
         if self.guard.at_quota(cluster):
             return "at quota"
+        if self.guard.no_capacity(cluster):
+            return "no capacity"
         if self.guard.recovering():
             return "recovering from a loss of Redis data"
         return None
@@ -179,6 +181,7 @@ class Manager:
         summary.update(
             provider=spec.provider, min_workers=spec.min_workers, max_workers=spec.max_workers,
             at_quota=round(self.guard.at_quota(cluster), 1),
+            no_capacity=round(self.guard.no_capacity(cluster), 1),
             recovering=round(self.guard.recovering(), 1),
             rate_limited=round(self.guard.provider_hold(spec.provider), 1),
             error=error["message"] if error else None,
@@ -330,10 +333,12 @@ class Manager:
             self.guard.set_at_quota(cluster, self.config.fleet.quota_hold)
             self.state.event(cluster, "at_quota", **fields)
         elif isinstance(exc, CapacityError):
-            if exc.instance_type:
+            if exc.instance_type:  # hold that type; the next eligible one is tried at once
                 self.guard.hold_type(spec.provider, exc.instance_type, self.config.fleet.capacity_hold)
+                self.request_reconcile(cluster)
+            else:  # nothing else to try: hold the cluster's launches (no hot loop)
+                self.guard.set_no_capacity(cluster, self.config.fleet.capacity_hold)
             self.state.event(cluster, "no_capacity", instance_type=exc.instance_type or "", **fields)
-            self.request_reconcile(cluster)  # try the next eligible type now
         else:
             self.guard.set_error(cluster, str(exc), fingerprint(spec))
             self.state.event(cluster, "error", **fields)
@@ -426,8 +431,11 @@ class Manager:
         now = time.time()
         first_seen = self.state.track_unknown(cluster, live_unknown, now)
         lost_desired = st.desired is None
+        # a launch in flight may be what made them: wait for it (or for launch_timeout) first
+        in_flight = any(p["state"] == "running" and now - float(p.get("claimed") or now) < self.config.fleet.launch_timeout
+                        for p in st.pending.values())
         due = {h: (w, observed[h]) for h, w in live_unknown.items()
-               if lost_desired or now - first_seen[h] >= self.config.fleet.orphan_grace}
+               if lost_desired or (not in_flight and now - first_seen[h] >= self.config.fleet.orphan_grace)}
         adopted = self.state.adopt(cluster, due, set_desired=lost_desired and bool(st.handles or due)) if due else 0
         if lost_desired and not due and st.handles:
             self.state.adopt(cluster, {}, set_desired=True)

@@ -153,15 +153,16 @@ class EC2Provider(Provider):
         return opts
 
     @staticmethod
-    def instance_type(opts: EC2Options, hardware: Hardware) -> str:
-        """The explicit type, else the cheapest catalogue type that fits `hardware`."""
-        return opts.instance_type or cheapest_fit(opts.catalogue, hardware).name
+    def instance_type(opts: EC2Options, hardware: Hardware, exclude: frozenset[str] = frozenset()) -> str:
+        """The explicit type, else the cheapest catalogue type that fits `hardware` and is not
+        excluded (Fleet excludes the types that just had no capacity)."""
+        return opts.instance_type or cheapest_fit(opts.catalogue, hardware, exclude).name
 
     # -- the contract ----------------------------------------------------------------------
     def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
         opts = self._opts(cluster)
-        itype = self.instance_type(opts, hardware)
+        itype = self.instance_type(opts, hardware, cluster.excluded_types)
         calls = plan_calls(cluster.containers_for(count), opts.batch_size)
         if not calls:
             return []

@@ -217,7 +217,7 @@ class GCEProvider(Provider):
     def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
         opts: GCEOptions = cluster.options  # type: ignore[assignment]
-        machine_type = opts.machine_type or cheapest_fit(opts.catalogue, hardware).name
+        machine_type = opts.machine_type or cheapest_fit(opts.catalogue, hardware, cluster.excluded_types).name
         gpus = next((t.gpus for t in opts.catalogue if t.name == machine_type), 0)
         compute, _, _ = self._sdk(opts)
         api_errors = import_sdk("google.api_core.exceptions", "gce")

@@ -226,6 +226,8 @@ def check_commands(doc: Doc) -> list[str]:
     if flag_value(flower, "--port") != "5555" or not any(str(p).endswith(":5555") or str(p) == "5555"
                                                           for p in flower_svc.get("ports") or []):
         problems.append("flower must listen on and publish port 5555")
+    for name in ("flower", "metrics"):
+        problems += [f"{name}: {problem}" for problem in published_problems(svcs.get(name, {}))]
     if "metrics" in svcs:
         metrics = words(svcs["metrics"].get("command"))
         if metrics[:2] != ["fleet", "metrics"]:
@@ -252,8 +254,26 @@ def check_redis(doc: Doc) -> list[str]:
         problems.append("redis must run with --appendonly yes")
     if not named_volume_at(doc, redis_svc, "/data"):
         problems.append("redis /data must be a named volume")
-    if redis_svc.get("ports"):
-        problems.append("redis must not publish a port on the host")
+    problems += [f"redis: {problem}" for problem in published_problems(redis_svc)]
+    return problems
+
+
+def with_defaults(text: str) -> str:
+    """`${VAR:-default}` and `${VAR-default}` replaced by their defaults: what runs if unset."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-([^}]*)\}", r"\1", text)
+
+
+def published_problems(svc: dict[str, Any]) -> list[str]:
+    """Every published port must name its host address, and default to loopback."""
+    problems = []
+    for port in svc.get("ports") or []:
+        if isinstance(port, dict):
+            host = str(port.get("host_ip", ""))
+        else:
+            parts = with_defaults(str(port)).split(":")
+            host = parts[0] if len(parts) == 3 else ""
+        if host not in ("127.0.0.1", "::1", "[::1]"):
+            problems.append(f"port {port!r} is published on every address by default; default to 127.0.0.1")
     return problems
 
 
@@ -360,6 +380,8 @@ def check_env_files(doc: Doc) -> list[str]:
     for rel in ("compose/fleet.toml", "compose/gcp/credentials.json"):
         if not gitignored(rel, gitignore):
             problems.append(f"{rel} is not in .gitignore")
+    if gitignored("compose/fleet.toml.example", gitignore):
+        problems.append("compose/fleet.toml.example is ignored by .gitignore: it would not be committed")
     # every variable the compose file requires must be in the example of the --env-file
     required = {m.group(1) for _, text in strings(doc) for m in COMPOSE_VAR.finditer(text)
                 if m.group(1) and m.group(2) in ("", ":?", "?")}
@@ -499,6 +521,8 @@ BREAKAGES: list[tuple[str, str, Callable[[Doc], None]]] = [
     ("commands", "flower without basic auth", _set_command("flower", "celery -A tasks flower --port=5555 --persistent=True --db=/var/lib/flower/flower.db")),
     ("commands", "flower not persistent", _set_command("flower", "celery -A tasks flower --port=5555 --db=/var/lib/flower/f.db --basic-auth=$${A}")),
     ("commands", "flower db off the volume", _set_command("flower", "celery -A tasks flower --port=5555 --persistent=True --db=/tmp/f.db --basic-auth=$${A}")),
+    ("commands", "flower on every address", lambda d: _svc(d, "flower").__setitem__("ports", ["5555:5555"])),
+    ("commands", "metrics on every address", lambda d: _svc(d, "metrics").__setitem__("ports", ["${METRICS_BIND:-0.0.0.0}:9100:9100"])),
     ("commands", "metrics on loopback only", _set_command("metrics", "fleet metrics --port 9100")),
     ("commands", "metrics runs something else", _set_command("metrics", "python -m http.server 9100")),
     ("commands", "flower port not published", lambda d: _svc(d, "flower").__setitem__("ports", [])),
@@ -506,7 +530,7 @@ BREAKAGES: list[tuple[str, str, Callable[[Doc], None]]] = [
     ("redis", "redis with an evicting policy", _redis_args({"noeviction": "allkeys-lru"})),
     ("redis", "redis without AOF", _redis_args({"--appendonly": "--appendfsync"})),
     ("redis", "redis data in the container", lambda d: _svc(d, "redis").__setitem__("volumes", [])),
-    ("redis", "redis published", lambda d: _svc(d, "redis").__setitem__("ports", ["6379:6379"])),
+    ("redis", "redis published on every address", lambda d: _svc(d, "redis").__setitem__("ports", ["6379:6379"])),
     ("redis", "redis not official", lambda d: _svc(d, "redis").__setitem__("image", "bitnami/redis:7.2")),
     ("healthchecks", "redis without healthcheck", lambda d: _svc(d, "redis").pop("healthcheck")),
     ("healthchecks", "control-plane without healthcheck", lambda d: _svc(d, "control-plane").pop("healthcheck")),
