@@ -26,7 +26,7 @@ import hashlib
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,7 +38,7 @@ from fleet.errors import (
     RateLimited,
     TransientProviderError,
 )
-from fleet.provider import import_sdk
+from fleet.provider import Cluster, Provider, ProviderContext, import_sdk
 
 T = TypeVar("T")
 
@@ -254,3 +254,26 @@ def aws_errors(action: str, *, instance_type: str | None = None,
         yield
     except Exception as exc:  # noqa: BLE001 - anything not from AWS is re-raised as it is
         raise_mapped(exc, action, instance_type=instance_type, hints=hints)
+
+
+class AwsProvider(Provider):
+    """What the AWS providers share: one cached boto3 client per option set, and their options
+    checked to be their own. Subclasses set `service` and `options_model`."""
+
+    service: ClassVar[str]
+
+    def __init__(self, context: ProviderContext) -> None:
+        super().__init__(context)
+        self._clients = Clients()
+
+    def client(self, cluster: Cluster) -> Any:
+        """The (cached) boto3 client for `cluster`'s options."""
+        return self._clients.get(self.service, self._opts(cluster))
+
+    @classmethod
+    def _opts(cls, cluster: Cluster) -> Any:
+        opts = cluster.options
+        if not isinstance(opts, cls.options_model):
+            raise PermanentProviderError(
+                f"cluster {cluster.name!r}: provider_options were not validated for {cls.__name__}")
+        return opts

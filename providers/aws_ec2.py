@@ -41,10 +41,10 @@ from pydantic import Field
 
 from fleet.catalogue import InstanceType, cheapest_fit
 from fleet.errors import PermanentProviderError, ProviderError
-from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus
+from fleet.provider import Cluster, ContainerSpec, Hardware, WorkerStatus
 from providers._aws import (
     AwsOptions,
-    Clients,
+    AwsProvider,
     aws_errors,
     chunks,
     error_code,
@@ -133,24 +133,11 @@ def user_data(cluster: Cluster, container: ContainerSpec, launch_id: str, worker
     return script
 
 
-class EC2Provider(Provider):
+class EC2Provider(AwsProvider):
     options_model = EC2Options
     listing_grace = 10.0  # DescribeInstances may not list a fresh instance for a few seconds
 
-    def __init__(self, context: ProviderContext) -> None:
-        super().__init__(context)
-        self._clients = Clients()
-
-    def client(self, cluster: Cluster) -> Any:
-        """The (cached) boto3 EC2 client for `cluster`'s options."""
-        return self._clients.get("ec2", self._opts(cluster))
-
-    @staticmethod
-    def _opts(cluster: Cluster) -> EC2Options:
-        opts = cluster.options
-        if not isinstance(opts, EC2Options):
-            raise PermanentProviderError(f"cluster {cluster.name!r}: provider_options were not validated for aws_ec2")
-        return opts
+    service = "ec2"
 
     @staticmethod
     def instance_type(opts: EC2Options, hardware: Hardware, exclude: frozenset[str] = frozenset()) -> str:

@@ -40,10 +40,10 @@ from typing import Any
 from pydantic import Field
 
 from fleet.errors import CapacityError, PermanentProviderError, ProviderError, QuotaExceeded, TransientProviderError
-from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus
+from fleet.provider import Cluster, ContainerSpec, Hardware, WorkerStatus
 from providers._aws import (
     AwsOptions,
-    Clients,
+    AwsProvider,
     aws_errors,
     chunks,
     error_code,
@@ -109,24 +109,11 @@ def _is_task_arn(handle: str) -> bool:
     return handle.startswith("arn:") and ":task/" in handle
 
 
-class ECSProvider(Provider):
+class ECSProvider(AwsProvider):
     options_model = ECSOptions
     listing_grace = 5.0
 
-    def __init__(self, context: ProviderContext) -> None:
-        super().__init__(context)
-        self._clients = Clients()
-
-    def client(self, cluster: Cluster) -> Any:
-        """The (cached) boto3 ECS client for `cluster`'s options."""
-        return self._clients.get("ecs", self._opts(cluster))
-
-    @staticmethod
-    def _opts(cluster: Cluster) -> ECSOptions:
-        opts = cluster.options
-        if not isinstance(opts, ECSOptions):
-            raise PermanentProviderError(f"cluster {cluster.name!r}: provider_options were not validated for aws_ecs")
-        return opts
+    service = "ecs"
 
     # -- the contract ----------------------------------------------------------------------
     def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
