@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,14 @@ def test_fleet_demo_runs_to_success(tmp_path: Path) -> None:
                          timeout=240, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "20 jobs processed (0 wrong)" in out.stdout and "demo succeeded" in out.stdout
+
+
+def test_status_watch_is_a_live_table_until_ctrl_c(fleet: Any, control_plane: Any) -> None:
+    control_plane.send_task("fleet.scale", args=["single", 1]).get(timeout=20)
+    proc = subprocess.Popen([sys.executable, "-m", "fleet.cli", "status", "single", "--watch"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert "single (memory): desired 1" in out
