@@ -321,6 +321,19 @@ def events(cluster: str, count: int) -> None:
 
 
 @main.command()
+@click.option("--quick", is_flag=True, help="tiny sizes; skips the cloud and containers sections unless --only names them")
+@click.option("--only", "only", multiple=True, type=click.Choice(["convergence", "sweep", "throughput", "cloud", "containers"]),
+              help="run only this section (repeatable)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the figures to this JSON file")
+def bench(quick: bool, only: tuple[str, ...], json_path: str | None) -> None:
+    """Measure Fleet on this machine: convergence, sweep cost, scale throughput, cloud API calls,
+    real containers; prints tables, then the figures as one line of JSON."""
+    from fleet.bench import run_bench
+
+    sys.exit(run_bench(quick=quick, only=only, json_path=json_path, console=console))
+
+
+@main.command()
 @click.option("--workers", type=int, default=4, show_default=True)
 @click.option("--jobs", type=int, default=20, show_default=True)
 @click.option("--keep", is_flag=True, help="keep the demo's state folder")

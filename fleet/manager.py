@@ -168,8 +168,11 @@ class Manager:
                 f"cluster {cluster!r} takes between {spec.min_workers} and {spec.max_workers} workers, got {n}"
             )
         # With autoscaling on, a manual number is also a floor the autoscaler keeps (0 clears it).
-        version = self.state.set_desired(cluster, n, floor=n if spec.autoscale else None)
-        self.request_reconcile(cluster)
+        # desired number and "reconcile queued" marker in one round trip (as request_reconcile)
+        version, flagged = self.state.set_desired_and_flag(cluster, n, self.state.key(cluster, "queued"),
+                                                           floor=n if spec.autoscale else None)
+        if flagged:
+            self.dispatcher.reconcile(cluster)
         return {"cluster": cluster, "desired": n, "version": version}
 
     def get_worker_numbers(self, cluster: Any) -> dict[str, Any]:
@@ -204,27 +207,42 @@ class Manager:
 
         Serialised per cluster by a Redis lock; the commit is a WATCH/MULTI transaction over the
         cluster's keys, so a concurrent launch record or sweep makes it re-plan, not double-act.
+
+        Nobody waits for the lock: a reconcile that finds it taken sets the cluster's `again`
+        marker and returns, and the holder, after releasing the lock, reconciles once more if the
+        marker is set (so a change made while it planned is never missed). Waiting instead held a
+        control-plane thread per queued reconcile, which capped scale-request throughput.
         """
         spec = self.config.spec(cluster)
         self.check_epoch()
         self.redis.delete(self.state.key(cluster, "queued"))
-        lock = self.redis.lock(self.state.key(cluster, "lock"), timeout=60, blocking_timeout=10)
-        if not lock.acquire():
-            raise LockBusy(cluster)
-        try:
-            result = self._commit_plan(cluster, spec, blocked=self.blocked(cluster, spec) is not None)
-        finally:
+        again = self.state.key(cluster, "again")
+        lock = self.redis.lock(self.state.key(cluster, "lock"), timeout=60)
+        if not lock.acquire(blocking=False):
+            self.redis.set(again, "1", ex=60)
+            # the holder reads `again` only after its release: if it let go meanwhile, that is us
+            if not lock.acquire(blocking=False):
+                return ReconcileResult(cluster)
+        first: ReconcileResult | None = None
+        while True:
             try:
-                lock.release()
-            except redis.exceptions.LockError:
-                log.warning("reconcile lock of %s expired before release", cluster)
-        for launch_id, _ in result.launched:
-            self.dispatcher.run(cluster, launch_id, spec.provider)
-        if result.killed:
-            self.dispatcher.kill(cluster, result.killed, spec.provider)
-        if result.drained:
-            self.dispatcher.drain(cluster, result.drained)
-        return result
+                self.redis.delete(again)  # this pass reads the state after any change it stands for
+                result = self._commit_plan(cluster, spec, blocked=self.blocked(cluster, spec) is not None)
+            finally:
+                try:
+                    lock.release()
+                except redis.exceptions.LockError:
+                    log.warning("reconcile lock of %s expired before release", cluster)
+            for launch_id, _ in result.launched:
+                self.dispatcher.run(cluster, launch_id, spec.provider)
+            if result.killed:
+                self.dispatcher.kill(cluster, result.killed, spec.provider)
+            if result.drained:
+                self.dispatcher.drain(cluster, result.drained)
+            first = first or result
+            # another reconcile came while we held the lock: go again (unless someone else now does)
+            if not self.redis.delete(again) or not lock.acquire(blocking=False):
+                return first
 
     def _commit_plan(self, cluster: str, spec: ClusterSpec, blocked: bool) -> ReconcileResult:
         result = ReconcileResult(cluster)
@@ -252,17 +270,24 @@ class Manager:
                             pipe.hset(pending_key, launch_id, _json({**entry, "state": "cancelled"}))
                         self.state._event(pipe, cluster, "cancelled", launch=launch_id, workers=entry["count"])
                     drained: list[str] = []
+                    # one HSET for every record and one counter update per event kind, however many
+                    records: dict[str, str] = {}
+                    events: dict[str, list[dict[str, Any]]] = {"drain": [], "kill": []}
                     for handle in plan.kill:
                         rec = st.handles[handle]
                         if spec.drain_timeout and rec["s"] == planner.RUNNING:
                             # finish its work first: stop consuming, then killed by the sweep
                             drained.append(handle)
-                            pipe.hset(handles_key, handle, _json({**rec, "s": "draining", "since": now,
-                                                                  "drain_until": now + spec.drain_timeout}))
-                            self.state._event(pipe, cluster, "drain", handle=handle, workers=rec["w"], was=rec["s"])
+                            records[handle] = _json({**rec, "s": "draining", "since": now,
+                                                     "drain_until": now + spec.drain_timeout})
+                            events["drain"].append({"handle": handle, "workers": rec["w"], "was": rec["s"]})
                             continue
-                        pipe.hset(handles_key, handle, _json({**rec, "s": "stopping", "since": now, "kill_at": now}))
-                        self.state._event(pipe, cluster, "kill", handle=handle, workers=rec["w"], was=rec["s"])
+                        records[handle] = _json({**rec, "s": "stopping", "since": now, "kill_at": now})
+                        events["kill"].append({"handle": handle, "workers": rec["w"], "was": rec["s"]})
+                    if records:
+                        pipe.hset(handles_key, mapping=records)
+                    for kind, items in events.items():
+                        self.state._events(pipe, cluster, kind, items)
                     launches = self._split(plan.launch, spec.workers_per_container)
                     for launch_id, count in launches:
                         pipe.hset(pending_key, launch_id, _json({"count": count, "state": "queued", "at": now}))
@@ -271,7 +296,8 @@ class Manager:
                         self.state._event(pipe, cluster, "at_max", max_workers=spec.max_workers)
                     pipe.execute()
                     result.launched, result.cancelled = launches, plan.cancel
-                    result.killed = [h for h in plan.kill if h not in drained]
+                    draining = set(drained)
+                    result.killed = [h for h in plan.kill if h not in draining]
                     result.drained = drained
                     return result
                 except WatchError:
@@ -385,18 +411,23 @@ class Manager:
         if not lock.acquire():
             return {"cluster": cluster, "skipped": True}
         try:
+            seen: tuple[ClusterState, dict[str, str]] | None = None
             try:
-                report = self._observe(cluster, spec, ref, provider)
+                report, seen = self._observe(cluster, spec, ref, provider)
             except RateLimited:
                 report = {"cluster": cluster, "rate_limited": True}  # the hold is shared; try next sweep
             except ProviderError as exc:
                 self.state.event(cluster, "sweep_failed", error=type(exc).__name__, message=str(exc)[:300])
                 report = {"cluster": cluster, "failed": type(exc).__name__}
             now = time.time()
-            self._boot_timeouts(cluster, spec, now)
+            # One snapshot serves the rest of the sweep: the one read before observing, minus the
+            # handles just seen stopped (which left Redis or will), with the statuses just seen.
+            # Stale fields are safe: transitions re-check every status atomically.
+            st = self._after_observe(*seen) if seen else self.state.read(cluster)
+            self._boot_timeouts(cluster, spec, now, st)
             if spec.queues:
                 report.update(self._watch_celery(cluster, spec, now))
-            self._resend(cluster, spec, self.state.read(cluster), now)
+            self._resend(cluster, spec, st, now)
         finally:
             try:
                 lock.release()
@@ -405,7 +436,20 @@ class Manager:
         self.request_reconcile(cluster)
         return report
 
-    def _observe(self, cluster: str, spec: ClusterSpec, ref: Cluster, provider: Provider) -> dict[str, Any]:
+    @staticmethod
+    def _after_observe(st: ClusterState, observed: dict[str, str]) -> ClusterState:
+        handles: dict[str, dict[str, Any]] = {}
+        for h, r in st.handles.items():
+            s = observed.get(h)
+            if s == "stopped":
+                continue
+            if s is not None and s != r["s"] and r["s"] not in ("stopping", "draining"):
+                r = {**r, "s": s}
+            handles[h] = r
+        return ClusterState(st.desired, handles, st.pending)
+
+    def _observe(self, cluster: str, spec: ClusterSpec, ref: Cluster,
+                 provider: Provider) -> tuple[dict[str, Any], tuple[ClusterState, dict[str, str]]]:
         st = self.state.read(cluster)
         with as_provider_errors(spec.provider, "list"):
             listed = provider.list_workers(ref)
@@ -442,7 +486,7 @@ class Manager:
         if applied.gone:
             self.guard.worker_went_away(cluster)
         return {"cluster": cluster, "handles": len(st.handles), "pruned": applied.pruned, "changed": applied.changed,
-                "adopted": adopted, "unknown": len(live_unknown) - len(due)}
+                "adopted": adopted, "unknown": len(live_unknown) - len(due)}, (st, observed)
 
     # -- Celery-aware steps: autoscaling and draining --------------------------------------
     def probe(self, spec: ClusterSpec) -> Probe:
@@ -540,10 +584,9 @@ class Manager:
         self.request_reconcile(cluster)
         return {"cluster": cluster, "handle": h, "killed": True}
 
-    def _boot_timeouts(self, cluster: str, spec: ClusterSpec, now: float) -> None:
-        records = self.state.read(cluster).handles
-        late = [h for h, r in records.items() if r["s"] == "initializing" and now - r["since"] > spec.boot_timeout]
-        moved = self.state.transition(cluster, late, ["initializing"], "stopping", "boot_timeout")
+    def _boot_timeouts(self, cluster: str, spec: ClusterSpec, now: float, st: ClusterState) -> None:
+        late = [h for h, r in st.handles.items() if r["s"] == "initializing" and now - r["since"] > spec.boot_timeout]
+        moved = self.state.transition(cluster, late, ["initializing"], "stopping", "boot_timeout") if late else []
         if moved:
             self.dispatcher.kill(cluster, moved, spec.provider)
 

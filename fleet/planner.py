@@ -154,9 +154,11 @@ def plan(
         for _, action, key, _ in chosen:
             getattr(result, action).append(key)
 
-    cancelled = {p.launch_id for p in pending if p.launch_id in result.cancel}
+    cancel_set = set(result.cancel)
+    cancelled = {p.launch_id for p in pending if p.launch_id in cancel_set}
     removed = sum(p.count for p in pending if p.launch_id in cancelled)
-    killed = sum(h.workers for h in live if h.handle in set(result.kill))
+    kill_set = set(result.kill)  # once: built per handle, it made large scale-downs quadratic
+    killed = sum(h.workers for h in live if h.handle in kill_set)
     remaining = observed - removed - killed
     want = max(desired - remaining, 0)
     in_flight_cancelled = sum(p.count for p in pending if p.launch_id in cancelled and p.state == IN_FLIGHT)

@@ -266,6 +266,19 @@ class State:
         version, *_ = pipe.execute()
         return int(version)
 
+    def set_desired_and_flag(self, cluster: str, n: int, flag: str, *, floor: int | None = None,
+                             source: str = "request", flag_ttl: int = 60) -> tuple[int, bool]:
+        """`set_desired`, and SET `flag` NX (the "reconcile queued" marker) in the same round trip.
+        Returns (version, whether the flag was set by this call)."""
+        key = self.key(cluster, "desired")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hincrby(key, "version", 1)
+        pipe.hset(key, mapping={"n": n, "at": time.time(), **({"floor": floor} if floor is not None else {})})
+        self._event(pipe, cluster, "desired", n=n, source=source)
+        pipe.set(flag, "1", nx=True, ex=flag_ttl)
+        version, *_, flagged = pipe.execute()
+        return int(version), bool(flagged)
+
     def get_desired(self, cluster: str) -> Desired | None:
         return _desired(self.r.hgetall(self.key(cluster, "desired")))
 
@@ -418,6 +431,16 @@ class State:
         data = {"kind": kind, **{k: str(v) for k, v in fields.items()}}
         pipe.xadd(self.key(cluster, "events"), data, maxlen=EVENTS_MAXLEN, approximate=True)
         record_event(pipe, self.fleet_id, cluster, kind)
+
+    def _events(self, pipe: Any, cluster: str, kind: str, items: Iterable[Mapping[str, Any]]) -> None:
+        """Append one `kind` event per item on `pipe`, counted with one HINCRBY for them all."""
+        key, n = self.key(cluster, "events"), 0
+        for fields in items:
+            pipe.xadd(key, {"kind": kind, **{k: str(v) for k, v in fields.items()}}, maxlen=EVENTS_MAXLEN,
+                      approximate=True)
+            n += 1
+        if n:
+            record_event(pipe, self.fleet_id, cluster, kind, n)
 
     def event(self, cluster: str, kind: str, **fields: Any) -> None:
         pipe = self.r.pipeline(transaction=True)

@@ -20,6 +20,9 @@ from fleet.config import FleetConfig, load_config
 from fleet.manager import Manager
 from fleet.runtime import control_queue, provider_queue, resolve_redis_url
 
+#: Seconds a reconcile waits after it is asked for, so that a burst of requests coalesces into one.
+RECONCILE_DELAY = 0.05
+
 _lock = threading.Lock()
 _config: FleetConfig | None = None
 _manager: Manager | None = None
@@ -86,7 +89,9 @@ class CeleryDispatcher:
         app.send_task("fleet.kill", (cluster, list(handles)), queue=provider_queue(self.fleet_id, provider))
 
     def reconcile(self, cluster: str) -> None:
-        app.send_task("fleet.reconcile", (cluster,), queue=control_queue(self.fleet_id))
+        # A short delay lets a burst coalesce: until the reconcile starts, the cluster's `queued`
+        # marker stays set and further requests send nothing (see Manager.request_reconcile).
+        app.send_task("fleet.reconcile", (cluster,), queue=control_queue(self.fleet_id), countdown=RECONCILE_DELAY)
 
     def drain(self, cluster: str, handles: Sequence[str]) -> None:
         app.send_task("fleet.drain", (cluster, list(handles)), queue=control_queue(self.fleet_id))

@@ -71,3 +71,9 @@ def sweep() -> int:
 @app.task(name="fleet.sweep_cluster", ignore_result=True, acks_late=True)
 def sweep_cluster(cluster: str) -> dict[str, Any]:
     return manager().sweep_cluster(cluster)
+
+
+@app.task(name="fleet.noop")
+def noop() -> None:
+    """Does nothing: `fleet bench` times round trips of it as the baseline of Celery's own cost."""
+    return None
