@@ -181,7 +181,8 @@ def metrics(port: int, addr: str) -> None:
 @main.command()
 @click.argument("cluster")
 def clear(cluster: str) -> None:
-    """Forget CLUSTER's permanent provider error and quota hold, so that it launches again."""
+    """Forget CLUSTER's permanent provider error and its quota and capacity holds (and end a
+    fleet-wide recovery hold), so that it launches again."""
     config = _config()
     config.spec(cluster)
     reply = _call(resolve_redis_url(config), "fleet.clear", cluster)
@@ -201,7 +202,7 @@ def wait_converged(state: State, cluster: str, timeout: float, target_version: i
             desired = s["desired"] or 0
             progress.update(bar, total=max(desired, 1), completed=min(s["running"], desired) if desired else 1,
                             detail=f"running {s['running']}/{desired}  initializing {s['initializing']}  "
-                                   f"pending {s['pending']}  stopping {s['stopping']}")
+                                   f"pending {s['pending']}  draining {s['draining']}  stopping {s['stopping']}")
             if st.converged:
                 return True
             if time.monotonic() > deadline:
@@ -232,8 +233,8 @@ def _table(state: ClusterState, s: dict[str, Any]) -> Table:
     flags += [f"[yellow]recovering for {s['recovering']:.0f}s[/yellow]"] if s["recovering"] else []
     flags += [f"{s['unknown']} unknown workers being checked"] if s["unknown"] else []
     table = Table(title=f"{s['cluster']} ({s['provider']}): desired {s['desired'] if s['desired'] is not None else '-'}, "
-                        f"initializing {s['initializing']}, running {s['running']}, stopping {s['stopping']}, "
-                        f"pending {s['pending']}" + "".join(f"\n  {f}" for f in flags), title_justify="left")
+                        f"initializing {s['initializing']}, running {s['running']}, draining {s['draining']}, "
+                        f"stopping {s['stopping']}, pending {s['pending']}" + "".join(f"\n  {f}" for f in flags), title_justify="left")
     for col in ("handle", "workers", "status", "for", "launch"):
         table.add_column(col)
     now = time.time()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -72,7 +72,7 @@ class ClusterSpec(BaseModel):
     hardware: Hardware = Field(default_factory=Hardware)
     provider_options: dict[str, Any] = Field(default_factory=dict)
     #: the Celery queues the cluster's workers consume (for autoscaling and draining)
-    queues: tuple[str, ...] = ()
+    queues: tuple[Annotated[str, Field(min_length=1, max_length=255)], ...] = Field(default=(), max_length=64)
     #: the workers' Celery broker, if not the fleet's Redis
     broker_url: str | None = None
     #: seconds a worker chosen for scale-down may finish its tasks (after it stops consuming)

@@ -141,6 +141,7 @@ class Guard:
         return dict(json.loads(raw)) if raw else None
 
     def clear(self, cluster: str) -> bool:
-        """An operator's reset: forget the cluster's permanent error and quota state."""
+        """An operator's reset: forget the cluster's permanent error, quota and capacity state, and
+        end a fleet-wide recovery hold (the operator vouches that no lost launch is in flight)."""
         return bool(self.r.delete(self._key(cluster, "error"), self._key(cluster, "at_quota"),
-                                  self._key(cluster, "no_capacity")))
+                                  self._key(cluster, "no_capacity"), self._key("recovering")))

@@ -2,8 +2,10 @@
 launch, kill and sweep steps behind them. Level-triggered: every step re-reads Redis and moves the
 cluster towards its desired number, so a lost message or a dead worker costs one sweep, not state.
 
-Celery is not imported here: the steps that send work elsewhere call a `Dispatcher`, which
-`tasks/` implements with Celery messages (and tests may implement however they like).
+The steps that send work elsewhere call a `Dispatcher`, which `tasks/` implements with Celery
+messages (and tests may implement however they like); the control plane's own Celery app is not
+known here. Only the autoscaling and drain steps talk Celery, to the *cluster's* broker, through
+`fleet.probe`.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class Manager:
         self._providers: dict[str, Provider] = {}
         self._providers_lock = threading.Lock()
         self._epoch: bytes | None = None
+        self._epoch_lock = threading.Lock()
         self._probes: dict[str, Probe] = {}
         self.url = url or _url_of(client)
 
@@ -106,13 +109,15 @@ class Manager:
         key = f"fleet:{self.config.fleet.id}:epoch"
         current = self.redis.get(key)
         if current is None:
+            # whoever's SET NX wins writes the epoch; everybody then reads the same value
             self.redis.set(key, uuid.uuid4().hex, nx=True)
             current = self.redis.get(key)
-            if self._epoch is not None:
+        with self._epoch_lock:
+            # Only a change from an epoch this process already saw means lost data: a thread that
+            # merely found the key missing at the first start raced another thread writing it.
+            if self._epoch is not None and current is not None and current != self._epoch:
                 self.guard.start_recovery(self.config.fleet.launch_timeout)
-        elif self._epoch is not None and current != self._epoch:
-            self.guard.start_recovery(self.config.fleet.launch_timeout)
-        self._epoch = current
+            self._epoch = current
 
     # -- helpers ---------------------------------------------------------------------------
     def provider(self, name: str) -> Provider:
@@ -331,7 +336,7 @@ class Manager:
             except TransientProviderError:
                 raise  # the task retries with back-off; the pending entry stays claimed
             except ProviderError as exc:
-                self._launch_failed(cluster, spec, launch_id, exc)
+                self._launch_failed(cluster, spec, launch_id, exc, ref.excluded_types)
                 return {"launch_id": launch_id, "state": "failed", "error": type(exc).__name__}
             previous = self.state.record_launch(cluster, launch_id, handles)
             if previous == "missing":  # Redis lost the launch while we ran it
@@ -349,9 +354,14 @@ class Manager:
         self.request_reconcile(cluster)
         return {"launch_id": launch_id, "state": previous, "handles": len(unique), "workers": len(handles)}
 
-    def _launch_failed(self, cluster: str, spec: ClusterSpec, launch_id: str, exc: ProviderError) -> None:
+    def _launch_failed(self, cluster: str, spec: ClusterSpec, launch_id: str, exc: ProviderError,
+                       excluded: frozenset[str] = frozenset()) -> None:
         """Give up a launch after an error retrying will not fix soon, and remember why, so that
-        every control-plane worker holds off (no hot loop)."""
+        every control-plane worker holds off (no hot loop).
+
+        A `CapacityError` naming a type this launch was told to avoid (`excluded`) means the
+        provider cannot change type (an explicit `instance_type`, a Fargate size): the cluster is
+        then held as if no type were left, instead of failing the same way launch after launch."""
         self.redis.hdel(self.state.key(cluster, "pending"), launch_id)
         fields: dict[str, Any] = {"op": "run", "launch": launch_id, "error": type(exc).__name__,
                                   "message": str(exc)[:500]}
@@ -359,7 +369,8 @@ class Manager:
             self.guard.set_at_quota(cluster, self.config.fleet.quota_hold)
             self.state.event(cluster, "at_quota", **fields)
         elif isinstance(exc, CapacityError):
-            if exc.instance_type:  # hold that type; the next eligible one is tried at once
+            if exc.instance_type and exc.instance_type not in excluded:
+                # hold that type; the next eligible one is tried at once
                 self.guard.hold_type(spec.provider, exc.instance_type, self.config.fleet.capacity_hold)
                 self.request_reconcile(cluster)
             else:  # nothing else to try: hold the cluster's launches (no hot loop)
@@ -565,7 +576,8 @@ class Manager:
         if not spec.queues:
             raise InvalidRequest(f"cluster {cluster!r} has no `queues`: nothing to drain; kill the handle instead")
         moved = self.state.transition(cluster, [h], ["running", "initializing"], "draining", "drain",
-                                      drain_until=time.time() + (spec.drain_timeout or 300.0), by="operator")
+                                      drain_until=time.time() + (spec.drain_timeout or 300.0),
+                                      event_fields={"by": "operator"})
         if not moved:
             raise InvalidRequest(f"cluster {cluster!r} has no running handle {shorten(h)}")
         self.dispatcher.drain(cluster, moved)
@@ -577,7 +589,7 @@ class Manager:
         spec = self.config.spec(cluster)
         (h,) = validate_handles([handle])
         moved = self.state.transition(cluster, [h], ["running", "initializing", "draining"], "stopping", "kill",
-                                      by="operator")
+                                      event_fields={"by": "operator"})
         if not moved:
             raise InvalidRequest(f"cluster {cluster!r} has no live handle {shorten(h)}")
         self.dispatcher.kill(cluster, moved, spec.provider)

@@ -198,7 +198,7 @@ def _records(values: Iterable[bytes], what: str) -> Iterator[dict[str, Any]]:
 class FleetCollector(Collector):
     """Reads a fleet's metrics from Redis at scrape time (one pipelined round trip)."""
 
-    PER_CLUSTER = ("desired", "handles", "pending", "at_quota", "error")
+    PER_CLUSTER = ("desired", "handles", "pending", "at_quota", "no_capacity", "error")
 
     def __init__(self, config: FleetConfig, client: redis.Redis) -> None:
         self.config = config
@@ -215,7 +215,7 @@ class FleetCollector(Collector):
         return []  # no collect() at registration time (it would read Redis)
 
     def read(self) -> dict[str, Any]:
-        """Everything a scrape needs, in one pipeline: 2 + 5 per cluster + 1 per provider commands."""
+        """Everything a scrape needs, in one pipeline: 2 + 6 per cluster + 1 per provider commands."""
         clusters = list(self.config.clusters)
         providers = self.providers()
         pipe = self.r.pipeline(transaction=False)
@@ -226,6 +226,7 @@ class FleetCollector(Collector):
             pipe.hvals(self._key(c, "handles"))
             pipe.hvals(self._key(c, "pending"))
             pipe.get(self._key(c, "at_quota"))
+            pipe.get(self._key(c, "no_capacity"))
             pipe.exists(self._key(c, "error"))
         for p in providers:
             pipe.get(self._key("provider", p, "hold"))
@@ -270,6 +271,9 @@ class FleetCollector(Collector):
                                     labels=["cluster"])
         at_quota = GaugeMetricFamily("fleet_at_quota", "1 while the cluster is held off launches at its quota",
                                      labels=["cluster"])
+        no_capacity = GaugeMetricFamily("fleet_no_capacity",
+                                        "1 while the cluster is held off launches: no capacity for any type it may use",
+                                        labels=["cluster"])
         error = GaugeMetricFamily("fleet_cluster_error", "1 while the cluster has a permanent error (fleet clear)",
                                   labels=["cluster"])
         for cluster, raw in data["clusters"].items():
@@ -290,6 +294,7 @@ class FleetCollector(Collector):
             pending.add_metric([cluster], sum(_num(p.get("count", 0)) for p in _records(raw["pending"], "pending")
                                               if p.get("state") != "cancelled"))
             at_quota.add_metric([cluster], _until(raw["at_quota"], now))
+            no_capacity.add_metric([cluster], _until(raw["no_capacity"], now))
             error.add_metric([cluster], int(bool(raw["error"])))
         rate_limited = GaugeMetricFamily("fleet_rate_limited", "1 while a provider is held off after a rate limit",
                                          labels=["provider"])
@@ -298,7 +303,8 @@ class FleetCollector(Collector):
         recovering = GaugeMetricFamily("fleet_recovering",
                                        "1 while launches are held after Redis lost data under the control plane")
         recovering.add_metric([], _until(data["recovering"], now))
-        yield from (workers, handles, desired, max_w, min_w, pending, at_quota, error, rate_limited, recovering)
+        yield from (workers, handles, desired, max_w, min_w, pending, at_quota, no_capacity, error, rate_limited,
+                    recovering)
 
     # -- counters --------------------------------------------------------------------------
     def _counters(self, metrics: dict[str, str]) -> Iterator[Metric]:

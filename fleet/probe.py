@@ -49,8 +49,8 @@ class Probe:
             return Activity()
         pattern = "^(?:" + "|".join(re.escape(h) for h in handles) + ")@"
         inspect = self.app.control.inspect(timeout=timeout, limit=len(handles), pattern=pattern, matcher="pcre")
-        replies = inspect._request("active") or {}
-        reserved = inspect._request("reserved") or {}
+        replies = inspect.active() or {}
+        reserved = inspect.reserved() or {}
         found = Activity()
         for hostname in set(replies) | set(reserved):
             handle = hostname.split("@", 1)[0]

@@ -354,9 +354,10 @@ class State:
         self._script(self._killed, cluster, [self.key(cluster, "handles")], args)
 
     def transition(self, cluster: str, handles: Iterable[str], allowed: Iterable[str], to: str,
-                   event: str, **extra: Any) -> list[str]:
+                   event: str, *, event_fields: Mapping[str, Any] | None = None, **extra: Any) -> list[str]:
         """Move handles whose status is in `allowed` to status `to` (since = now, plus `extra`
-        fields), with one event each, atomically (WATCH/MULTI). Returns the handles moved."""
+        fields on the record), with one event each (plus `event_fields`), atomically
+        (WATCH/MULTI). Returns the handles moved."""
         key, wanted, ok = self.key(cluster, "handles"), list(dict.fromkeys(handles)), set(allowed)
         with self.r.pipeline(transaction=True) as pipe:
             while True:
@@ -372,7 +373,8 @@ class State:
                     for h in moved:
                         was = records[h]["s"]
                         pipe.hset(key, h, json.dumps({**records[h], "s": to, "since": now, "kill_at": now, **extra}))
-                        self._event(pipe, cluster, event, handle=h, workers=records[h]["w"], was=was)
+                        self._event(pipe, cluster, event, handle=h, workers=records[h]["w"], was=was,
+                                    **(event_fields or {}))
                     pipe.execute()
                     return moved
                 except redis.WatchError:

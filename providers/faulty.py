@@ -118,13 +118,13 @@ class FaultyProvider(Provider):
     def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
         inner, ref, opts = self._parts(cluster)
+        with self._lock:
+            self.excluded_seen.append(cluster.excluded_types)
         self._before("run", opts, opts.run_error_rate)
         if self._chance(opts.rate_limit_rate, opts):
             raise RateLimited("injected throttling", retry_after=1.0)
         if self._chance(opts.quota_rate, opts):
             raise QuotaExceeded("injected quota")
-        with self._lock:
-            self.excluded_seen.append(cluster.excluded_types)
         handles = inner.run_workers(ref, container, hardware, count, launch_id=launch_id)
         for h in set(handles):
             if self._chance(opts.never_boot_rate, opts):

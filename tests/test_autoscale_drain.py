@@ -127,6 +127,8 @@ def test_operator_hold_drain_and_kill_per_handle(fleet: Any, control_plane: Any)
     assert out.exit_code == 0, out.output
     wait_for(converged(fleet, "single", 0), what="gone")
     assert MemoryProvider.world(FLEET_ID).live("single") == 0
+    kills = [e for e in fleet.state.events("single", 200) if e["kind"] == "kill"]
+    assert [e["handle"] for e in kills if e.get("by") == "operator"] == [held]  # the story names who
     # drain needs a cluster whose workers consume known queues
     out = runner.invoke(main, ["drain", "single", "nope"])
     assert out.exit_code == 2 and "no `queues`" in out.output
@@ -140,6 +142,7 @@ def test_operator_drain_replaces_the_worker(fleet: Any, control_plane: Any) -> N
     (handle,) = fleet.state.read("auto").handles
     out = CliRunner().invoke(main, ["drain", "auto", handle])
     assert out.exit_code == 0, out.output
+    assert [e.get("by") for e in fleet.state.events("auto", 200) if e["kind"] == "drain"] == ["operator"]
     wait_for(lambda: handle not in fleet.state.read("auto").handles and fleet.state.read("auto").count("running") == 1,
              timeout=40, what="drained and replaced")
     settle_to_zero(fleet, control_plane)

@@ -56,6 +56,7 @@ def test_good_file_loads_with_defaults(tmp_path: Path) -> None:
         (("clusters.web", 'clusters."bad name"'), "cluster name 'bad name'"),
         (("[fleet]", "[fleet]\nsweep_interval = 0"), "fleet.sweep_interval"),
         (("[fleet]", "[flet]\n[fleet]"), "flet"),
+        (("max_workers = 10", 'max_workers = 10\nqueues = ["celery", ""]'), "clusters.web.queues.1"),
     ],
 )
 def test_bad_files_name_the_file_cluster_and_field(tmp_path: Path, change: tuple[str, str], where: str) -> None:

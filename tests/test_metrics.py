@@ -122,6 +122,7 @@ def test_gauges(client: redis.Redis, fid: str) -> None:
     assert value(s, "fleet_workers", cluster="web", state="running") == 0
     assert value(s, "fleet_pending_launch_workers", cluster="web") == 0
     assert value(s, "fleet_at_quota", cluster="web") == 0
+    assert value(s, "fleet_no_capacity", cluster="web") == 0
     assert value(s, "fleet_recovering") == 0
     assert ("fleet_desired_workers", frozenset({"cluster": "web"}.items())) not in s
 
@@ -138,6 +139,7 @@ def test_gauges(client: redis.Redis, fid: str) -> None:
     client.hset(key("batch", "handles"), "b1", handle(1, "running"))
     guard = Guard(client, REDIS_URL, fid)
     guard.set_at_quota("batch", 60)
+    guard.set_no_capacity("web", 60)
     guard.set_error("web", "bad image", "abc")
     guard.hold_provider("memory", 60)
     guard.start_recovery(60)
@@ -159,17 +161,20 @@ def test_gauges(client: redis.Redis, fid: str) -> None:
     assert value(s, "fleet_pending_launch_workers", cluster="web") == 6
     assert value(s, "fleet_at_quota", cluster="batch") == 1
     assert value(s, "fleet_at_quota", cluster="web") == 0
+    assert value(s, "fleet_no_capacity", cluster="web") == 1
+    assert value(s, "fleet_no_capacity", cluster="batch") == 0
     assert value(s, "fleet_cluster_error", cluster="web") == 1
     assert value(s, "fleet_cluster_error", cluster="batch") == 0
     assert value(s, "fleet_rate_limited", provider="memory") == 1
     assert value(s, "fleet_recovering") == 1
 
     guard.clear("batch")
-    guard.clear("web")
-    client.delete(f"fleet:{fid}:provider:memory:hold", f"fleet:{fid}:recovering")
+    guard.clear("web")  # also ends the fleet-wide recovery hold
+    client.delete(f"fleet:{fid}:provider:memory:hold")
     _, s = scrape(config, client)
     assert value(s, "fleet_at_quota", cluster="batch") == 0
     assert value(s, "fleet_cluster_error", cluster="web") == 0
+    assert value(s, "fleet_no_capacity", cluster="web") == 0
     assert value(s, "fleet_rate_limited", provider="memory") == 0
     assert value(s, "fleet_recovering") == 0
 
@@ -369,7 +374,7 @@ def test_scrape_is_one_round_trip_whatever_the_size(client: redis.Redis, fid: st
     assert small == big  # handles, launches and metrics fields cost nothing more
     round_trips, commands = big
     assert round_trips == 1
-    assert commands <= 2 + 5 * len(clusters) + 1
+    assert commands <= 2 + 6 * len(clusters) + 1
     s = parse(generate_latest(registry))
     assert value(s, "fleet_workers", cluster="c49", state="running") == 80
     assert value(s, "fleet_pending_launch_workers", cluster="c0") == 10

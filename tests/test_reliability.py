@@ -154,6 +154,61 @@ def test_capacity_error_holds_the_type_and_tries_the_next(fleet: Any, control_pl
     assert any(e["kind"] == "no_capacity" and e["instance_type"] == "big.large" for e in fleet.state.events("flaky"))
 
 
+def test_capacity_error_on_a_type_that_cannot_change_holds_the_cluster(fleet: Any, control_plane: Any) -> None:
+    """An explicit instance type (or a Fargate size) fails again after Fleet excluded it: the
+    cluster is then held, not retried launch after launch."""
+    faulty = fleet.provider("faulty").inner
+    faulty.script["run"].extend(["capacity:fixed.type"] * 2)  # the provider asks for it again
+    scale(control_plane, "flaky", 1)
+    wait_for(lambda: fleet.get_worker_numbers("flaky")["no_capacity"] > 0, what="the cluster held")
+    assert "fixed.type" in faulty.excluded_seen[-1]  # the second launch was told to avoid it
+    calls = MemoryProvider.world(FLEET_ID).calls["run"]
+    time.sleep(1.5)  # several sweeps and reconciles: nothing is tried during the hold
+    status = fleet.get_worker_numbers("flaky")
+    assert (status["running"], status["pending"]) == (0, 0)
+    assert MemoryProvider.world(FLEET_ID).calls["run"] == calls
+    assert len([e for e in fleet.state.events("flaky", 200) if e["kind"] == "no_capacity"]) == 2
+    assert "no capacity for" in CliRunner().invoke(main, ["status", "flaky"]).output
+    fleet.guard.r.delete(f"fleet:{FLEET_ID}:provider:faulty:capacity")  # the type's own hold ends first
+    assert CliRunner().invoke(main, ["clear", "flaky"]).exit_code == 0
+    wait_for(converged(fleet, "flaky", 1), timeout=20, what="launched after the operator cleared it")
+
+
+def test_a_fresh_start_never_takes_itself_for_lost_data(fleet: Any, r: redis.Redis) -> None:
+    """Many threads checking the epoch of a fleet id Redis has never seen: no recovery hold. The
+    epoch changing under a process that saw one: a hold, which `fleet clear` ends."""
+    import threading
+
+    from fleet.guard import Guard
+    from fleet.manager import Manager
+
+    fid = "epoch" + uuid.uuid4().hex[:8]
+    config = fleet.config.model_copy(update={"fleet": fleet.config.fleet.model_copy(update={"id": fid})})
+    for _ in range(5):
+        managers = [Manager(config, r, fleet.dispatcher, fleet.url) for _ in range(2)]
+        go = threading.Barrier(8)
+
+        def check(m: Manager) -> None:
+            go.wait()
+            m.check_epoch()
+
+        threads = [threading.Thread(target=check, args=(managers[i % 2],)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        guard = Guard(r, fleet.url, fid)
+        assert guard.recovering() == 0
+        r.delete(f"fleet:{fid}:epoch")
+    managers[0].check_epoch()
+    r.delete(f"fleet:{fid}:epoch")  # Redis lost its data under a running process
+    managers[0].check_epoch()
+    assert guard.recovering() > 0
+    assert guard.clear("single")
+    assert guard.recovering() == 0
+    r.delete(*r.keys(f"fleet:{fid}:*") or ["-"])
+
+
 def test_permanent_error_shows_in_status_and_stops_retrying_until_cleared(fleet: Any, control_plane: Any) -> None:
     faulty = fleet.provider("faulty").inner
     faulty.script["run"].append("permanent")
