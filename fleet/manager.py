@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 LAUNCH_CHUNK = 256
 #: A queued launch whose run task has not claimed it after this long gets its task sent again.
 RESEND_QUEUED_AFTER = 30.0
+#: A dead handle's cleanup kill is re-sent this many times (back-off from `kill_retry`, doubling,
+#: at most 5 minutes apart: about 1.5 hours in all) before Fleet gives it up with an event.
+CLEANUP_TRIES = 20
 
 
 class Dispatcher(Protocol):
@@ -478,7 +481,8 @@ class Manager:
                 continue
             observed[h] = WorkerStatus(s).value
         applied = self.state.apply_status(
-            cluster, {h: observed[h] for h in st.handles if h in observed}, float(provider.listing_grace))
+            cluster, {h: observed[h] for h in st.handles if h in observed}, float(provider.listing_grace),
+            self.config.fleet.kill_retry)
         if applied.dead:
             # Dead is not necessarily gone (an exited container, a stopped VM): clean up, idempotently.
             self.dispatcher.kill(cluster, applied.dead, spec.provider)
@@ -618,6 +622,10 @@ class Manager:
         ]
         if retry:
             self.dispatcher.kill(cluster, retry, spec.provider)
+        # dead handles whose cleanup kill failed (an exited container, a stopped VM left behind)
+        cleanup = self.state.cleanup_due(cluster, self.config.fleet.kill_retry, CLEANUP_TRIES)
+        if cleanup:
+            self.dispatcher.kill(cluster, cleanup, spec.provider)
 
 
 def fingerprint(spec: ClusterSpec) -> str:

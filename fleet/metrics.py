@@ -55,6 +55,7 @@ STATES: tuple[str, ...] = ("initializing", "running", "stopping", "draining")
 #: event kinds that count as a failure, reported as fleet_failures_total{cause}
 FAILURE_CAUSES: tuple[str, ...] = (
     "error", "at_quota", "no_capacity", "short_launch", "kill_failed", "sweep_failed", "boot_timeout",
+    "cleanup_abandoned",
 )
 #: event kinds that mean "a worker went away and will be replaced"
 REPLACEMENT_KINDS: tuple[str, ...] = ("stopped", "boot_timeout")

@@ -78,12 +78,18 @@ emit('launched', 'launch', ARGV[4], 'workers', tostring(added), 'state', state)
 return state
 """
 
-# KEYS[3] handles; ARGV[4] listing grace, then handle, status pairs.
+# KEYS[3] handles, KEYS[4] cleanup; ARGV[4] listing grace, ARGV[5] first cleanup retry (s), then
+# handle, status pairs. A dead handle (and a stopping one whose last kill failed) leaves the handles
+# and enters `cleanup`, from which the sweep re-sends its kill until one succeeds.
 _STATUS = _PRELUDE + """
-local grace = tonumber(ARGV[4])
+local grace, retry = tonumber(ARGV[4]), tonumber(ARGV[5])
 local pruned, changed, gone = 0, 0, 0
 local dead = {}
-for i = 5, #ARGV, 2 do
+local function clean_up(h, w)
+  redis.call('HSET', KEYS[4], h, cjson.encode({w = w, tries = 0, next = now + retry}))
+  table.insert(dead, h)
+end
+for i = 6, #ARGV, 2 do
   local h, s = ARGV[i], ARGV[i + 1]
   local raw = redis.call('HGET', KEYS[3], h)
   if raw then
@@ -94,13 +100,14 @@ for i = 5, #ARGV, 2 do
         emit('killed', 'handle', h, 'workers', tostring(r.w))
         changed = changed + 1
         gone = gone + 1
+        if r.kfail then clean_up(h, r.w) end
       elseif not (r.s == 'initializing' and now - r.since < grace) then
         redis.call('HDEL', KEYS[3], h)
         emit('stopped', 'handle', h, 'workers', tostring(r.w), 'was', r.s)
         pruned = pruned + r.w
         changed = changed + 1
         gone = gone + 1
-        table.insert(dead, h)
+        clean_up(h, r.w)
       end
     else
       if r.s ~= 'stopping' and r.s ~= 'draining' and r.s ~= s then
@@ -120,7 +127,7 @@ end
 return {pruned, changed, gone, dead}
 """
 
-# KEYS[3] handles; then handle, ok pairs.
+# KEYS[3] handles, KEYS[4] cleanup; then handle, ok pairs.
 _KILLED = _PRELUDE + """
 for i = 4, #ARGV, 2 do
   local h, ok = ARGV[i], ARGV[i + 1]
@@ -131,11 +138,45 @@ for i = 4, #ARGV, 2 do
     r.kill_at = now
     if ok ~= '1' then
       emit('kill_failed', 'handle', h, 'attempt', tostring(r.kills))
+      r.kfail = 1
+    else
+      r.kfail = nil
     end
     redis.call('HSET', KEYS[3], h, cjson.encode(r))
+  elseif ok == '1' then
+    local c = redis.call('HGET', KEYS[4], h)
+    if c then
+      redis.call('HDEL', KEYS[4], h)
+      local tries = cjson.decode(c).tries
+      if tries > 0 then emit('cleaned_up', 'handle', h, 'tries', tostring(tries)) end
+    end
   end
 end
 return 0
+"""
+
+# KEYS[3] cleanup; ARGV[4] first retry (s), ARGV[5] most tries. Returns the dead handles whose
+# cleanup kill is due now, pushing each one's next try back (doubling, at most 5 minutes); one
+# tried `most` times is given up with a `cleanup_abandoned` event.
+_CLEANUP_DUE = _PRELUDE + """
+local base, most = tonumber(ARGV[4]), tonumber(ARGV[5])
+local due = {}
+local all = redis.call('HGETALL', KEYS[3])
+for i = 1, #all, 2 do
+  local h, c = all[i], cjson.decode(all[i + 1])
+  if c.next <= now then
+    c.tries = c.tries + 1
+    if c.tries > most then
+      redis.call('HDEL', KEYS[3], h)
+      emit('cleanup_abandoned', 'handle', h, 'tries', tostring(c.tries - 1))
+    else
+      c.next = now + math.min(base * math.pow(2, c.tries), 300)
+      redis.call('HSET', KEYS[3], h, cjson.encode(c))
+      table.insert(due, h)
+    end
+  end
+end
+return due
 """
 
 # KEYS[3] handles, KEYS[4] unknown, KEYS[5] desired; ARGV[4] '1' to set a lost desired number,
@@ -246,6 +287,7 @@ class State:
         self._status = client.register_script(_STATUS)
         self._killed = client.register_script(_KILLED)
         self._adopt = client.register_script(_ADOPT)
+        self._cleanup_due = client.register_script(_CLEANUP_DUE)
 
     def key(self, cluster: str, name: str) -> str:
         return f"fleet:{self.fleet_id}:{cluster}:{name}"
@@ -333,14 +375,17 @@ class State:
         return str(self._script(self._record, cluster, keys, args).decode())
 
     # -- sweep and kills ---------------------------------------------------------------------
-    def apply_status(self, cluster: str, status: Mapping[str, str], grace: float = 0.0) -> StatusResult:
-        """Write observed statuses in one script call; drops stopped handles."""
+    def apply_status(self, cluster: str, status: Mapping[str, str], grace: float = 0.0,
+                     cleanup_retry: float = 10.0) -> StatusResult:
+        """Write observed statuses in one script call; drops stopped handles. Dead ones (and
+        stopping ones whose last kill failed) enter the cleanup hash: see `cleanup_due`."""
         if not status:
             return StatusResult()
-        args: list[Any] = [grace]
+        args: list[Any] = [grace, cleanup_retry]
         for h, s in status.items():
             args += [h, s]
-        pruned, changed, gone, dead = self._script(self._status, cluster, [self.key(cluster, "handles")], args)
+        pruned, changed, gone, dead = self._script(
+            self._status, cluster, [self.key(cluster, "handles"), self.key(cluster, "cleanup")], args)
         return StatusResult(int(pruned), int(changed), int(gone), [h.decode() for h in dead])
 
     def record_kills(self, cluster: str, results: Mapping[str, bool]) -> None:
@@ -351,7 +396,13 @@ class State:
         args: list[Any] = []
         for h, ok in results.items():
             args += [h, "1" if ok else "0"]
-        self._script(self._killed, cluster, [self.key(cluster, "handles")], args)
+        self._script(self._killed, cluster, [self.key(cluster, "handles"), self.key(cluster, "cleanup")], args)
+
+    def cleanup_due(self, cluster: str, retry: float, most: int) -> list[str]:
+        """Dead handles whose cleanup kill should be sent (again) now; one script call. A
+        successful kill (`record_kills`) ends a handle's cleanup."""
+        due = self._script(self._cleanup_due, cluster, [self.key(cluster, "cleanup")], [retry, most])
+        return [h.decode() for h in due]
 
     def transition(self, cluster: str, handles: Iterable[str], allowed: Iterable[str], to: str,
                    event: str, *, event_fields: Mapping[str, Any] | None = None, **extra: Any) -> list[str]:

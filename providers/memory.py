@@ -43,14 +43,28 @@ class World:
     launches: dict[str, list[str]] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
     high_water: Counter[str] = field(default_factory=Counter)
+    exited: set[str] = field(default_factory=set)
+    refused: Counter[str] = field(default_factory=Counter)  # handle -> kills still to refuse
 
     def live(self, cluster: str) -> int:
-        return sum(w.workers for w in self.workers.values() if w.cluster == cluster)
+        return sum(w.workers for h, w in self.workers.items() if w.cluster == cluster and h not in self.exited)
 
     def crash(self, handle: str) -> None:
-        """The worker dies on its own; Fleet must notice and replace it."""
+        """The worker dies on its own and leaves nothing behind; Fleet must notice and replace it."""
         with self.lock:
             self.workers.pop(handle, None)
+
+    def refuse_kills(self, handle: str, times: int) -> None:
+        """The next `times` kills of `handle` report False (the cloud refused them)."""
+        with self.lock:
+            self.refused[handle] = times
+
+    def exit(self, handle: str) -> None:
+        """The worker dies on its own but its remains stay until killed (an exited container, a
+        stopped VM): stopped and no longer listed, yet still present in `workers`."""
+        with self.lock:
+            if handle in self.workers:
+                self.exited.add(handle)
 
 
 class MemoryProvider(Provider):
@@ -94,7 +108,7 @@ class MemoryProvider(Provider):
             out = {}
             for h in handles:
                 w = world.workers.get(h)
-                if w is None or w.cluster != cluster.name:
+                if w is None or w.cluster != cluster.name or h in world.exited:
                     out[h] = WorkerStatus.STOPPED
                 elif now - w.created < w.boot_seconds:
                     out[h] = WorkerStatus.INITIALIZING
@@ -106,12 +120,19 @@ class MemoryProvider(Provider):
         world = self.world(cluster.fleet_id)
         with world.lock:
             world.calls["kill"] += 1
+            out = {}
             for h in handles:
+                if world.refused[h] > 0:
+                    world.refused[h] -= 1
+                    out[h] = False
+                    continue
                 if h in world.workers and world.workers[h].cluster == cluster.name:
                     del world.workers[h]
-            return {h: True for h in handles}
+                    world.exited.discard(h)
+                out[h] = True
+            return out
 
     def list_workers(self, cluster: Cluster) -> dict[str, int]:
         world = self.world(cluster.fleet_id)
         with world.lock:
-            return {h: w.workers for h, w in world.workers.items() if w.cluster == cluster.name}
+            return {h: w.workers for h, w in world.workers.items() if w.cluster == cluster.name and h not in world.exited}

@@ -117,6 +117,29 @@ def test_failed_kills_are_retried_until_the_worker_is_gone(fleet: Any, control_p
     assert MemoryProvider.world(FLEET_ID).live("flaky") == 0
 
 
+def test_a_dead_workers_remains_are_cleaned_up_though_the_first_kill_fails(fleet: Any, control_plane: Any,
+                                                                           r: redis.Redis) -> None:
+    """A worker that dies but leaves remains (an exited container, a stopped VM) is replaced at
+    once, and its remains are killed again from the cleanup hash until a kill succeeds."""
+    scale(control_plane, "flaky", 1)
+    wait_for(converged(fleet, "flaky", 1), what="1")
+    world = MemoryProvider.world(FLEET_ID)
+    (dead,) = fleet.state.read("flaky").handles
+    world.refuse_kills(dead, 2)  # the cloud refuses its first two kills
+    world.exit(dead)
+    wait_for(lambda: dead not in fleet.state.read("flaky").handles and converged(fleet, "flaky", 1)(),
+             what="replaced")
+    wait_for(lambda: dead not in world.workers, timeout=20, what="remains removed by a re-sent kill")
+    assert world.refused[dead] == 0
+    wait_for(lambda: not r.hexists(f"fleet:{FLEET_ID}:flaky:cleanup", dead), what="cleanup ended")
+    events = fleet.state.events("flaky", 200)
+    assert [e["handle"] for e in events if e["kind"] == "stopped"] == [dead]
+    (done,) = [e for e in events if e["kind"] == "cleaned_up"]
+    assert done["handle"] == dead and int(done["tries"]) >= 2  # refused, refused on the first re-send, then done
+    assert world.live("flaky") == 1
+    assert len([w for w in world.workers.values() if w.cluster == "flaky"]) == 1  # nothing left behind
+
+
 def test_rate_limited_holds_every_worker_off_the_provider(fleet: Any, control_plane: Any) -> None:
     faulty = fleet.provider("faulty").inner
     faulty.script["run"].append("rate_limited:2")
