@@ -280,6 +280,15 @@ def status(cluster: str | None, as_json: bool, watch: bool) -> None:
     else:
         for table in tables():
             console.print(table)
+        if not cluster:
+            _warn_forgotten(manager)
+
+
+def _warn_forgotten(manager: Manager) -> None:
+    for name, n in sorted(manager.forgotten_clusters().items()):
+        err.print(f"[yellow]cluster {name!r} is not in the config but Redis still tracks {n} of its handles: "
+                  f"nothing sweeps or kills them. Put it back, scale it to 0, then remove it.[/yellow]",
+                  soft_wrap=True)
 
 
 @main.command()

@@ -200,6 +200,12 @@ class Manager:
         )
         return summary
 
+    def forgotten_clusters(self) -> dict[str, int]:
+        """Clusters with handles in Redis that the config no longer declares -> handle count.
+        Nothing sweeps or kills them (their provider options left with the config): an operator
+        scales a cluster to 0 before removing it, or puts it back to do so."""
+        return {c: n for c, n in self.state.tracked_clusters().items() if c not in self.config.clusters}
+
     def clear(self, cluster: Any) -> dict[str, Any]:
         """An operator's reset of a cluster's permanent error and quota hold."""
         self.config.spec(cluster)

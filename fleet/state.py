@@ -325,6 +325,18 @@ class State:
         return _desired(self.r.hgetall(self.key(cluster, "desired")))
 
     # -- snapshots -------------------------------------------------------------------------
+    def tracked_clusters(self) -> dict[str, int]:
+        """Every cluster name that has handles in Redis -> how many (one SCAN: for start-up and
+        the CLI, not for the sweep)."""
+        prefix = f"fleet:{self.fleet_id}:"
+        names = [k.decode()[len(prefix):-len(":handles")]
+                 for k in self.r.scan_iter(match=f"{prefix}*:handles", count=1000)]
+        names = [n for n in names if ":" not in n]  # not e.g. provider keys
+        pipe = self.r.pipeline(transaction=False)
+        for n in names:
+            pipe.hlen(self.key(n, "handles"))
+        return {n: int(c) for n, c in zip(names, pipe.execute()) if c}
+
     def keys_of(self, cluster: str) -> list[str]:
         return [self.key(cluster, n) for n in ("desired", "handles", "pending")]
 

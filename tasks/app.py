@@ -7,6 +7,7 @@ Redis). Broker, result backend and state share that one Redis.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any, Sequence
@@ -19,6 +20,8 @@ from kombu import Queue
 from fleet.config import FleetConfig, load_config
 from fleet.manager import Manager
 from fleet.runtime import control_queue, provider_queue, resolve_redis_url
+
+log = logging.getLogger(__name__)
 
 #: Seconds a reconcile waits after it is asked for, so that a burst of requests coalesces into one.
 RECONCILE_DELAY = 0.05
@@ -95,6 +98,19 @@ class CeleryDispatcher:
 
     def drain(self, cluster: str, handles: Sequence[str]) -> None:
         app.send_task("fleet.drain", (cluster, list(handles)), queue=control_queue(self.fleet_id))
+
+
+@worker_ready.connect
+def _warn_forgotten(**_: Any) -> None:
+    """Clusters removed from the config while they still had workers: say so once, at start."""
+    try:
+        forgotten = manager().forgotten_clusters()
+    except redis.RedisError as exc:
+        log.warning("cannot check for clusters removed from the config: %s", exc)
+        return
+    for name, n in sorted(forgotten.items()):
+        log.warning("cluster %r is not in the config but Redis still tracks %d of its handles: nothing sweeps "
+                    "or kills them. Put it back, scale it to 0, then remove it.", name, n)
 
 
 @worker_ready.connect

@@ -59,6 +59,17 @@ def test_cli_status_clusters_providers_events(fleet: Any, control_plane: Any) ->
     assert "desired" in events and "launched" in events
     result = runner.invoke(main, ["status", "nope"])
     assert result.exit_code == 2 and "unknown cluster 'nope'" in result.output
+    # a cluster removed from the config while it still had workers: said, since nothing sweeps it
+    assert fleet.forgotten_clusters() == {}
+    fleet.redis.hset(fleet.state.key("retired", "handles"), mapping={"h1": "{}", "h2": "{}"})
+    try:
+        assert fleet.forgotten_clusters() == {"retired": 2}
+        result = runner.invoke(main, ["status"])
+        assert result.exit_code == 0 and "cluster 'retired' is not in the config" in result.output, result.output
+        assert "2 of its handles" in result.output
+        assert "retired" not in runner.invoke(main, ["status", "single"]).output
+    finally:
+        fleet.redis.delete(fleet.state.key("retired", "handles"))
 
 
 def test_cli_scale_waits_until_converged(fleet: Any, control_plane: Any) -> None:
