@@ -183,9 +183,11 @@ def fleet(control_plane: Any, r: redis.Redis) -> Iterator[Any]:
     from providers.memory import MemoryProvider
     from tasks.app import manager
 
-    for key in r.scan_iter(f"fleet:{FLEET_ID}:*"):
-        if key != f"fleet:{FLEET_ID}:epoch".encode():  # keep it: losing it means "Redis lost data"
-            r.delete(key)
+    # in one DEL, so that a task still at work from the last test never reads half-wiped state;
+    # the epoch stays: losing it means "Redis lost data"
+    keys = [k for k in r.scan_iter(f"fleet:{FLEET_ID}:*") if k != f"fleet:{FLEET_ID}:epoch".encode()]
+    if keys:
+        r.delete(*keys)
     MemoryProvider.reset()
     yield manager()
 
