@@ -3,7 +3,7 @@
 | key        | type   | holds                                                                 |
 |------------|--------|-----------------------------------------------------------------------|
 | `desired`  | hash   | `n` (desired workers), `version` (only grows), `at`                   |
-| `handles`  | hash   | handle -> JSON {w: workers, s: status, since, launch, seen, kills,    |
+| `handles`  | hash   | handle -> JSON {w: workers, s: status, since, launch, kills, kill_at, |
 |            |        | req (launch request time, until running), hold, drain_until, busy}    |
 | `pending`  | hash   | launch_id -> JSON {count, state: queued|running|cancelled, at, claimed}|
 | `events`   | stream | launched / killed / stopped / cancelled / error ..., capped           |
@@ -69,8 +69,8 @@ local added = 0
 for i = 5, #ARGV, 2 do
   if redis.call('HEXISTS', KEYS[4], ARGV[i]) == 0 then
     local w = tonumber(ARGV[i + 1])
-    redis.call('HSET', KEYS[4], ARGV[i], cjson.encode({w = w, s = status, since = now, launch = ARGV[4], seen = now,
-      kills = 0, req = req}))
+    redis.call('HSET', KEYS[4], ARGV[i], cjson.encode({w = w, s = status, since = now, launch = ARGV[4], kills = 0,
+      req = req}))
     added = added + w
   end
 end
@@ -110,6 +110,8 @@ for i = 6, #ARGV, 2 do
         clean_up(h, r.w)
       end
     else
+      -- written only on a change: a steady sweep leaves the hash alone, so it never makes a
+      -- reconcile's WATCH on it fail (with 10,000 handles that retried a scale-down for seconds)
       if r.s ~= 'stopping' and r.s ~= 'draining' and r.s ~= s then
         if s == 'running' then
           emit('running', 'handle', h, 'workers', tostring(r.w))
@@ -118,9 +120,8 @@ for i = 6, #ARGV, 2 do
         r.s = s
         r.since = now
         changed = changed + 1
+        redis.call('HSET', KEYS[3], h, cjson.encode(r))
       end
-      r.seen = now
-      redis.call('HSET', KEYS[3], h, cjson.encode(r))
     end
   end
 end
@@ -188,7 +189,7 @@ for i = 5, #ARGV, 3 do
   redis.call('HDEL', KEYS[4], h)
   if redis.call('HEXISTS', KEYS[3], h) == 0 then
     local w = tonumber(ARGV[i + 1])
-    redis.call('HSET', KEYS[3], h, cjson.encode({w = w, s = ARGV[i + 2], since = now, launch = 'adopted', seen = now, kills = 0}))
+    redis.call('HSET', KEYS[3], h, cjson.encode({w = w, s = ARGV[i + 2], since = now, launch = 'adopted', kills = 0}))
     emit('adopted', 'handle', h, 'workers', tostring(w), 'status', ARGV[i + 2])
     adopted = adopted + w
   end

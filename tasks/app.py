@@ -20,6 +20,7 @@ from kombu import Queue
 from fleet.config import FleetConfig, load_config
 from fleet.manager import Manager
 from fleet.runtime import control_queue, provider_queue, resolve_redis_url
+from tasks.transport import broker_transport
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def celery_settings() -> dict[str, Any]:
     providers = sorted({spec.provider for spec in cfg.clusters.values()})
     return {
         "broker_url": url,
+        "broker_transport": broker_transport(url),
         "result_backend": url,
         "task_serializer": "json",
         "result_serializer": "json",
