@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
+
+#: The name it goes by, which is also what the worker's banner and connection errors show.
+NAME = "fleet-redis"
 
 
 class Channel(kombu_redis.Channel):
@@ -30,7 +34,10 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+TRANSPORT_ALIASES.setdefault(NAME, f"{__name__}:Transport")
+
+
 def broker_transport(url: str) -> str | None:
     """The transport for a broker URL: this one for plain `redis://`; kombu's own otherwise, which
     keeps its defaults for `rediss://` (TLS) and its Sentinel transport for `sentinel://`."""
-    return f"{__name__}:Transport" if url.startswith("redis://") else None
+    return NAME if url.startswith("redis://") else None

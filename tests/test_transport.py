@@ -11,7 +11,7 @@ from tests.conftest import REDIS_URL
 
 
 def test_plain_redis_urls_use_it_and_other_schemes_keep_kombus_own() -> None:
-    assert broker_transport("redis://127.0.0.1:6379/0") == "tasks.transport:Transport"
+    assert broker_transport("redis://127.0.0.1:6379/0") == "fleet-redis"
     assert broker_transport("rediss://:pw@redis.example:6380/0") is None  # kombu's TLS defaults
     assert broker_transport("sentinel://127.0.0.1:26379") is None  # kombu's Sentinel transport
 
