@@ -398,11 +398,11 @@ class Manager:
             with as_provider_errors(spec.provider, "kill"):
                 raw = provider.kill_workers(ref, unique)
         except ProviderError as exc:
-            self.state.record_kills(cluster, {h: False for h in unique})
+            self.state.record_kills(cluster, {h: False for h in unique}, self.config.fleet.kill_retry)
             self.state.event(cluster, "error", op="kill", error=type(exc).__name__, message=str(exc)[:500])
             raise
         results = {h: bool(raw.get(h, False)) for h in unique}
-        self.state.record_kills(cluster, results)
+        self.state.record_kills(cluster, results, self.config.fleet.kill_retry)
         gone = 0
         killed = [h for h, ok in results.items() if ok]
         if killed:
@@ -410,7 +410,8 @@ class Manager:
                 with as_provider_errors(spec.provider, "status"):
                     status = provider.worker_status(ref, killed)
                 gone = self.state.apply_status(
-                    cluster, {h: WorkerStatus(status[h]).value for h in killed if h in status}).gone
+                    cluster, {h: WorkerStatus(status[h]).value for h in killed if h in status},
+                    float(provider.listing_grace), self.config.fleet.kill_retry).gone
             except ProviderError:
                 pass  # the next sweep confirms
         if gone:

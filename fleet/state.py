@@ -128,11 +128,13 @@ end
 return {pruned, changed, gone, dead}
 """
 
-# KEYS[3] handles, KEYS[4] cleanup; then handle, ok pairs.
+# KEYS[3] handles, KEYS[4] cleanup; ARGV[4] first cleanup retry (s), then handle, ok pairs.
 _KILLED = _PRELUDE + """
-for i = 4, #ARGV, 2 do
+local retry = tonumber(ARGV[4])
+for i = 5, #ARGV, 2 do
   local h, ok = ARGV[i], ARGV[i + 1]
   local raw = redis.call('HGET', KEYS[3], h)
+  local c = redis.call('HGET', KEYS[4], h)
   if raw then
     local r = cjson.decode(raw)
     r.kills = (r.kills or 0) + 1
@@ -144,13 +146,16 @@ for i = 4, #ARGV, 2 do
       r.kfail = nil
     end
     redis.call('HSET', KEYS[3], h, cjson.encode(r))
-  elseif ok == '1' then
-    local c = redis.call('HGET', KEYS[4], h)
-    if c then
-      redis.call('HDEL', KEYS[4], h)
-      local tries = cjson.decode(c).tries
-      if tries > 0 then emit('cleaned_up', 'handle', h, 'tries', tostring(tries)) end
-    end
+  elseif ok ~= '1' and not c then
+    -- it left Redis (seen stopped) while this kill was queued: its remains are cleaned up as a
+    -- dead handle's are, or nothing would ever kill them again
+    redis.call('HSET', KEYS[4], h, cjson.encode({w = 0, tries = 0, next = now + retry}))
+    emit('kill_failed', 'handle', h, 'attempt', '1')
+  end
+  if ok == '1' and c then
+    redis.call('HDEL', KEYS[4], h)
+    local tries = cjson.decode(c).tries
+    if tries > 0 then emit('cleaned_up', 'handle', h, 'tries', tostring(tries)) end
   end
 end
 return 0
@@ -171,7 +176,7 @@ for i = 1, #all, 2 do
       redis.call('HDEL', KEYS[3], h)
       emit('cleanup_abandoned', 'handle', h, 'tries', tostring(c.tries - 1))
     else
-      c.next = now + math.min(base * math.pow(2, c.tries), 300)
+      c.next = now + math.min(base * math.pow(2, c.tries), math.max(300, base))
       redis.call('HSET', KEYS[3], h, cjson.encode(c))
       table.insert(due, h)
     end
@@ -180,13 +185,15 @@ end
 return due
 """
 
-# KEYS[3] handles, KEYS[4] unknown, KEYS[5] desired; ARGV[4] '1' to set a lost desired number,
-# then handle, workers, status triples.
+# KEYS[3] handles, KEYS[4] unknown, KEYS[5] desired, KEYS[6] cleanup; ARGV[4] '1' to set a lost
+# desired number, then handle, workers, status triples. An adopted handle is live and tracked
+# again, so it leaves the cleanup hash (whose re-sent kills would kill it).
 _ADOPT = _PRELUDE + """
 local adopted = 0
 for i = 5, #ARGV, 3 do
   local h = ARGV[i]
   redis.call('HDEL', KEYS[4], h)
+  redis.call('HDEL', KEYS[6], h)
   if redis.call('HEXISTS', KEYS[3], h) == 0 then
     local w = tonumber(ARGV[i + 1])
     redis.call('HSET', KEYS[3], h, cjson.encode({w = w, s = ARGV[i + 2], since = now, launch = 'adopted', kills = 0}))
@@ -401,12 +408,13 @@ class State:
             self._status, cluster, [self.key(cluster, "handles"), self.key(cluster, "cleanup")], args)
         return StatusResult(int(pruned), int(changed), int(gone), [h.decode() for h in dead])
 
-    def record_kills(self, cluster: str, results: Mapping[str, bool]) -> None:
+    def record_kills(self, cluster: str, results: Mapping[str, bool], cleanup_retry: float = 10.0) -> None:
         """Count a kill attempt on each handle (they stay stopping until the provider no longer
-        reports them; see apply_status); a failed one is an event."""
+        reports them; see apply_status); a failed one is an event. A failed kill of a handle that
+        already left Redis enters the cleanup hash; a successful one ends a cleanup."""
         if not results:
             return
-        args: list[Any] = []
+        args: list[Any] = [cleanup_retry]
         for h, ok in results.items():
             args += [h, "1" if ok else "0"]
         self._script(self._killed, cluster, [self.key(cluster, "handles"), self.key(cluster, "cleanup")], args)
@@ -488,7 +496,8 @@ class State:
         args: list[Any] = ["1" if set_desired else "0"]
         for h, (w, s) in found.items():
             args += [h, w, s]
-        keys = [self.key(cluster, "handles"), self.key(cluster, "unknown"), self.key(cluster, "desired")]
+        keys = [self.key(cluster, "handles"), self.key(cluster, "unknown"), self.key(cluster, "desired"),
+                self.key(cluster, "cleanup")]
         return int(self._script(self._adopt, cluster, keys, args))
 
     # -- events ----------------------------------------------------------------------------

@@ -142,6 +142,47 @@ def test_a_dead_workers_remains_are_cleaned_up_though_the_first_kill_fails(fleet
     assert len([w for w in world.workers.values() if w.cluster == "flaky"]) == 1  # nothing left behind
 
 
+def _stopping_handle(r: redis.Redis) -> tuple[Any, str]:
+    """A State of a fleet id nobody sweeps, with one handle that a scale-down marked stopping."""
+    from fleet.state import State
+
+    state = State(r, "t" + uuid.uuid4().hex[:8])
+    state.claim_launch("web", "L1")
+    state.record_launch("web", "L1", ["h1"])
+    assert state.transition("web", ["h1"], ["initializing"], "stopping", "kill") == ["h1"]
+    return state, "h1"
+
+
+def test_a_kill_that_fails_after_its_handle_left_redis_is_cleaned_up(r: redis.Redis) -> None:
+    """The sweep sees a stopping handle stopped (it exited on its own) while its kill is still
+    queued; then that kill fails: its remains still get killed, from the cleanup hash."""
+    state, h = _stopping_handle(r)
+    assert state.apply_status("web", {h: "stopped"}, 0.0, 0.2).gone == 1  # no failed kill yet
+    assert not r.hexists(state.key("web", "cleanup"), h)
+    state.record_kills("web", {h: False}, 0.2)
+    assert r.hexists(state.key("web", "cleanup"), h)
+    assert [e["kind"] for e in state.events("web")][-1] == "kill_failed"
+    assert state.cleanup_due("web", 0.2, 20) == []  # not before its retry time
+    time.sleep(0.25)
+    assert state.cleanup_due("web", 0.2, 20) == [h]
+    state.record_kills("web", {h: True}, 0.2)
+    assert not r.hexists(state.key("web", "cleanup"), h)
+    assert [e["kind"] for e in state.events("web")][-1] == "cleaned_up"
+
+
+def test_an_adopted_handle_leaves_the_cleanup_hash(r: redis.Redis) -> None:
+    """A dead handle whose cleanup kill failed comes back to life (a stopped VM started again)
+    and is adopted: its re-sent cleanup kills must not kill a worker Fleet tracks again."""
+    state, h = _stopping_handle(r)
+    state.record_kills("web", {h: False}, 0.2)
+    state.apply_status("web", {h: "stopped"}, 0.0, 0.2)  # left, after a failed kill: cleanup
+    assert r.hexists(state.key("web", "cleanup"), h)
+    assert state.adopt("web", {h: (1, "running")}, set_desired=False) == 1
+    assert not r.hexists(state.key("web", "cleanup"), h)
+    time.sleep(0.25)
+    assert state.cleanup_due("web", 0.2, 20) == []
+
+
 def test_rate_limited_holds_every_worker_off_the_provider(fleet: Any, control_plane: Any) -> None:
     faulty = fleet.provider("faulty").inner
     faulty.script["run"].append("rate_limited:2")
