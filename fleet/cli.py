@@ -232,6 +232,7 @@ def _table(state: ClusterState, s: dict[str, Any]) -> Table:
     flags += [f"[yellow]rate-limited for {s['rate_limited']:.0f}s[/yellow]"] if s["rate_limited"] else []
     flags += [f"[yellow]recovering for {s['recovering']:.0f}s[/yellow]"] if s["recovering"] else []
     flags += [f"{s['unknown']} unknown workers being checked"] if s["unknown"] else []
+    flags += [f"{s['cleanup']} dead handles' remains still to kill"] if s["cleanup"] else []
     table = Table(title=f"{s['cluster']} ({s['provider']}): desired {s['desired'] if s['desired'] is not None else '-'}, "
                         f"initializing {s['initializing']}, running {s['running']}, draining {s['draining']}, "
                         f"stopping {s['stopping']}, pending {s['pending']}" + "".join(f"\n  {f}" for f in flags), title_justify="left")
@@ -286,8 +287,9 @@ def status(cluster: str | None, as_json: bool, watch: bool) -> None:
 
 def _warn_forgotten(manager: Manager) -> None:
     for name, n in sorted(manager.forgotten_clusters().items()):
-        err.print(f"[yellow]cluster {name!r} is not in the config but Redis still tracks {n} of its handles: "
-                  f"nothing sweeps or kills them. Put it back, scale it to 0, then remove it.[/yellow]",
+        err.print(f"[yellow]cluster {name!r} is not in the config but Redis still tracks {n} of its handles "
+                  f"(live, or dead with remains to kill): nothing sweeps or kills them. Put it back, scale it "
+                  f"to 0, then remove it.[/yellow]",
                   soft_wrap=True)
 
 

@@ -197,11 +197,13 @@ class Manager:
             rate_limited=round(self.guard.provider_hold(spec.provider), 1),
             error=error["message"] if error else None,
             unknown=self.state.unknown_workers(cluster),
+            cleanup=self.state.cleanup_count(cluster),
         )
         return summary
 
     def forgotten_clusters(self) -> dict[str, int]:
-        """Clusters with handles in Redis that the config no longer declares -> handle count.
+        """Clusters with handles in Redis (live, or dead with remains to kill) that the config no
+        longer declares -> handle count.
         Nothing sweeps or kills them (their provider options left with the config): an operator
         scales a cluster to 0 before removing it, or puts it back to do so."""
         return {c: n for c, n in self.state.tracked_clusters().items() if c not in self.config.clusters}

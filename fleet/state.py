@@ -334,16 +334,26 @@ class State:
 
     # -- snapshots -------------------------------------------------------------------------
     def tracked_clusters(self) -> dict[str, int]:
-        """Every cluster name that has handles in Redis -> how many (one SCAN: for start-up and
-        the CLI, not for the sweep)."""
+        """Every cluster name that has handles in Redis, live or dead with remains still to kill
+        (the cleanup hash) -> how many (a SCAN: for start-up and the CLI, not for the sweep)."""
         prefix = f"fleet:{self.fleet_id}:"
-        names = [k.decode()[len(prefix):-len(":handles")]
-                 for k in self.r.scan_iter(match=f"{prefix}*:handles", count=1000)]
-        names = [n for n in names if ":" not in n]  # not e.g. provider keys
+        names: set[str] = set()
+        for kind in ("handles", "cleanup"):
+            for k in self.r.scan_iter(match=f"{prefix}*:{kind}", count=1000):
+                name = k.decode()[len(prefix):-len(kind) - 1]
+                if ":" not in name:  # not e.g. provider keys
+                    names.add(name)
         pipe = self.r.pipeline(transaction=False)
-        for n in names:
+        for n in sorted(names):
             pipe.hlen(self.key(n, "handles"))
-        return {n: int(c) for n, c in zip(names, pipe.execute()) if c}
+            pipe.hlen(self.key(n, "cleanup"))
+        counts = pipe.execute()
+        totals = {n: int(counts[2 * i]) + int(counts[2 * i + 1]) for i, n in enumerate(sorted(names))}
+        return {n: c for n, c in totals.items() if c}
+
+    def cleanup_count(self, cluster: str) -> int:
+        """Dead handles whose remains still wait for a successful kill."""
+        return int(self.r.hlen(self.key(cluster, "cleanup")))
 
     def keys_of(self, cluster: str) -> list[str]:
         return [self.key(cluster, n) for n in ("desired", "handles", "pending")]

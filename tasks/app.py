@@ -111,8 +111,9 @@ def _warn_forgotten(**_: Any) -> None:
         log.warning("cannot check for clusters removed from the config: %s", exc)
         return
     for name, n in sorted(forgotten.items()):
-        log.warning("cluster %r is not in the config but Redis still tracks %d of its handles: nothing sweeps "
-                    "or kills them. Put it back, scale it to 0, then remove it.", name, n)
+        log.warning("cluster %r is not in the config but Redis still tracks %d of its handles (live, or dead "
+                    "with remains to kill): nothing sweeps or kills them. Put it back, scale it to 0, then "
+                    "remove it.", name, n)
 
 
 @worker_ready.connect

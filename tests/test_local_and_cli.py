@@ -68,8 +68,12 @@ def test_cli_status_clusters_providers_events(fleet: Any, control_plane: Any) ->
         assert result.exit_code == 0 and "cluster 'retired' is not in the config" in result.output, result.output
         assert "2 of its handles" in result.output
         assert "retired" not in runner.invoke(main, ["status", "single"]).output
+        # dead handles' remains still to kill count too: nothing works them off either
+        fleet.redis.hset(fleet.state.key("retired", "cleanup"), "h3", "{}")
+        fleet.redis.hset(fleet.state.key("gone", "cleanup"), "h4", "{}")
+        assert fleet.forgotten_clusters() == {"retired": 3, "gone": 1}
     finally:
-        fleet.redis.delete(fleet.state.key("retired", "handles"))
+        fleet.redis.delete(*(fleet.state.key(c, k) for c in ("retired", "gone") for k in ("handles", "cleanup")))
 
 
 def test_cli_scale_waits_until_converged(fleet: Any, control_plane: Any) -> None:

@@ -129,11 +129,13 @@ def test_a_dead_workers_remains_are_cleaned_up_though_the_first_kill_fails(fleet
     (dead,) = fleet.state.read("flaky").handles
     world.refuse_kills(dead, 2)  # the cloud refuses its first two kills
     world.exit(dead)
+    wait_for(lambda: fleet.get_worker_numbers("flaky")["cleanup"] == 1, what="remains shown in the status")
     wait_for(lambda: dead not in fleet.state.read("flaky").handles and converged(fleet, "flaky", 1)(),
              what="replaced")
     wait_for(lambda: dead not in world.workers, timeout=20, what="remains removed by a re-sent kill")
     assert world.refused[dead] == 0
     wait_for(lambda: not r.hexists(f"fleet:{FLEET_ID}:flaky:cleanup", dead), what="cleanup ended")
+    assert fleet.get_worker_numbers("flaky")["cleanup"] == 0
     events = fleet.state.events("flaky", 200)
     assert [e["handle"] for e in events if e["kind"] == "stopped"] == [dead]
     (done,) = [e for e in events if e["kind"] == "cleaned_up"]
