@@ -24,6 +24,7 @@ Cloud SDKs and test helpers are imported inside the functions that need them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -37,10 +38,9 @@ import time
 import traceback
 import uuid
 from collections import Counter, deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import redis
 
@@ -510,51 +510,6 @@ def _drive(manager: Any, dispatcher: _QueueDispatcher, cluster: str, n: int, tim
         time.sleep(0.05)
 
 
-@contextmanager
-def _moto() -> Iterator[dict[str, Any]]:
-    """A moto server with what the EC2 and ECS providers need (as tests/kits/aws.py sets up)."""
-    import logging
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log
-
-    fake_env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {k: os.environ.get(k) for k in fake_env}
-    os.environ.update(fake_env)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        ec2 = boto3.client("ec2", endpoint_url=url, region_name="us-east-1")
-        ecs = boto3.client("ecs", endpoint_url=url, region_name="us-east-1")
-        vpc = ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
-        ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.77.0.0/18")["Subnet"]["SubnetId"]
-        sg = ec2.create_security_group(GroupName="fleet-bench", Description="fleet", VpcId=vpc)["GroupId"]
-        ecs.create_cluster(clusterName="fleet-bench")
-        ecs.register_task_definition(
-            family="fleet-worker", requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="256",
-            memory="512", containerDefinitions=[{"name": "worker", "image": "busybox", "memory": 512, "essential": True}])
-        import urllib.request
-
-        body = {"model_name": "ecs::task", "transition": {"progression": "manual", "times": 1000}}
-        req = urllib.request.Request(url + "/moto-api/state-manager/set-transition", data=json.dumps(body).encode(),
-                                     method="POST")
-        urllib.request.urlopen(req, timeout=10).read()
-        yield {"url": url, "subnet": subnet, "sg": sg}
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 EC2_MUTATING = {"RunInstances", "TerminateInstances", "StopInstances", "CreateTags"}
 ECS_MUTATING = {"RunTask", "StopTask", "TagResource"}
 GCE_MUTATING = {"insert", "delete"}
@@ -566,6 +521,9 @@ def section_cloud(work: Path, n: int, say: Callable[[str], None]) -> dict[str, A
 
     _ensure_tests_importable()
     from tests.fake_gce import FakeGCE
+    from tests.kits.aws import moto_world
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log
 
     server = EmbeddedRedis(work / "cloud-redis", persist=False, die_with_parent=True)
     url = server.start()
@@ -574,18 +532,16 @@ def section_cloud(work: Path, n: int, say: Callable[[str], None]) -> dict[str, A
     gce_url = fake.start()
     rows: dict[str, Any] = {}
     try:
-        with _moto() as aws:
+        with moto_world() as aws:
             fid = "k" + uuid.uuid4().hex[:8]
             common = {"max_workers": n, "boot_timeout": 3600, "container": {"command": ["worker"]}}
-            aws_opts = {"endpoint_url": aws["url"], "region": "us-east-1", "max_attempts": 2}
             data = {"fleet": {"id": fid, "launch_timeout": 600, "orphan_grace": 3600},
                     "providers": {p: {"ops_per_second": 10000, "concurrent_launches": 64}
                                   for p in ("aws_ec2", "aws_ecs", "gce")},
                     "clusters": {
-                        "ec2": {**common, "provider": "aws_ec2", "provider_options": {**aws_opts, "ami": "ami-12c6146b"}},
+                        "ec2": {**common, "provider": "aws_ec2", "provider_options": aws.ec2_options()},
                         "ecs": {**common, "provider": "aws_ecs", "hardware": {"cpu": 0.25, "memory_mb": 512},
-                                "provider_options": {**aws_opts, "cluster": "fleet-bench", "task_definition": "fleet-worker",
-                                                     "subnets": [aws["subnet"]], "security_groups": [aws["sg"]]}},
+                                "provider_options": aws.ecs_options()},
                         "gce": {**common, "provider": "gce", "provider_options": {
                             "project": "fleet-bench", "zone": "bench-zone-a", "api_endpoint": gce_url, "anonymous": True,
                             "source_image": "projects/debian-cloud/global/images/family/debian-12",
@@ -625,61 +581,21 @@ def section_cloud(work: Path, n: int, say: Callable[[str], None]) -> dict[str, A
 
 # -- section 5: real containers ----------------------------------------------------------------
 
-@contextmanager
-def _podman(work: Path) -> Iterator[tuple[str, str, str]]:
-    """podman's Docker API on a private socket with the test image, as tests/kits/docker.py does."""
-    _ensure_tests_importable()
-    from tests.kits.docker import CONTAINERS_CONF, IMAGE, _build_image
-
-    import docker
-
-    home = Path(tempfile.mkdtemp(prefix="fleet-bench-podman-"))
-    (home / "containers.conf").write_text(CONTAINERS_CONF)
-    env = {**os.environ, "CONTAINERS_CONF": str(home / "containers.conf")}
-    _build_image(home, env)
-    base_url = f"unix://{home}/podman.sock"
-    log = open(home / "service.log", "wb")
-    service = subprocess.Popen(["podman", "system", "service", "--time=0", base_url], env=env,
-                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    label = f"fleet-bench.run={uuid.uuid4().hex[:12]}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if docker.DockerClient(base_url=base_url, timeout=5).ping():
-                    break
-            except Exception:  # noqa: BLE001 - not up yet
-                if service.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"podman system service did not come up; see {home}/service.log") from None
-            time.sleep(0.1)
-        yield base_url, IMAGE, label
-    finally:
-        try:
-            api = docker.DockerClient(base_url=base_url, timeout=30).api
-            for c in api.containers(all=True, filters={"label": [label]}):
-                api.remove_container(c["Id"], force=True)
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-        service.terminate()
-        try:
-            service.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            service.wait()
-        log.close()
-        shutil.rmtree(home, ignore_errors=True)
-
-
 def section_containers(work: Path, n: int, say: Callable[[str], None]) -> dict[str, Any]:
-    missing = [tool for tool in ("podman", "runc") if not shutil.which(tool)]
-    if missing or not os.access("/bin/busybox", os.X_OK):
-        return {"skipped": f"needs podman, runc and /bin/busybox (missing: {missing or ['/bin/busybox']})"}
+    _ensure_tests_importable()
+    from tests.kits.docker import podman_missing, podman_service
+
+    missing = podman_missing()
+    if missing:
+        return {"skipped": f"needs podman, runc and /bin/busybox (missing: {missing})"}
     try:
         import docker
     except ImportError:
         return {"skipped": "the docker SDK is not installed (pip install 'fleet[docker]')"}
 
-    with _podman(work) as (base_url, image, label):
+    # podman's Docker API on a private socket with the test image, as the docker provider's tests use
+    with podman_service("fleet-bench.run") as podman:
+        base_url, image, label = podman.base_url, podman.image, podman.session_label
         api = docker.DockerClient(base_url=base_url, timeout=60).api
         key, value = label.split("=", 1)
 

@@ -343,12 +343,13 @@ class State:
                 name = k.decode()[len(prefix):-len(kind) - 1]
                 if ":" not in name:  # not e.g. provider keys
                     names.add(name)
+        ordered = sorted(names)
         pipe = self.r.pipeline(transaction=False)
-        for n in sorted(names):
+        for n in ordered:
             pipe.hlen(self.key(n, "handles"))
             pipe.hlen(self.key(n, "cleanup"))
         counts = pipe.execute()
-        totals = {n: int(counts[2 * i]) + int(counts[2 * i + 1]) for i, n in enumerate(sorted(names))}
+        totals = {n: int(counts[2 * i]) + int(counts[2 * i + 1]) for i, n in enumerate(ordered)}
         return {n: c for n, c in totals.items() if c}
 
     def cleanup_count(self, cluster: str) -> int:

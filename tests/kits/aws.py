@@ -13,6 +13,7 @@ import json
 import os
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,10 @@ class AwsWorld:
                 "max_attempts": 2, **extra}
 
 
-@pytest.fixture(scope="session")
-def aws_world() -> Iterator[AwsWorld]:
-    """A moto server on a free loopback port with the network and ECS resources the kits use."""
+@contextmanager
+def moto_world() -> Iterator[AwsWorld]:
+    """A moto server on a free loopback port with the network and ECS resources the kits use,
+    and dummy credentials in the environment while it runs (`fleet bench` uses it too)."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -68,7 +70,7 @@ def aws_world() -> Iterator[AwsWorld]:
         ecs = boto3.client("ecs", endpoint_url=url, region_name=REGION)
         vpc = ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
         ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.77.0.0/20")["Subnet"]["SubnetId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.77.0.0/18")["Subnet"]["SubnetId"]
         sg = ec2.create_security_group(GroupName="fleet-workers", Description="fleet", VpcId=vpc)["GroupId"]
         ecs.create_cluster(clusterName="fleet-test-ecs")
         ecs.register_task_definition(
@@ -86,6 +88,12 @@ def aws_world() -> Iterator[AwsWorld]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def aws_world() -> Iterator[AwsWorld]:
+    with moto_world() as world:
+        yield world
 
 
 @pytest.fixture

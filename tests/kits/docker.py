@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,56 +68,67 @@ def _build_image(work: Path, env: dict[str, str]) -> None:
                    capture_output=True)
 
 
+def podman_missing() -> list[str]:
+    """What the podman recipe needs that this machine lacks (empty when nothing)."""
+    missing = [tool for tool in ("podman", "runc") if not shutil.which(tool)]
+    return missing + ([] if os.access("/bin/busybox", os.X_OK) else ["/bin/busybox"])
+
+
+@contextmanager
+def podman_service(label_key: str) -> Iterator[Podman]:
+    """podman's Docker API on a private socket, with the test image imported; its containers
+    (labelled `label_key`=<random>), the service and its folder are removed after. Raises
+    RuntimeError if the service does not come up (`fleet bench` uses it too)."""
+    import docker
+
+    work = Path(tempfile.mkdtemp(prefix="fleet-podman-"))
+    try:
+        (work / "containers.conf").write_text(CONTAINERS_CONF)
+        env = {**os.environ, "CONTAINERS_CONF": str(work / "containers.conf")}
+        _build_image(work, env)
+        base_url = f"unix://{work}/podman.sock"
+        with open(work / "service.log", "wb") as log:
+            service = subprocess.Popen(["podman", "system", "service", "--time=0", base_url], env=env,
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            backend = Podman(base_url, IMAGE, f"{label_key}={uuid.uuid4().hex[:12]}")
+            try:
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        if docker.DockerClient(base_url=base_url, timeout=5).ping():
+                            break
+                    except Exception as exc:  # noqa: BLE001 - not up yet
+                        if service.poll() is not None or time.monotonic() > deadline:
+                            raise RuntimeError(f"podman system service did not come up ({exc}); "
+                                               f"see {work}/service.log") from None
+                    time.sleep(0.1)
+                yield backend
+            finally:
+                try:
+                    api = backend.client().api
+                    for c in api.containers(all=True, filters={"label": [backend.session_label]}):
+                        api.remove_container(c["Id"], force=True)
+                except Exception:  # noqa: BLE001 - teardown is best effort; the service goes anyway
+                    pass
+                service.terminate()
+                try:
+                    service.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    service.kill()
+                    service.wait()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def podman() -> Iterator[Podman]:
     """podman's Docker API on a private socket, with the test image imported; torn down after."""
-    missing = [tool for tool in ("podman", "runc") if not shutil.which(tool)]
-    if missing or not os.access("/bin/busybox", os.X_OK):
-        pytest.fail(f"the docker provider's tests need podman, runc and busybox-static (missing: "
-                    f"{missing or ['/bin/busybox']}): apt-get install podman runc busybox-static")
-    work = Path(tempfile.mkdtemp(prefix="fleet-podman-"))
-    (work / "containers.conf").write_text(CONTAINERS_CONF)
-    old_conf = os.environ.get("CONTAINERS_CONF")
-    os.environ["CONTAINERS_CONF"] = str(work / "containers.conf")
-    env = dict(os.environ)
-    _build_image(work, env)
-    base_url = f"unix://{work}/podman.sock"
-    log = open(work / "service.log", "wb")
-    service = subprocess.Popen(["podman", "system", "service", "--time=0", base_url], env=env,
-                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    backend = Podman(base_url, IMAGE, f"fleet-test.session={uuid.uuid4().hex[:12]}")
-    try:
-        import docker
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if docker.DockerClient(base_url=base_url, timeout=5).ping():
-                    break
-            except Exception as exc:  # noqa: BLE001 - not up yet
-                if service.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"podman system service did not come up ({exc}); see {work}/service.log")
-            time.sleep(0.1)
+    missing = podman_missing()
+    if missing:
+        pytest.fail(f"the docker provider's tests need podman, runc and busybox-static (missing: {missing}): "
+                    f"apt-get install podman runc busybox-static")
+    with podman_service("fleet-test.session") as backend:
         yield backend
-    finally:
-        try:
-            api = backend.client().api
-            for c in api.containers(all=True, filters={"label": [backend.session_label]}):
-                api.remove_container(c["Id"], force=True)
-        except Exception:  # noqa: BLE001 - teardown is best effort; the service goes anyway
-            pass
-        service.terminate()
-        try:
-            service.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            service.wait()
-        log.close()
-        if old_conf is None:
-            os.environ.pop("CONTAINERS_CONF", None)
-        else:
-            os.environ["CONTAINERS_CONF"] = old_conf
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def docker_options(backend: Podman, **extra: Any) -> Any:
