@@ -54,11 +54,31 @@ class FleetGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FleetError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except redis.ConnectionError as exc:
-            err.print(f"[red]error:[/red] cannot reach Redis: {exc}", highlight=False)
+            err.print(f"[red]error:[/red] cannot reach Redis: {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
+        except redis.ResponseError as exc:
+            err.print(f"[red]error:[/red] {refused(exc)}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+
+def refused(exc: BaseException) -> str:
+    """What to tell a person when Redis refused a command (its disk full, its memory full, ...)."""
+    text = str(exc)[:300]
+    if "MISCONF" in text:
+        return f"Redis refuses writes: {text} (is the disk of its data folder full? it serves again once there is room)"
+    if text.startswith("OOM"):
+        return f"Redis refuses writes: {text} (its maxmemory is reached)"
+    return f"Redis refused the request: {text}"
+
+
+def masked(url: str) -> str:
+    """A Redis URL fit to print: its password, if any, replaced by ***."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url, mask="***"))
 
 
 @click.group(cls=FleetGroup)
@@ -88,13 +108,18 @@ def up() -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     with stack:
-        console.print(f"fleet [bold]{config.fleet.id}[/bold] control plane up; Redis at [cyan]{stack.url}[/cyan]")
+        url = masked(stack.url)
+        console.print(f"fleet [bold]{config.fleet.id}[/bold] control plane up; Redis at [cyan]{url}[/cyan]",
+                      highlight=False)
         console.print(f"  state folder {stack.state_dir}; clusters: {', '.join(config.clusters) or 'none'}")
         console.print("  another service scales a cluster with:")
-        console.print(f"    Celery(broker={stack.url!r}, backend={stack.url!r}).send_task('fleet.scale', args=['CLUSTER', N])")
+        console.print(f"    Celery(broker=URL, backend=URL).send_task('fleet.scale', args=['CLUSTER', N])  # URL: {url}"
+                      + ("  (the password is in FLEET_REDIS_URL or fleet.redis_url)" if url != stack.url else ""),
+                      highlight=False)
         console.print("  Ctrl-C stops the control plane (workers keep running and are found again next time)")
         while not stopping:
-            stack.check()
+            for notice in stack.check():  # raises if a process died or Redis cannot be restarted
+                err.print(f"[yellow]{notice}[/yellow]", highlight=False, soft_wrap=True)
             time.sleep(0.2)
         console.print("stopping the control plane ...")
     console.print("stopped")
@@ -126,7 +151,9 @@ def _call(url: str, task: str, *args: Any) -> Any:
     except CeleryTimeout:
         raise FleetError("no control plane answered within 30 s: is `fleet up` running?") from None
     except OperationalError as exc:
-        raise FleetError(f"cannot reach the broker at {url}: {exc}") from None
+        if "MISCONF" in str(exc) or str(exc).startswith("OOM"):
+            raise FleetError(refused(exc)) from None
+        raise FleetError(f"cannot reach the broker at {masked(url)}: {exc}") from None
     except Exception as exc:  # the control plane's typed error, rebuilt by Celery
         raise FleetError(f"{type(exc).__name__}: {exc}") from None
 
@@ -230,6 +257,8 @@ def _table(state: ClusterState, s: dict[str, Any]) -> Table:
     flags += [f"[yellow]at quota for {s['at_quota']:.0f}s[/yellow]"] if s["at_quota"] else []
     flags += [f"[yellow]no capacity for {s['no_capacity']:.0f}s[/yellow]"] if s["no_capacity"] else []
     flags += [f"[yellow]rate-limited for {s['rate_limited']:.0f}s[/yellow]"] if s["rate_limited"] else []
+    flags += [f"[yellow]provider not answering: calls held for {s['unresponsive']:.0f}s[/yellow]"] \
+        if s.get("unresponsive") else []
     flags += [f"[yellow]recovering for {s['recovering']:.0f}s[/yellow]"] if s["recovering"] else []
     flags += [f"{s['unknown']} unknown workers being checked"] if s["unknown"] else []
     flags += [f"{s['cleanup']} dead handles' remains still to kill"] if s["cleanup"] else []
@@ -281,8 +310,20 @@ def status(cluster: str | None, as_json: bool, watch: bool) -> None:
     else:
         for table in tables():
             console.print(table)
+        _warn_dead_letters(manager)
         if not cluster:
             _warn_forgotten(manager)
+
+
+def _warn_dead_letters(manager: Manager) -> None:
+    from fleet.deadletters import dead_letter_key, summary
+
+    dead = summary(manager.redis, manager.config.fleet.id)
+    if dead.count:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dead.newest_at)) if dead.newest_at else "?"
+        err.print(f"[yellow]{dead.count} message(s) on the control plane's queues could not be processed and were "
+                  f"set aside in {dead_letter_key(manager.config.fleet.id)}; the newest ({when}, queue "
+                  f"{dead.newest_queue}): {dead.newest_reason}[/yellow]", soft_wrap=True, highlight=False)
 
 
 def _warn_forgotten(manager: Manager) -> None:

@@ -48,6 +48,11 @@ class ProviderLimits(BaseModel):
 
     ops_per_second: int = Field(default=10, ge=1, le=10000)
     concurrent_launches: int = Field(default=4, ge=1, le=1000)
+    #: seconds a provider call may take before it counts as hung (a ProviderTimeout); default:
+    #: the provider's own `call_timeout` (30 s unless it says otherwise)
+    call_timeout: float | None = Field(default=None, gt=0, le=3600)
+    #: seconds a cluster's provider calls are held off after one of them timed out
+    unresponsive_hold: float = Field(default=60.0, gt=0, le=3600)
 
 
 class AutoscaleSpec(BaseModel):
@@ -140,7 +145,12 @@ class FleetConfig(BaseModel):
 
 def shorten(value: Any, limit: int = 80) -> str:
     """repr() of untrusted input, cut so that a huge argument cannot flood an error message."""
-    text = repr(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of {value.bit_length()} bits"  # (repr of a huge one is slow, or refused)
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a hostile __repr__, a recursion limit
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

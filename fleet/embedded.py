@@ -53,6 +53,8 @@ def running_url(state_dir: Path) -> str | None:
         return None
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.ResponseError:
+        return url  # it answers, if only to refuse (a full disk refuses even PING: MISCONF)
     except redis.RedisError:
         return None
     return url
@@ -81,10 +83,14 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "redis"
+
     def start(self, timeout: float = 10.0) -> str:
         if running_url(self.state_dir):
             raise FleetError(f"an embedded Redis already runs for {self.state_dir} (is `fleet up` running?)")
-        data = self.state_dir / "redis"
+        data = self.data_dir
         data.mkdir(parents=True, exist_ok=True)
         args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data),
                 "--maxmemory-policy", "noeviction", "--daemonize", "no", "--logfile", str(data / "redis.log")]
@@ -105,6 +111,13 @@ class EmbeddedRedis:
                 time.sleep(0.05)
         url_file(self.state_dir).write_text(self.url + "\n")
         return self.url
+
+    def restart(self, timeout: float = 10.0) -> str:
+        """Start again, on the same port with the same data folder, after the server died."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise FleetError("the embedded Redis is still running")
+        self.proc = None
+        return self.start(timeout)
 
     def stop(self) -> None:
         url_file(self.state_dir).unlink(missing_ok=True)

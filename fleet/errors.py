@@ -61,6 +61,17 @@ class RateLimited(TransientProviderError):
         self.retry_after = retry_after
 
 
+class ProviderTimeout(TransientProviderError):
+    """The provider did not answer within its `call_timeout` (a hung endpoint, a stuck SDK call),
+    or it did not lately and its cluster's calls are held off for `retry_after` seconds (`held`)."""
+
+    def __init__(self, message: str, retry_after: float = 1.0, held: bool = False, cause: str | None = None) -> None:
+        super().__init__(message, cause)
+        self.args = (message, retry_after, held, cause)
+        self.retry_after = retry_after
+        self.held = held
+
+
 class QuotaExceeded(ProviderError):
     """The account's quota is used up; launches will fail until something goes away."""
 

@@ -9,6 +9,7 @@
 | `{cluster}:at_quota`               | quota reached: no launches until a worker goes or it expires |
 | `{cluster}:no_capacity`            | no capacity for any type the cluster may use: no launches    |
 | `{cluster}:error`                  | a permanent error (JSON: message, config fingerprint, at)    |
+| `{cluster}:unresponsive`           | a provider call timed out: calls fail at once until it ends  |
 
 Operations per second are limited with the `limits` library (moving window, Redis storage).
 """
@@ -26,6 +27,7 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from fleet.errors import TransientProviderError
+from fleet.lease import Lease
 
 
 class LaunchSlotsBusy(TransientProviderError):
@@ -77,17 +79,15 @@ class Guard:
 
     @contextmanager
     def launch_slot(self, provider: str, slots: int, hold_for: float) -> Iterator[None]:
-        """One of `slots` concurrent launches of `provider`, or LaunchSlotsBusy."""
+        """One of `slots` concurrent launches of `provider`, or LaunchSlotsBusy. Each slot is a
+        lease of `hold_for` seconds, renewed while the launch runs."""
         for i in range(slots):
-            lock = self.r.lock(self._key("provider", provider, "slot", str(i)), timeout=hold_for)
-            if lock.acquire(blocking=False):
+            lease = Lease(self.r, self._key("provider", provider, "slot", str(i)), hold_for)
+            if lease.acquire():
                 try:
                     yield
                 finally:
-                    try:
-                        lock.release()
-                    except redis.exceptions.LockError:
-                        pass
+                    lease.release()
                 return
         raise LaunchSlotsBusy(f"all {slots} concurrent launches of provider {provider!r} are taken")
 
@@ -126,6 +126,15 @@ class Guard:
 
     def no_capacity(self, cluster: str) -> float:
         raw = self.r.get(self._key(cluster, "no_capacity"))
+        return max(float(raw) - time.time(), 0.0) if raw else 0.0
+
+    def hold_unresponsive(self, cluster: str, seconds: float) -> None:
+        """A provider call of the cluster timed out: fail its next calls at once for `seconds`."""
+        self.r.set(self._key(cluster, "unresponsive"), time.time() + seconds, px=int(seconds * 1000))
+
+    def unresponsive(self, cluster: str) -> float:
+        """Seconds left of the hold after a provider call of the cluster timed out (0: none)."""
+        raw = self.r.get(self._key(cluster, "unresponsive"))
         return max(float(raw) - time.time(), 0.0) if raw else 0.0
 
     def worker_went_away(self, cluster: str) -> None:

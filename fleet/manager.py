@@ -31,12 +31,14 @@ from fleet.errors import (
     InvalidRequest,
     PermanentProviderError,
     ProviderError,
+    ProviderTimeout,
     QuotaExceeded,
     RateLimited,
     ScaleRefused,
     TransientProviderError,
 )
 from fleet.guard import Guard
+from fleet.lease import Lease, lease_ttl
 from fleet.probe import Probe
 from fleet.provider import Cluster, Provider, ProviderContext, WorkerStatus
 from fleet.registry import provider_class
@@ -84,7 +86,7 @@ def validate_workers(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(f"workers must be an integer, got {shorten(value)} ({type(value).__name__})")
     if value < 0:
-        raise ScaleRefused(f"workers must be >= 0, got {value}")
+        raise ScaleRefused(f"workers must be >= 0, got {shorten(value)}")
     return value
 
 
@@ -103,6 +105,9 @@ class Manager:
         self._epoch_lock = threading.Lock()
         self._probes: dict[str, Probe] = {}
         self.url = url or _url_of(client)
+        #: lifetime of the reconcile, sweep and launch leases and of the "reconcile queued" marker:
+        #: a worker that dies holding one stalls its cluster for at most this long
+        self.lease = lease_ttl(config.fleet.sweep_interval)
 
     def check_epoch(self) -> None:
         """Notice when Redis lost its data under a running control plane (a restart without
@@ -129,8 +134,7 @@ class Manager:
             if name not in self._providers:
                 context = ProviderContext(self.config.fleet.id, self.config.state_dir)
                 inner = provider_class(name)(context)
-                self._providers[name] = GuardedProvider(
-                    inner, name, self.guard, self.config.limits(name), self.config.fleet.launch_timeout)
+                self._providers[name] = GuardedProvider(inner, name, self.guard, self.config.limits(name), self.lease)
             return self._providers[name]
 
     def _parts(self, cluster: str) -> tuple[ClusterSpec, Cluster, Provider]:
@@ -144,7 +148,7 @@ class Manager:
 
     def request_reconcile(self, cluster: str) -> bool:
         """Ask for a reconcile unless one is already queued: bursts coalesce into few tasks."""
-        if self.redis.set(self.state.key(cluster, "queued"), "1", nx=True, ex=60):
+        if self.redis.set(self.state.key(cluster, "queued"), "1", nx=True, ex=int(math.ceil(self.lease))):
             self.dispatcher.reconcile(cluster)
             return True
         return False
@@ -173,12 +177,13 @@ class Manager:
         n = validate_workers(workers)
         if not spec.min_workers <= n <= spec.max_workers:
             raise ScaleRefused(
-                f"cluster {cluster!r} takes between {spec.min_workers} and {spec.max_workers} workers, got {n}"
+                f"cluster {cluster!r} takes between {spec.min_workers} and {spec.max_workers} workers, got {shorten(n)}"
             )
         # With autoscaling on, a manual number is also a floor the autoscaler keeps (0 clears it).
         # desired number and "reconcile queued" marker in one round trip (as request_reconcile)
         version, flagged = self.state.set_desired_and_flag(cluster, n, self.state.key(cluster, "queued"),
-                                                           floor=n if spec.autoscale else None)
+                                                           floor=n if spec.autoscale else None,
+                                                           flag_ttl=int(math.ceil(self.lease)))
         if flagged:
             self.dispatcher.reconcile(cluster)
         return {"cluster": cluster, "desired": n, "version": version}
@@ -195,6 +200,7 @@ class Manager:
             no_capacity=round(self.guard.no_capacity(cluster), 1),
             recovering=round(self.guard.recovering(), 1),
             rate_limited=round(self.guard.provider_hold(spec.provider), 1),
+            unresponsive=round(self.guard.unresponsive(cluster), 1),
             error=error["message"] if error else None,
             unknown=self.state.unknown_workers(cluster),
             cleanup=self.state.cleanup_count(cluster),
@@ -233,11 +239,11 @@ class Manager:
         self.check_epoch()
         self.redis.delete(self.state.key(cluster, "queued"))
         again = self.state.key(cluster, "again")
-        lock = self.redis.lock(self.state.key(cluster, "lock"), timeout=60)
-        if not lock.acquire(blocking=False):
-            self.redis.set(again, "1", ex=60)
+        lock = Lease(self.redis, self.state.key(cluster, "lock"), self.lease)
+        if not lock.acquire():
+            self.redis.set(again, "1", ex=int(math.ceil(self.lease)))
             # the holder reads `again` only after its release: if it let go meanwhile, that is us
-            if not lock.acquire(blocking=False):
+            if not lock.acquire():
                 return ReconcileResult(cluster)
         first: ReconcileResult | None = None
         while True:
@@ -245,10 +251,7 @@ class Manager:
                 self.redis.delete(again)  # this pass reads the state after any change it stands for
                 result = self._commit_plan(cluster, spec, blocked=self.blocked(cluster, spec) is not None)
             finally:
-                try:
-                    lock.release()
-                except redis.exceptions.LockError:
-                    log.warning("reconcile lock of %s expired before release", cluster)
+                lock.release()
             for launch_id, _ in result.launched:
                 self.dispatcher.run(cluster, launch_id, spec.provider)
             if result.killed:
@@ -257,7 +260,7 @@ class Manager:
                 self.dispatcher.drain(cluster, result.drained)
             first = first or result
             # another reconcile came while we held the lock: go again (unless someone else now does)
-            if not self.redis.delete(again) or not lock.acquire(blocking=False):
+            if not self.redis.delete(again) or not lock.acquire():
                 return first
 
     def _commit_plan(self, cluster: str, spec: ClusterSpec, blocked: bool) -> ReconcileResult:
@@ -331,11 +334,13 @@ class Manager:
         spec = self.config.spec(cluster)
         provider = self.provider(spec.provider)
         claim, count = self.state.claim_launch(cluster, launch_id)
-        if claim != "claimed":
+        if claim not in ("claimed", "settle"):
             return {"launch_id": launch_id, "state": claim, "handles": 0}
-        lock = self.redis.lock(self.state.key(cluster, f"launch:{launch_id}"), timeout=self.config.fleet.launch_timeout)
-        if not lock.acquire(blocking=False):
+        lock = Lease(self.redis, self.state.key(cluster, f"launch:{launch_id}"), self.lease)
+        if not lock.acquire():
             return {"launch_id": launch_id, "state": "busy", "handles": 0}
+        if claim == "settle":
+            return self._settle_cancelled(cluster, spec, provider, launch_id, count, lock)
         try:
             ref = self.config.cluster(cluster, excluded_types=self.guard.held_types(spec.provider))
             try:
@@ -344,6 +349,10 @@ class Manager:
                 if not isinstance(handles, list) or not all(isinstance(h, str) and h for h in handles):
                     raise PermanentProviderError(
                         f"provider {spec.provider!r} returned {type(handles).__name__}, not a list of handles")
+            except ProviderTimeout as exc:
+                if not exc.held:
+                    self.state.event(cluster, "timeout", op="run", launch=launch_id, message=str(exc)[:300])
+                raise  # the task retries; the pending entry stays claimed, so the launch stays counted
             except TransientProviderError:
                 raise  # the task retries with back-off; the pending entry stays claimed
             except ProviderError as exc:
@@ -353,10 +362,7 @@ class Manager:
             if previous == "missing":  # Redis lost the launch while we ran it
                 self.guard.start_recovery(self.config.fleet.launch_timeout)
         finally:
-            try:
-                lock.release()
-            except redis.exceptions.LockError:
-                pass
+            lock.release()
         unique = list(dict.fromkeys(handles))
         if previous == "cancelled" and unique:
             self.dispatcher.kill(cluster, unique, spec.provider)
@@ -364,6 +370,45 @@ class Manager:
             self.state.event(cluster, "short_launch", launch=launch_id, asked=count, got=len(handles))
         self.request_reconcile(cluster)
         return {"launch_id": launch_id, "state": previous, "handles": len(unique), "workers": len(handles)}
+
+    def _settle_cancelled(self, cluster: str, spec: ClusterSpec, provider: Provider, launch_id: str, count: int,
+                          lock: Lease) -> dict[str, Any]:
+        """A launch cancelled after a run task had taken it: that task may have made workers whose
+        answer never came back. Ask the provider by launch id (without launching); a provider that
+        cannot tell is asked `run_workers` with the same launch id, which returns what the launch
+        made (or makes it). Whatever exists is recorded as stopping and killed; only then does the
+        pending entry go, so until the provider has answered the launch counts against max."""
+        try:
+            ref = self.config.cluster(cluster, excluded_types=self.guard.held_types(spec.provider))
+            try:
+                with as_provider_errors(spec.provider, "find"):
+                    handles = provider.find_launch(ref, launch_id)
+                    if handles is None:
+                        handles = provider.run_workers(ref, spec.container, spec.hardware, count, launch_id=launch_id)
+                if not isinstance(handles, list) or not all(isinstance(h, str) and h for h in handles):
+                    raise PermanentProviderError(
+                        f"provider {spec.provider!r} returned {type(handles).__name__}, not a list of handles")
+            except ProviderTimeout as exc:
+                if not exc.held:
+                    self.state.event(cluster, "timeout", op="find", launch=launch_id, message=str(exc)[:300])
+                raise
+            except TransientProviderError:
+                raise  # the task retries; the cancelled entry still counts against max_workers
+            except ProviderError as exc:
+                # the provider cannot answer for good: drop the entry; whatever the launch made, the
+                # sweep's listing counts it (unknown) and adopts it, and the planner kills it
+                self.redis.hdel(self.state.key(cluster, "pending"), launch_id)
+                self.state.event(cluster, "error", op="find", launch=launch_id, error=type(exc).__name__,
+                                 message=str(exc)[:500])
+                return {"launch_id": launch_id, "state": "failed", "error": type(exc).__name__}
+            self.state.record_launch(cluster, launch_id, handles)  # as stopping: it was cancelled
+        finally:
+            lock.release()
+        unique = list(dict.fromkeys(handles))
+        if unique:
+            self.dispatcher.kill(cluster, unique, spec.provider)
+        self.request_reconcile(cluster)
+        return {"launch_id": launch_id, "state": "settled", "handles": len(unique), "workers": len(handles)}
 
     def _launch_failed(self, cluster: str, spec: ClusterSpec, launch_id: str, exc: ProviderError,
                        excluded: frozenset[str] = frozenset()) -> None:
@@ -401,7 +446,11 @@ class Manager:
                 raw = provider.kill_workers(ref, unique)
         except ProviderError as exc:
             self.state.record_kills(cluster, {h: False for h in unique}, self.config.fleet.kill_retry)
-            self.state.event(cluster, "error", op="kill", error=type(exc).__name__, message=str(exc)[:500])
+            if isinstance(exc, ProviderTimeout):
+                if not exc.held:
+                    self.state.event(cluster, "timeout", op="kill", message=str(exc)[:300])
+            else:
+                self.state.event(cluster, "error", op="kill", error=type(exc).__name__, message=str(exc)[:500])
             raise
         results = {h: bool(raw.get(h, False)) for h in unique}
         self.state.record_kills(cluster, results, self.config.fleet.kill_retry)
@@ -429,9 +478,12 @@ class Manager:
         and ask for a reconcile."""
         spec, ref, provider = self._parts(cluster)
         self.check_epoch()
-        # Expires on its own, so a sweep whose worker died holds up the next ones for a minute at most.
-        lock = self.redis.lock(self.state.key(cluster, "sweeping"), timeout=60, blocking=False)
+        # A lease: a sweep whose worker died holds up the next ones for `self.lease` at most.
+        lock = Lease(self.redis, self.state.key(cluster, "sweeping"), self.lease)
         if not lock.acquire():
+            # another sweep of this cluster is at work; the reconcile this sweep would ask for is
+            # asked for all the same, so a sweep stuck in a provider call never delays one
+            self.request_reconcile(cluster)
             return {"cluster": cluster, "skipped": True}
         try:
             seen: tuple[ClusterState, dict[str, str]] | None = None
@@ -439,6 +491,10 @@ class Manager:
                 report, seen = self._observe(cluster, spec, ref, provider)
             except RateLimited:
                 report = {"cluster": cluster, "rate_limited": True}  # the hold is shared; try next sweep
+            except ProviderTimeout as exc:
+                if not exc.held:  # the first call that hung says so; the held ones after it are quiet
+                    self.state.event(cluster, "timeout", op="sweep", message=str(exc)[:300])
+                report = {"cluster": cluster, "timeout": True}
             except ProviderError as exc:
                 self.state.event(cluster, "sweep_failed", error=type(exc).__name__, message=str(exc)[:300])
                 report = {"cluster": cluster, "failed": type(exc).__name__}
@@ -452,10 +508,7 @@ class Manager:
                 report.update(self._watch_celery(cluster, spec, now))
             self._resend(cluster, spec, st, now)
         finally:
-            try:
-                lock.release()
-            except redis.exceptions.LockError:
-                pass
+            lock.release()
         self.request_reconcile(cluster)
         return report
 
@@ -573,9 +626,12 @@ class Manager:
         return {"handles": len(unique), "workers": len(hostnames)}
 
     # -- operator controls per handle (as Arvados's management API) ------------------------
-    def hold(self, cluster: Any, handle: Any, hold: bool = True) -> dict[str, Any]:
-        """Never kill this handle automatically (hold=False releases it)."""
+    def hold(self, cluster: Any, handle: Any, hold: Any = True) -> dict[str, Any]:
+        """Never kill this handle automatically (hold=False releases it). `hold` must be a real
+        boolean: "false" is a string, and Python would take it for True."""
         self.config.spec(cluster)
+        if not isinstance(hold, bool):
+            raise InvalidRequest(f"hold must be true or false, got {shorten(hold)} ({type(hold).__name__})")
         (h,) = validate_handles([handle])
         if not self.state.patch(cluster, {h: {"hold": bool(hold)}}) and h not in self.state.read(cluster).handles:
             raise InvalidRequest(f"cluster {cluster!r} has no handle {shorten(h)}")

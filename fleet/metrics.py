@@ -49,7 +49,7 @@ READY_BUCKETS: tuple[str, ...] = ("1", "2", "5", "10", "30", "60", "120", "300",
 #: upper bounds (seconds) of the provider operation buckets, as stored in `op|{provider}|{op}|{le}`
 OP_BUCKETS: tuple[str, ...] = ("0.01", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "+Inf")
 #: the provider operations the wrapper times
-OPS: tuple[str, ...] = ("run", "status", "kill", "list")
+OPS: tuple[str, ...] = ("run", "status", "kill", "list", "find")
 #: worker / handle states always reported (others found in Redis are reported too)
 STATES: tuple[str, ...] = ("initializing", "running", "stopping", "draining")
 #: event kinds that count as a failure, reported as fleet_failures_total{cause}
@@ -311,12 +311,15 @@ class FleetCollector(Collector):
     def _counters(self, metrics: dict[str, str]) -> Iterator[Metric]:
         events: dict[tuple[str, str], float] = {}
         op_errors: dict[tuple[str, str, str], float] = {}
+        dead: dict[str, float] = {}
         for field, value in metrics.items():
             parts = field.split("|")
             if parts[0] == "events" and len(parts) == 3:
                 events[(parts[1], parts[2])] = _num(value)
             elif parts[0] == "op_errors" and len(parts) == 4:
                 op_errors[(parts[1], parts[2], parts[3])] = _num(value)
+            elif parts[0] == "dead_letters" and len(parts) == 2:
+                dead[parts[1]] = _num(value)
         clusters = sorted(set(self.config.clusters) | {c for c, _ in events})
 
         def count(cluster: str, *kinds: str) -> float:
@@ -341,7 +344,12 @@ class FleetCollector(Collector):
                                      labels=["provider", "op", "error"])
         for key, n in sorted(op_errors.items()):
             errors.add_metric(list(key), n)
-        yield from (total, launches, kills, replacements, failures, errors)
+        dead_letters = CounterMetricFamily(
+            "fleet_dead_letters", "Messages on the control plane's queues that could not be processed and were set "
+            "aside (fleet:<id>:dead_letters), by reason", labels=["reason"])
+        for reason, n in sorted(dead.items()):
+            dead_letters.add_metric([reason], n)
+        yield from (total, launches, kills, replacements, failures, errors, dead_letters)
 
     # -- histograms ------------------------------------------------------------------------
     def _histograms(self, metrics: dict[str, str]) -> Iterator[Metric]:

@@ -11,6 +11,13 @@ Assumptions every provider may rely on, and every caller must honour:
   launch id (a redelivered task, a retry after a timeout) must not launch again: it returns the
   handles of the first call (cloud client tokens, deterministic names, or a lookup by a launch tag
   before creating).
+* **An unknown outcome is an error, never a short list.** When a call that may have launched
+  workers gets no answer (a lost reply, a timeout, a 5xx, a connection reset), raise a
+  `TransientProviderError`: Fleet keeps the launch counted and retries it with the same launch id,
+  which finds what the lost call made. Return fewer handles than asked only when the cloud said
+  that it launched no more (a capacity or quota answer, an all-or-nothing call that failed).
+* **Asking by launch id.** `find_launch` tells which workers a launch made, without launching;
+  Fleet asks it before it gives up a launch that was cancelled after a run task had started it.
 * **Eventual consistency.** `worker_status` may lag behind `run_workers` and `kill_workers`. Fleet
   re-asks on every sweep; a provider must not invent a state it has not observed.
 * **Unknown means stopped.** A handle the provider cannot find is `STOPPED`, in `worker_status`
@@ -131,6 +138,10 @@ class Provider(ABC):
     #: Seconds after launch during which a STOPPED report for an initializing handle is taken
     #: for the cloud's eventual consistency (not yet listed), not for a death.
     listing_grace: ClassVar[float] = 0.0
+    #: Seconds one call may take before Fleet gives up on it (a `ProviderTimeout`); the operator
+    #: may set another per provider (`[providers.<name>] call_timeout`). Make it exceed the
+    #: longest call this provider makes on purpose (its own waits and retries included).
+    call_timeout: ClassVar[float] = 30.0
 
     def __init__(self, context: ProviderContext) -> None:
         self.context = context
@@ -183,6 +194,13 @@ class Provider(ABC):
     def list_workers(self, cluster: Cluster) -> dict[str, int] | None:
         """Every live handle this provider holds for `cluster.fleet_id` and `cluster.name`, with
         its worker count, found by tag or label (not from Fleet's memory). None: cannot list."""
+        return None
+
+    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str] | None:
+        """The handles of every worker that exists (in any state but gone) from the launch
+        `launch_id`, one per worker as `run_workers` returns them; [] when it made none. Never
+        launches. None: this provider cannot tell (Fleet then calls `run_workers` again with the
+        same launch id, which returns what the launch made, or makes it, and kills the result)."""
         return None
 
     def _is(self, cluster: Cluster, handles: Sequence[str], wanted: WorkerStatus) -> dict[str, bool]:

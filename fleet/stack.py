@@ -1,5 +1,11 @@
-"""The embedded stack behind `fleet up` and `fleet demo`: Redis (embedded unless a URL is
-configured), one control-plane worker and one beat, as child processes."""
+"""A control plane as child processes: Redis (embedded unless a URL is configured), control-plane
+workers and one beat. `fleet up` and `fleet demo` run one; so do the tests that need real
+processes (to SIGKILL a worker, restart Redis, fill its disk).
+
+The stack watches what it started: `check()` restarts an embedded Redis that died (same port,
+same data folder, so workers reconnect and an append-only file keeps the state) and says so, and
+raises `FleetError` when a control-plane process died or Redis cannot be brought back.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Sequence
 
 from fleet.config import FleetConfig
 from fleet.embedded import EmbeddedRedis, free_port
@@ -35,17 +41,28 @@ def _stable_port(state_dir: Path) -> int:
 
 
 class Stack:
-    """Start with `start()`, stop with `stop()` (or use as a context manager)."""
+    """Start with `start()`, stop with `stop()` (or use as a context manager).
+
+    `workers` control-plane worker processes (roles `worker`, `worker-2`, ...), each a threads
+    pool of `concurrency`, and (with `beat`) one beat. `persist=False` runs the embedded Redis
+    without an append-only file (what a Redis without persistence loses on a restart).
+    `redis_url` and `state_dir` override the configuration's (and so FLEET_REDIS_URL and
+    FLEET_STATE_DIR); `redis_url=""` asks for an embedded Redis whatever the environment says."""
 
     def __init__(self, config: FleetConfig, config_path: Path, *, log: IO[bytes] | None = None,
-                 concurrency: int = 8) -> None:
+                 concurrency: int = 8, workers: int = 1, beat: bool = True, persist: bool = True,
+                 worker_args: Sequence[str] = (), redis_url: str | None = None,
+                 state_dir: Path | None = None) -> None:
         self.config = config
         self.config_path = config_path.resolve()
-        self.state_dir = config.state_dir.resolve()
+        self.state_dir = (state_dir or config.state_dir).resolve()
         self.log = log
         self.concurrency = concurrency
+        self.roles = ["worker"] + [f"worker-{i}" for i in range(2, workers + 1)] + (["beat"] if beat else [])
+        self.persist = persist
+        self.worker_args = list(worker_args)
         self.redis: EmbeddedRedis | None = None
-        self.url = config.redis_url or ""
+        self.url = (config.redis_url or "") if redis_url is None else redis_url
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def env(self) -> dict[str, str]:
@@ -55,38 +72,71 @@ class Stack:
     def start(self) -> "Stack":
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.url:
-            self.redis = EmbeddedRedis(self.state_dir, port=_stable_port(self.state_dir))
+            self.redis = EmbeddedRedis(self.state_dir, port=_stable_port(self.state_dir), persist=self.persist)
             self.url = self.redis.start()
-        celery = [sys.executable, "-m", "celery", "-A", "tasks"]
-        name = f"fleet-{self.config.fleet.id}-{os.getpid()}@%h"
-        self._spawn("worker", celery + ["worker", "--pool", "threads", "--concurrency", str(self.concurrency),
-                                        "--hostname", name, "--loglevel", "INFO", "--without-gossip", "--without-mingle"])
-        self._spawn("beat", celery + ["beat", "--loglevel", "INFO", "--schedule",
-                                      str(self.state_dir / "beat-schedule")])
+        for role in self.roles:
+            self.start_role(role)
         return self
 
-    def _spawn(self, role: str, argv: list[str]) -> None:
+    def argv(self, role: str) -> list[str]:
+        celery = [sys.executable, "-m", "celery", "-A", "tasks"]
+        if role == "beat":
+            return celery + ["beat", "--loglevel", "INFO", "--schedule", str(self.state_dir / "beat-schedule")]
+        name = f"fleet-{self.config.fleet.id}-{role}-{os.getpid()}@%h"
+        return celery + ["worker", "--pool", "threads", "--concurrency", str(self.concurrency), "--hostname", name,
+                         "--loglevel", "INFO", "--without-gossip", "--without-mingle", *self.worker_args]
+
+    def start_role(self, role: str) -> None:
+        """Start (or start again) one control-plane process."""
         out = self.log if self.log is not None else None
-        self.procs[role] = subprocess.Popen(argv, env=self.env(), stdin=subprocess.DEVNULL, stdout=out,
+        self.procs[role] = subprocess.Popen(self.argv(role), env=self.env(), stdin=subprocess.DEVNULL, stdout=out,
                                             stderr=subprocess.STDOUT if out is not None else None,
                                             start_new_session=True)
 
-    def check(self) -> None:
-        """Raise if a child process has died."""
+    def kill(self, role: str, sig: int = signal.SIGKILL, timeout: float = 30.0) -> None:
+        """Send `sig` to one process (its whole group) and wait for it to exit."""
+        proc = self.procs.pop(role)
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=timeout)
+
+    def check(self) -> list[str]:
+        """Restart an embedded Redis that died (and say so in the returned notices); raise
+        FleetError if a control-plane process died or Redis cannot be restarted."""
+        notices: list[str] = []
+        if self.redis is not None and self.redis.proc is not None and self.redis.proc.poll() is not None:
+            code = self.redis.proc.returncode
+            try:
+                self.redis.restart()
+            except FleetError as exc:
+                raise FleetError(f"the embedded Redis exited with code {code} and could not be restarted on "
+                                 f"port {self.redis.port}: {exc}") from None
+            kept = "its append-only file" if self.persist else "no data (persistence is off)"
+            notices.append(f"the embedded Redis exited with code {code}; restarted it on port {self.redis.port} "
+                           f"with the data folder {self.redis.data_dir} ({kept})")
         for role, proc in self.procs.items():
             if proc.poll() is not None:
                 raise FleetError(f"the control-plane {role} exited with code {proc.returncode}")
+        return notices
 
     def stop(self, timeout: float = 20.0) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + timeout
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 proc.wait()
         self.procs.clear()
         if self.redis:

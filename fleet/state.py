@@ -29,11 +29,19 @@ from fleet.planner import HandleView, PendingView
 
 EVENTS_MAXLEN = 1000
 
+# A launch cancelled before any run task took it is dropped; one cancelled after a run task took it
+# may have made workers (the answer lost, the task retried or died), so it is 'settle': the run
+# task asks the provider what the launch made and kills that before the entry goes.
 _CLAIM = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return {'missing', 0} end
 local p = cjson.decode(raw)
 if p.state == 'cancelled' then
+  if p.claimed then
+    p.claimed = tonumber(ARGV[2])  -- the sweep re-sends it launch_timeout after this attempt
+    redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(p))
+    return {'settle', p.count}
+  end
   redis.call('HDEL', KEYS[1], ARGV[1])
   return {'cancelled', 0}
 end
@@ -384,7 +392,9 @@ class State:
 
     # -- launches --------------------------------------------------------------------------
     def claim_launch(self, cluster: str, launch_id: str) -> tuple[str, int]:
-        """Mark a pending launch as taken by a run task: ('claimed', count), or ('cancelled'|'missing', 0)."""
+        """Mark a pending launch as taken by a run task: ('claimed', count); ('settle', count) for
+        a launch cancelled after a run task had taken it (it may have made workers); or
+        ('cancelled'|'missing', 0)."""
         state, count = self._claim(keys=[self.key(cluster, "pending")], args=[launch_id, time.time()])
         return state.decode(), int(count)
 

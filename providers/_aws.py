@@ -261,6 +261,7 @@ class AwsProvider(Provider):
     checked to be their own. Subclasses set `service` and `options_model`."""
 
     service: ClassVar[str]
+    call_timeout = 60.0  # botocore's own retries (with back-off) happen within one call
 
     def __init__(self, context: ProviderContext) -> None:
         super().__init__(context)

@@ -40,7 +40,7 @@ from typing import Any
 from pydantic import Field
 
 from fleet.catalogue import InstanceType, cheapest_fit
-from fleet.errors import PermanentProviderError, ProviderError
+from fleet.errors import PermanentProviderError, ProviderError, TransientProviderError
 from fleet.provider import Cluster, ContainerSpec, Hardware, WorkerStatus
 from providers._aws import (
     AwsOptions,
@@ -167,11 +167,15 @@ class EC2Provider(AwsProvider):
             else:
                 try:
                     got = self._launch(client, opts, cluster, container, itype, launch_id, index, workers, n)
+                except TransientProviderError:
+                    # Its answer may be lost with the instances launched: the outcome is unknown, so
+                    # the launch stays counted and a retry (this launch id) adopts what it made.
+                    raise
                 except ProviderError as exc:
                     if not handles:
                         raise
-                    log.warning("launch %s: call %d failed after %d workers started; the rest is left to Fleet: %s",
-                                launch_id, index, len(handles), exc)
+                    log.warning("launch %s: call %d was refused after %d workers started; the rest is left to Fleet: "
+                                "%s", launch_id, index, len(handles), exc)
                     break
                 if len(got) < n:
                     log.warning("launch %s: RunInstances started %d of %d instances", launch_id, len(got), n)
@@ -237,6 +241,13 @@ class EC2Provider(AwsProvider):
                 self._terminate(client, ids[:mid])
                 self._terminate(client, ids[mid:])
             # a single unknown id: never existed or long gone, which is what we wanted
+
+    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str]:
+        states = ["pending", "running", "stopping", "stopped"]
+        found = self._describe(cluster, [{"Name": "tag:fleet:launch", "Values": [launch_id]},
+                                         {"Name": "instance-state-name", "Values": states}])
+        return [i["InstanceId"] for i in sorted(found, key=lambda i: i["InstanceId"])
+                for _ in range(int(tag_dict(i.get("Tags")).get("fleet:workers", "1")))]
 
     def list_workers(self, cluster: Cluster) -> dict[str, int]:
         states = ["pending", "running", "stopping", "stopped"]

@@ -140,11 +140,15 @@ class ECSProvider(AwsProvider):
             else:
                 try:
                     got = self._run(cluster, container, size, launch_id, marker, index, workers, n)
+                except TransientProviderError:
+                    # Its answer may be lost with the tasks started: the outcome is unknown, so the
+                    # launch stays counted and a retry (this launch id) adopts what it started.
+                    raise
                 except ProviderError as exc:
                     if not handles:
                         raise
-                    log.warning("launch %s: call %d failed after %d workers started; the rest is left to Fleet: %s",
-                                launch_id, index, len(handles), exc)
+                    log.warning("launch %s: call %d was refused after %d workers started; the rest is left to Fleet: "
+                                "%s", launch_id, index, len(handles), exc)
                     break
             for arn, w in got:
                 handles += [arn] * w
@@ -218,6 +222,14 @@ class ECSProvider(AwsProvider):
                     continue  # gone between DescribeTasks and StopTask
                 raise_mapped(exc, "ecs:StopTask", hints=HINTS)
         return {h: True for h in unique}
+
+    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str]:
+        self._opts(cluster)
+        live = [t for t in self._launched(cluster, started_by(cluster, launch_id))
+                if tag_dict(t.get("tags")).get("fleet:cluster") == cluster.name
+                and self._status(t) != WorkerStatus.STOPPED]
+        return [t["taskArn"] for t in sorted(live, key=lambda t: t["taskArn"])
+                for _ in range(int(tag_dict(t.get("tags")).get("fleet:workers", "1")))]
 
     def list_workers(self, cluster: Cluster) -> dict[str, int]:
         arns = self._list(cluster, desired="RUNNING")

@@ -107,6 +107,7 @@ def container_name(launch_id: str, index: int) -> str:
 
 
 class DockerProvider(Provider):
+    call_timeout = 120.0  # a launch makes several Engine API calls per container
     options_model = DockerOptions
 
     def __init__(self, context) -> None:  # type: ignore[no-untyped-def]
@@ -180,10 +181,14 @@ class DockerProvider(Provider):
         for (name, workers), outcome in zip(jobs, outcomes):
             if not isinstance(outcome, Exception):
                 handles += [name] * workers
-        # Some launched: report those (Fleet launches the shortfall). None launched: say why.
-        if errors and not handles:
+        # None launched: say why. A transient error (a create whose answer was lost, a broken
+        # connection): raise it, so that Fleet keeps the launch counted and retries it with this
+        # launch id (its containers are found by name). Some launched and the rest refused for
+        # good: report those; Fleet launches the shortfall.
+        transient = [e for e in errors if isinstance(e, TransientProviderError)]
+        if errors and (not handles or transient):
             permanent = [e for e in errors if isinstance(e, PermanentProviderError)]
-            raise (permanent or errors)[0]
+            raise (transient or permanent or errors)[0]
         return handles
 
     def _create(self, api: Any, cluster: Cluster, container: ContainerSpec, hardware: Hardware,
@@ -277,6 +282,10 @@ class DockerProvider(Provider):
             with ThreadPoolExecutor(max_workers=min(_PARALLEL, len(doomed))) as pool:
                 result.update(zip(doomed, pool.map(remove, doomed)))
         return result
+
+    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str]:
+        found = self._ours(self._api(cluster.options), cluster, f"{LABEL_LAUNCH}={launch_id}")  # type: ignore[arg-type]
+        return [name for name, c in sorted(found.items()) for _ in range(_workers(c))]
 
     def list_workers(self, cluster: Cluster) -> dict[str, int]:
         found = self._ours(self._api(cluster.options), cluster)  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 """A fault-injecting wrapper around another provider, for chaos tests (as Arvados's stub driver).
 
-Options: `inner` (a registered provider name) and `inner_options`; error rates per call
+Options: `inner` (a registered provider name) and `inner_options`; `journal` (a file that gets
+a line per call: op, start, end, pid); error rates per call
 (`run_error_rate`, `status_error_rate`, `kill_error_rate`: transient errors; `rate_limit_rate`
 and `quota_rate` on run); `never_boot_rate` (workers that stay initializing forever);
 `die_rate` (per status call, each worker dies behind Fleet's back with this probability);
@@ -15,7 +16,8 @@ import random
 import threading
 import time
 from collections import deque
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,14 +45,20 @@ class FaultyOptions(BaseModel):
     rate_limit_rate: float = Rate
     quota_rate: float = Rate
     never_boot_rate: float = Rate
+    #: a launch or kill reaches the inner provider, then its answer is lost (a transient error)
+    lost_answer_rate: float = Rate
     die_rate: float = Rate
     slow_seconds: float = Field(default=0.0, ge=0, le=60)
     seed: int | None = None
     calm_file: str | None = Field(default=None, description="while this file exists, inject nothing")
+    #: append one line per call, `op start end pid` (Unix seconds), to this file: what the provider
+    #: itself saw, from every control-plane process (tests measure the shared limits with it)
+    journal: str | None = None
 
 
 def scripted_error(spec: str) -> Exception:
-    """'transient' | 'rate_limited[:seconds]' | 'quota' | 'capacity[:type]' | 'permanent' | 'kill_fail'."""
+    """'transient' | 'rate_limited[:seconds]' | 'quota' | 'capacity[:type]' | 'permanent' | 'kill_fail'
+    (and 'lost', which a run or kill raises after the inner provider did the work: see `_after`)."""
     kind, _, arg = spec.partition(":")
     if kind == "rate_limited":
         return RateLimited("injected throttling", retry_after=float(arg or 1.0))
@@ -65,6 +73,7 @@ def scripted_error(spec: str) -> Exception:
 
 class FaultyProvider(Provider):
     options_model = FaultyOptions
+    call_timeout = 90.0  # slow_seconds (at most 60) on top of the inner provider's own time
 
     def __init__(self, context: ProviderContext) -> None:
         super().__init__(context)
@@ -74,7 +83,7 @@ class FaultyProvider(Provider):
         self._lock = threading.Lock()
         self._never_boot: set[str] = set()
         #: exact errors the next calls raise, by operation ("run", "status", "kill"); tests only
-        self.script: dict[str, deque[str]] = {"run": deque(), "status": deque(), "kill": deque()}
+        self.script: dict[str, deque[str]] = {"run": deque(), "status": deque(), "kill": deque(), "find": deque()}
         #: the excluded_types of every run call that reached the inner provider; tests only
         self.excluded_seen: list[frozenset[str]] = []
 
@@ -109,14 +118,56 @@ class FaultyProvider(Provider):
                 delay = self._rng.uniform(0, opts.slow_seconds)
             time.sleep(delay)
         with self._lock:
-            queued = self.script[op].popleft() if self.script[op] else None
-        if queued:
+            queued = self.script[op][0] if self.script[op] else None
+            if queued is not None and queued != "lost":
+                self.script[op].popleft()
+        if queued and queued != "lost":
             raise scripted_error(queued)
         if self._chance(rate, opts):
             raise TransientProviderError(f"injected {op} error")
 
+    def _after(self, op: str, opts: FaultyOptions) -> None:
+        """After the inner provider did the work: its answer may be lost on the way back."""
+        with self._lock:
+            lost = bool(self.script[op]) and self.script[op][0] == "lost"
+            if lost:
+                self.script[op].popleft()
+        if lost or self._chance(opts.lost_answer_rate, opts):
+            raise TransientProviderError(f"injected lost answer of {op} (the call was carried out)")
+
+    @contextmanager
+    def _journal(self, op: str, opts: FaultyOptions) -> Iterator[None]:
+        started = time.time()
+        try:
+            yield
+        finally:
+            if opts.journal:
+                with open(opts.journal, "a") as out:  # one short append: whole lines, even across processes
+                    out.write(f"{op} {started:.6f} {time.time():.6f} {os.getpid()}\n")
+
     def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
+        with self._journal("run", cluster.options):  # type: ignore[arg-type]
+            return self._run_workers(cluster, container, hardware, count, launch_id=launch_id)
+
+    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
+        with self._journal("status", cluster.options):  # type: ignore[arg-type]
+            return self._worker_status(cluster, handles)
+
+    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+        with self._journal("kill", cluster.options):  # type: ignore[arg-type]
+            return self._kill_workers(cluster, handles)
+
+    def list_workers(self, cluster: Cluster) -> dict[str, int] | None:
+        with self._journal("list", cluster.options):  # type: ignore[arg-type]
+            return self._list_workers(cluster)
+
+    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str] | None:
+        with self._journal("find", cluster.options):  # type: ignore[arg-type]
+            return self._find_launch(cluster, launch_id)
+
+    def _run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
+                     *, launch_id: str) -> list[str]:
         inner, ref, opts = self._parts(cluster)
         with self._lock:
             self.excluded_seen.append(cluster.excluded_types)
@@ -130,9 +181,10 @@ class FaultyProvider(Provider):
             if self._chance(opts.never_boot_rate, opts):
                 with self._lock:
                     self._never_boot.add(h)
+        self._after("run", opts)
         return handles
 
-    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
+    def _worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
         inner, ref, opts = self._parts(cluster)
         self._before("status", opts, opts.status_error_rate)
         doomed = [h for h in handles if self._chance(opts.die_rate, opts)]
@@ -143,12 +195,19 @@ class FaultyProvider(Provider):
             return {h: WorkerStatus.INITIALIZING if h in self._never_boot and s == WorkerStatus.RUNNING else s
                     for h, s in status.items()}
 
-    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+    def _kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
         inner, ref, opts = self._parts(cluster)
         self._before("kill", opts, opts.kill_error_rate)
-        return inner.kill_workers(ref, handles)
+        killed = inner.kill_workers(ref, handles)
+        self._after("kill", opts)
+        return killed
 
-    def list_workers(self, cluster: Cluster) -> dict[str, int] | None:
+    def _find_launch(self, cluster: Cluster, launch_id: str) -> list[str] | None:
+        inner, ref, opts = self._parts(cluster)
+        self._before("find", opts, opts.status_error_rate)
+        return inner.find_launch(ref, launch_id)
+
+    def _list_workers(self, cluster: Cluster) -> dict[str, int] | None:
         inner, ref, opts = self._parts(cluster)
         self._before("status", opts, opts.status_error_rate)
         return inner.list_workers(ref)

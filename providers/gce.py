@@ -146,6 +146,7 @@ def startup_script(container: ContainerSpec, env: dict[str, str]) -> str:
 class GCEProvider(Provider):
     options_model = GCEOptions
     listing_grace = 5.0
+    call_timeout = 150.0  # an insert or delete waits up to operation_timeout (60 s) plus api_core retries
 
     def __init__(self, context) -> None:  # type: ignore[no-untyped-def]
         super().__init__(context)
@@ -340,6 +341,12 @@ class GCEProvider(Provider):
             if errors and not all("NOT_FOUND" in e.code for e in errors):
                 result[h] = False
         return result
+
+    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str]:
+        opts: GCEOptions = cluster.options  # type: ignore[assignment]
+        found = self._list(opts, **self._ours(cluster), **{LABEL_LAUNCH: label_value(launch_id)})
+        return [i.name for i in sorted(found, key=lambda i: i.name)
+                for _ in range(int(dict(i.labels).get(LABEL_WORKERS, "1")))]
 
     def list_workers(self, cluster: Cluster) -> dict[str, int]:
         opts: GCEOptions = cluster.options  # type: ignore[assignment]

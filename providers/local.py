@@ -63,6 +63,7 @@ def _alive(pid: int) -> bool:
 
 class LocalProvider(Provider):
     options_model = LocalOptions
+    call_timeout = 60.0  # a kill waits kill_grace (default 10 s), then up to 5 s after SIGKILL
 
     def __init__(self, context) -> None:  # type: ignore[no-untyped-def]
         super().__init__(context)
@@ -194,6 +195,12 @@ class LocalProvider(Provider):
         except PermissionError:
             return False
         return True
+
+    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str]:
+        """The launch's live processes (found by the FLEET_LAUNCH_ID in their environment)."""
+        found = self._scan(cluster)
+        return [h for h, (_, env) in sorted(found.items()) if env.get(b"FLEET_LAUNCH_ID") == launch_id.encode()
+                for _ in range(int(env.get(b"FLEET_WORKERS", b"1")))]
 
     def list_workers(self, cluster: Cluster) -> dict[str, int]:
         return {h: int(env.get(b"FLEET_WORKERS", b"1")) for h, (_, env) in self._scan(cluster).items()}

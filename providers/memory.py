@@ -132,6 +132,12 @@ class MemoryProvider(Provider):
                 out[h] = True
             return out
 
+    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str]:
+        world = self.world(cluster.fleet_id)
+        with world.lock:
+            world.calls["find"] += 1
+            return [h for h in world.launches.get(launch_id, []) if h in world.workers]
+
     def list_workers(self, cluster: Cluster) -> dict[str, int]:
         world = self.world(cluster.fleet_id)
         with world.lock:

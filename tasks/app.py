@@ -24,6 +24,11 @@ from tasks.transport import broker_transport
 
 log = logging.getLogger(__name__)
 
+# `celery -A tasks flower` reads its options from FLOWER_* variables once this app is loaded.
+# Its own default address is every one (0.0.0.0 and ::, with no authentication, while its log
+# says 127.0.0.1): default it to loopback; `--address` (or FLOWER_ADDRESS) still chooses another.
+os.environ.setdefault("FLOWER_ADDRESS", "127.0.0.1")
+
 #: Seconds a reconcile waits after it is asked for, so that a burst of requests coalesces into one.
 RECONCILE_DELAY = 0.05
 
@@ -56,12 +61,18 @@ def celery_settings() -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "broker_connection_retry_on_startup": True,
+        # A Redis that refuses writes (MISCONF: its disk is full; OOM) answers BRPOP with an error:
+        # Celery then reconnects with back-off instead of exiting, and serves again once it heals.
+        "broker_channel_error_retry": True,
+        # Celery's consumer, but a message it refuses goes to the dead-letter list (tasks.consumer)
+        "worker_consumer": "tasks.consumer:Consumer",
         # for Flower (`celery -A tasks flower`): task events, with names and JSON arguments only
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         # Redelivery of an unacked task after a worker died; the sweep re-sends lost launches and
         # kills much sooner (launch_timeout, kill back-off), so this only needs to be long.
-        "broker_transport_options": {"visibility_timeout": 3600},
+        # `fleet_id` names the dead-letter list of the transport (tasks.transport).
+        "broker_transport_options": {"visibility_timeout": 3600, "fleet_id": fid},
         "result_expires": 3600,
         "task_default_queue": "celery",
         # Public tasks arrive on the default queue ("celery"), so a plain send_task reaches us.

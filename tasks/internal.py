@@ -22,7 +22,9 @@ PROVIDER_TASK = dict(
 
 
 def _retry_provider(task: Task, exc: Exception) -> Any:
-    countdown = exc.retry_after if isinstance(exc, RateLimited) else min(2 ** task.request.retries, 60)
+    backoff = min(2 ** task.request.retries, 60)
+    # a rate limit or a hung provider says when it may be called again
+    countdown = max(float(getattr(exc, "retry_after", 0.0)), backoff if not isinstance(exc, RateLimited) else 0.0)
     raise task.retry(exc=exc, countdown=countdown)
 
 

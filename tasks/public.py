@@ -27,7 +27,7 @@ def clear(cluster: Any) -> dict[str, Any]:
 @app.task(name="fleet.hold", throws=(FleetError,))
 def hold(cluster: Any, handle: Any, hold: Any = True) -> dict[str, Any]:
     """Never kill `handle` automatically (hold=False releases it)."""
-    return manager().hold(cluster, handle, bool(hold))
+    return manager().hold(cluster, handle, hold)
 
 
 @app.task(name="fleet.drain_handle", throws=(FleetError,))

@@ -1,7 +1,10 @@
 """The chaos test (after Arvados's dispatcher test): a fault-injecting provider around the local
-one, two control-plane worker processes and one beat, 120 random scale requests over three
-clusters, one worker SIGKILLed during a launch and restarted, and Redis restarted without
-persistence mid-run (FLUSHALL: state, broker queues and bindings all gone). Seeded: CHAOS_SEED=N reproduces a run's requests and faults."""
+one (errors, throttling, quota, workers that never boot or die, slow calls, and launches and kills
+whose answers are lost after they were carried out), two control-plane worker processes and one
+beat (`fleet.stack.Stack`, as `fleet up` runs them), 120 random scale requests over three
+clusters, one worker SIGKILLed during a launch and restarted, and the redis-server process
+SIGKILLed mid-run and restarted empty (no persistence: state, broker queues and bindings all
+gone). Seeded: CHAOS_SEED=N reproduces a run's requests and faults."""
 
 from __future__ import annotations
 
@@ -9,8 +12,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -21,8 +22,9 @@ from typing import Any
 import redis
 from celery import Celery
 
-from fleet.embedded import EmbeddedRedis, free_port
+from fleet.config import load_config
 from fleet.provider import Cluster, ProviderContext
+from fleet.stack import Stack
 from providers.local import LocalOptions, LocalProvider
 
 CLUSTERS = {"a": (1, 6), "b": (2, 8), "c": (3, 9)}  # name: (workers per container, max_workers)
@@ -65,42 +67,12 @@ def config(tmp: Path, fleet_id: str, seed: int) -> str:
         quota_rate = 0.03
         never_boot_rate = 0.05
         die_rate = 0.02
+        lost_answer_rate = 0.05
         slow_seconds = 0.3
         seed = {seed}
         calm_file = "{tmp / 'calm'}"
         """
     return textwrap.dedent(text)
-
-
-class ControlPlane:
-    """Two `celery -A tasks worker` processes and one `celery -A tasks beat`, as in production."""
-
-    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
-        self.tmp, self.env = tmp, env
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, role: str) -> None:
-        celery = [sys.executable, "-m", "celery", "-A", "tasks"]
-        if role == "beat":
-            argv = celery + ["beat", "--schedule", str(self.tmp / "beat-schedule"), "--loglevel", "WARNING"]
-        else:
-            argv = celery + ["worker", "--pool", "threads", "--concurrency", "4", "--hostname", f"{role}@%h",
-                             "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
-        log = open(self.tmp / f"{role}.log", "ab")
-        self.procs[role] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-
-    def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs.pop(role)
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        for role in list(self.procs):
-            try:
-                self.kill(role, signal.SIGTERM)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                pass
 
 
 def test_chaos(tmp_path: Path) -> None:
@@ -115,16 +87,23 @@ def test_chaos(tmp_path: Path) -> None:
         raise AssertionError(f"chaos test failed; reproduce with CHAOS_SEED={seed}: {exc}") from exc
 
 
+def client_of(url: str) -> Celery:
+    client = Celery("chaos-client", broker=url, backend=url, set_as_current=False)
+    client.conf.broker_connection_retry_on_startup = True
+    return client
+
+
 def run_chaos(tmp: Path, seed: int) -> None:
     rng = random.Random(seed)
     fleet_id = f"chaos{seed % 100000}"
     (tmp / "fleet.toml").write_text(config(tmp, fleet_id, seed))
-    port = free_port()
-    server = EmbeddedRedis(tmp / "redis", port=port, persist=False, die_with_parent=True)
-    url = server.start()
-    env = {**os.environ, "FLEET_CONFIG": str(tmp / "fleet.toml"), "FLEET_REDIS_URL": url,
-           "FLEET_STATE_DIR": str(tmp / "state")}
-    plane = ControlPlane(tmp, env)
+    log = open(tmp / "control-plane.log", "ab")
+    plane = Stack(load_config(tmp / "fleet.toml"), tmp / "fleet.toml", log=log, concurrency=4, workers=2,
+                  persist=False, redis_url="", state_dir=tmp / "state",
+                  worker_args=["--loglevel", "WARNING", "--without-heartbeat"])
+    plane.start()
+    assert plane.redis is not None
+    url, port = plane.url, plane.redis.port
     local = LocalProvider(ProviderContext(fleet_id, tmp / "state"))
     refs = {name: Cluster(fleet_id, name, per, LocalOptions(kill_grace=1)) for name, (per, _) in CLUSTERS.items()}
     peak: Counter[str] = Counter()
@@ -155,13 +134,10 @@ def run_chaos(tmp: Path, seed: int) -> None:
             time.sleep(0.1)
 
     watcher = threading.Thread(target=watch, daemon=True)
-    client = Celery("chaos-client", broker=url, backend=url, set_as_current=False)
-    client.conf.broker_connection_retry_on_startup = True
+    client = client_of(url)
     r = redis.Redis.from_url(url)
     last: dict[str, int] = {}
     try:
-        for role in ("w1", "w2", "beat"):
-            plane.start(role)
         watcher.start()
         started = time.monotonic()
         for i in range(REQUESTS):
@@ -185,11 +161,20 @@ def run_chaos(tmp: Path, seed: int) -> None:
                         json.loads(v).get("state") == "running"
                         for name in CLUSTERS for v in r.hvals(f"fleet:{fleet_id}:{name}:pending")):
                     time.sleep(0.01)
-                plane.kill("w1")
+                plane.kill("worker")
                 time.sleep(1)
-                plane.start("w1")
-            if i == 80:  # Redis loses everything, broker queues and bindings included
-                r.flushall()
+                plane.start_role("worker")
+            if i == 80:  # redis-server dies and comes back empty: broker queues and bindings included
+                assert plane.redis is not None and plane.redis.proc is not None
+                plane.redis.proc.kill()
+                plane.redis.proc.wait()
+                deadline = time.monotonic() + 20
+                while not (notices := plane.check()):
+                    assert time.monotonic() < deadline, "the stack did not restart its Redis"
+                    time.sleep(0.1)
+                assert "restarted it on port" in notices[0]
+                client = client_of(url)  # the old client's result consumer does not survive it
+            assert not plane.check(), "a control-plane process died"
             # after the restart every cluster gets requests again (its desired number was lost)
             name = list(CLUSTERS)[i % 3] if i >= 117 else rng.choice(list(CLUSTERS))
             n = rng.randint(0, CLUSTERS[name][1])
@@ -222,11 +207,11 @@ def run_chaos(tmp: Path, seed: int) -> None:
     finally:
         watching.clear()
         plane.stop()
+        log.close()
         for ref in refs.values():
             left = local.list_workers(ref)
             if left:
                 local.kill_workers(ref, list(left))
-        server.stop()
 
     spawns = Counter(line.split()[0] for line in (tmp / "spawns.log").read_text().splitlines())
     twice = {h: n for h, n in spawns.items() if n > 1}

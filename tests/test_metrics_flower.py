@@ -47,21 +47,47 @@ def test_metrics_count_what_the_control_plane_did(fleet: Any, control_plane: Any
     assert sample(text, "fleet_workers", cluster="shared", state="running") == 0
 
 
-def test_flower_shows_fleet_tasks_by_name(fleet: Any, control_plane: Any, tmp_path: Any) -> None:
+def listening(port: int) -> set[str]:
+    """The local addresses with a socket listening on `port` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_flower_listens_on_loopback_with_basic_auth_and_shows_fleet_tasks(fleet: Any, control_plane: Any,
+                                                                           tmp_path: Any) -> None:
+    """Flower as the README runs it (no --address): loopback only, as its log says. Its REST API
+    takes basic auth (`--basic-auth`, curl -u): 401 without, the tasks by name with."""
+    import base64
+    import secrets
+    import urllib.error
+
     port = free_port()
-    env = {**os.environ, "FLOWER_UNAUTHENTICATED_API": "true"}
+    password = secrets.token_hex(8)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
     flower = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={port}",
-                               "--address=127.0.0.1", f"--db={tmp_path / 'flower.db'}"], env=env,
+                               f"--basic-auth=fleet:{password}", f"--db={tmp_path / 'flower.db'}"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    auth = {"Authorization": "Basic " + base64.b64encode(f"fleet:{password}".encode()).decode()}
     try:
-        def api(path: str) -> Any:
+        def api(path: str, headers: dict[str, str] = auth) -> Any:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+                with urllib.request.urlopen(request, timeout=5) as resp:
                     return json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code
             except OSError:
                 return None
 
-        wait_for(lambda: api("/api/workers?refresh=1") is not None, timeout=30, what="flower up")
+        wait_for(lambda: isinstance(api("/api/workers?refresh=1"), dict), timeout=30, what="flower up")
+        assert listening(port) == {"0100007F"}  # 127.0.0.1 only: not 0.0.0.0, not [::]
+        assert api("/api/tasks", headers={}) == 401
         time.sleep(1)  # let it subscribe to the events
         control_plane.send_task("fleet.status", args=["single"]).get(timeout=20)
         tasks = wait_for(lambda: [t for t in (api("/api/tasks") or {}).values() if t.get("name") == "fleet.status"],

@@ -74,6 +74,18 @@ def test_kill_is_idempotent_and_accepts_unknown_handles(kit: Any) -> None:
              timeout=15, what="every handle to stop")
 
 
+def test_find_launch_finds_what_a_launch_made_and_never_launches(kit: Any) -> None:
+    provider, cluster, container = kit.provider, kit.cluster, kit.container
+    launch_id = uuid.uuid4().hex
+    made = provider.run_workers(cluster, container, kit.hardware, 4, launch_id=launch_id)
+    wait_for(lambda: sorted(provider.find_launch(cluster, launch_id) or []) == sorted(made), timeout=15,
+             what="the launch found by its launch id")
+    before = provider.list_workers(cluster)
+    assert provider.find_launch(cluster, uuid.uuid4().hex) == []  # a launch that made nothing
+    assert provider.find_launch(kit.other, launch_id) == []  # another fleet's cluster of that name
+    assert provider.list_workers(cluster) == before  # and asking launched nothing
+
+
 def test_same_launch_id_launches_nothing_new(kit: Any) -> None:
     provider, cluster, container = kit.provider, kit.cluster, kit.container
     launch_id = uuid.uuid4().hex

@@ -337,3 +337,42 @@ def test_malformed_messages_never_crash_a_control_plane_worker(fleet: Any, contr
     scale(control_plane, "single", 3)  # the worker is alive and well
     wait_for(converged(fleet, "single", 3), what="3")
     assert json.loads(json.dumps(fleet.get_worker_numbers("single")))["running"] == 3
+
+
+def test_a_launch_cancelled_while_its_answer_is_lost_is_asked_for_and_killed(fleet: Any, control_plane: Any) -> None:
+    """A launch reaches the provider, its answer is lost (the run task retries), and a scale-down
+    cancels it meanwhile: the retry asks the provider what the launch made (`find_launch`),
+    records it as stopping and kills it, instead of dropping the launch with its workers running
+    and counted nowhere."""
+    faulty = fleet.provider("faulty").inner
+    world = MemoryProvider.world(FLEET_ID)
+    faulty.script["run"].append("lost")
+    scale(control_plane, "flaky", 3)
+    wait_for(lambda: world.live("flaky") == 3, what="the launch carried out")
+    pending = fleet.state.read("flaky").pending
+    assert [p["state"] for p in pending.values()] == ["running"]  # unknown outcome: still counted
+    scale(control_plane, "flaky", 0)  # cancels the launch while its run task waits to retry
+    wait_for(lambda: world.live("flaky") == 0 and converged(fleet, "flaky", 0)(), timeout=30,
+             what="the lost launch's workers killed")
+    assert world.calls["find"] >= 1
+    assert world.high_water["flaky"] == 3
+    kinds = [e["kind"] for e in fleet.state.events("flaky", 200)]
+    assert "cancelled" in kinds and kinds.count("launched") == 1 and "killed" in kinds
+
+
+def test_refusals_are_short_and_hold_takes_only_a_real_boolean(fleet: Any, control_plane: Any) -> None:
+    scale(control_plane, "single", 1)
+    wait_for(converged(fleet, "single", 1), what="1")
+    (handle,) = fleet.state.read("single").handles
+    before = dict(fleet.state.read("single").handles)
+    for value in ("false", "0", 0, 1, None, [], {"hold": True}):
+        with pytest.raises(Exception) as info:
+            control_plane.send_task("fleet.hold", args=["single", handle, value]).get(timeout=20)
+        assert type(info.value).__name__ == "InvalidRequest" and "hold must be true or false" in str(info.value)
+    assert fleet.state.read("single").handles == before  # nothing held
+    for n in (10 ** 4200, -(10 ** 4200)):  # as big as a JSON message can carry
+        with pytest.raises(Exception) as info:
+            control_plane.send_task("fleet.scale", args=["single", n]).get(timeout=20)
+        assert type(info.value).__name__ == "ScaleRefused" and len(str(info.value)) < 200, str(info.value)[:300]
+        assert "bits" in str(info.value)
+    assert control_plane.send_task("fleet.hold", args=["single", handle, False]).get(timeout=20)["hold"] is False

@@ -24,6 +24,7 @@ import pytest
 from fleet.provider import ContainerSpec, ProviderContext
 from providers.docker import DockerProvider
 from tests.kits import Kit, cleanup, clusters
+from tests.kits.system import ensure_debian_packages, missing
 
 IMAGE = "localhost/fleet-worker:test"
 CONTAINERS_CONF = """\
@@ -68,10 +69,22 @@ def _build_image(work: Path, env: dict[str, str]) -> None:
                    capture_output=True)
 
 
+#: The Debian packages the podman recipe needs, each with how to tell it is here.
+PODMAN_PACKAGES = {
+    "podman": lambda: shutil.which("podman") is not None,
+    "runc": lambda: shutil.which("runc") is not None,
+    "busybox-static": lambda: os.access("/bin/busybox", os.X_OK),
+}
+
+
 def podman_missing() -> list[str]:
     """What the podman recipe needs that this machine lacks (empty when nothing)."""
-    missing = [tool for tool in ("podman", "runc") if not shutil.which(tool)]
-    return missing + ([] if os.access("/bin/busybox", os.X_OK) else ["/bin/busybox"])
+    return missing(PODMAN_PACKAGES)
+
+
+def ensure_podman() -> None:
+    """Install what the podman recipe needs (as root, with apt-get), or raise saying how to."""
+    ensure_debian_packages(PODMAN_PACKAGES, "the docker provider's tests (podman serves the Docker Engine API)")
 
 
 @contextmanager
@@ -123,10 +136,10 @@ def podman_service(label_key: str) -> Iterator[Podman]:
 @pytest.fixture(scope="session")
 def podman() -> Iterator[Podman]:
     """podman's Docker API on a private socket, with the test image imported; torn down after."""
-    missing = podman_missing()
-    if missing:
-        pytest.fail(f"the docker provider's tests need podman, runc and busybox-static (missing: {missing}): "
-                    f"apt-get install podman runc busybox-static")
+    try:
+        ensure_podman()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     with podman_service("fleet-test.session") as backend:
         yield backend
 

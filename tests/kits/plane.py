@@ -1,0 +1,72 @@
+"""A control plane of real processes for the tests that attack one: `Stack` (the same one `fleet
+up` runs) on a fleet of its own, with its own embedded Redis, workers and beat, and a log file."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from fleet.config import FleetConfig, load_config
+from fleet.stack import Stack
+
+
+@dataclass
+class Plane:
+    stack: Stack
+    r: redis.Redis
+    log: Path
+    config: FleetConfig
+
+    @property
+    def fleet_id(self) -> str:
+        return self.config.fleet.id
+
+    def client(self) -> Celery:
+        app = Celery("test-client", broker=self.stack.url, backend=self.stack.url, set_as_current=False)
+        app.conf.broker_connection_retry_on_startup = True
+        return app
+
+    def call(self, task: str, *args: Any, timeout: float = 20.0) -> Any:
+        """Send a public task by name, as another service would, and wait for its answer."""
+        return self.client().send_task(task, args=list(args)).get(timeout=timeout)
+
+    def key(self, *parts: str) -> str:
+        return ":".join(("fleet", self.fleet_id, *parts))
+
+    def wait_ready(self, role: str = "worker", timeout: float = 60.0, count: int = 1) -> None:
+        """Until the log says a `role` worker is ready, `count` times (a restarted one: 2)."""
+        deadline = time.monotonic() + timeout
+        marker = re.compile(rb"-" + re.escape(role.encode()) + rb"-\d+@\S* ready\.")
+        while time.monotonic() < deadline:
+            if len(marker.findall(self.log.read_bytes())) >= count:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the control-plane {role} was not ready within {timeout} s")
+
+
+@contextmanager
+def plane(tmp: Path, clusters: str, *, fleet: str = "", prefix: str = "p", **stack: Any) -> Iterator[Plane]:
+    """A Stack for a fleet of its own: `clusters` and `fleet` are TOML (the `[clusters.*]` tables
+    and extra `[fleet]` settings). Stopped, Redis and all, at the end."""
+    fleet_id = prefix + uuid.uuid4().hex[:8]
+    path = tmp / "fleet.toml"
+    path.write_text(f'[fleet]\nid = "{fleet_id}"\nstate_dir = "{tmp / "state"}"\n' + textwrap.dedent(fleet)
+                    + "\n" + textwrap.dedent(clusters))
+    config = load_config(path)
+    log_path = tmp / "control-plane.log"
+    # its own embedded Redis and state folder, whatever FLEET_REDIS_URL and FLEET_STATE_DIR say
+    with open(log_path, "ab") as log, Stack(config, path, log=log, redis_url="", state_dir=tmp / "state",
+                                            **stack) as running:
+        p = Plane(running, redis.Redis.from_url(running.url), log_path, config)
+        p.wait_ready()
+        yield p
