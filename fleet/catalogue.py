@@ -3,7 +3,7 @@ does. Cloud-neutral: providers bring their own catalogue (built-in defaults or p
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 

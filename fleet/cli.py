@@ -6,20 +6,22 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import click
 import redis
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fleet.config import FleetConfig, config_path, load_config
+from fleet.control.queries import Queries
 from fleet.errors import FleetError
+from fleet.model import ClusterState
+from fleet.progress import wait_converged
 from fleet.runtime import resolve_redis_url
-from fleet.manager import Manager
-from fleet.state import ClusterState, State
+from fleet.store import Store
 
 console = Console()
 err = Console(stderr=True)
@@ -36,8 +38,9 @@ def _config() -> FleetConfig:
     return load_config(_config_path())
 
 
-def _state(config: FleetConfig) -> State:
-    return State(redis.Redis.from_url(resolve_redis_url(config)), config.fleet.id)
+def _queries(config: FleetConfig) -> Queries:
+    """Read-only views of the fleet in Redis: the CLI sends work only as public tasks."""
+    return Queries(config, redis.Redis.from_url(resolve_redis_url(config)))
 
 
 def _client(url: str) -> Any:
@@ -137,7 +140,7 @@ def scale(cluster: str, workers: int, wait: bool, timeout: float) -> None:
     config.spec(cluster)
     reply = _call(url, "fleet.scale", cluster, workers)
     console.print(f"{cluster}: desired {reply['desired']} (version {reply['version']})")
-    if wait and not wait_converged(_state(config), cluster, timeout):
+    if wait and not wait_converged(Store(redis.Redis.from_url(url), config.fleet.id), cluster, timeout, console):
         sys.exit(1)
 
 
@@ -154,7 +157,7 @@ def _call(url: str, task: str, *args: Any) -> Any:
         if "MISCONF" in str(exc) or str(exc).startswith("OOM"):
             raise FleetError(refused(exc)) from None
         raise FleetError(f"cannot reach the broker at {masked(url)}: {exc}") from None
-    except Exception as exc:  # the control plane's typed error, rebuilt by Celery
+    except Exception as exc:  # noqa: BLE001 - the control plane's typed error, rebuilt by Celery
         raise FleetError(f"{type(exc).__name__}: {exc}") from None
 
 
@@ -216,42 +219,6 @@ def clear(cluster: str) -> None:
     console.print(f"{cluster}: {'cleared' if reply['cleared'] else 'nothing to clear'}")
 
 
-def wait_converged(state: State, cluster: str, timeout: float, target_version: int | None = None) -> bool:
-    """A live progress bar until running == desired and nothing is pending; False on timeout."""
-    deadline = time.monotonic() + timeout
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
-               TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(cluster, total=1, detail="")
-        while True:
-            st = state.read(cluster)
-            s = st.summary(cluster)
-            desired = s["desired"] or 0
-            progress.update(bar, total=max(desired, 1), completed=min(s["running"], desired) if desired else 1,
-                            detail=f"running {s['running']}/{desired}  initializing {s['initializing']}  "
-                                   f"pending {s['pending']}  draining {s['draining']}  stopping {s['stopping']}")
-            if st.converged:
-                return True
-            if time.monotonic() > deadline:
-                err.print(f"[yellow]not converged after {timeout:.0f} s[/yellow]; see `fleet events {cluster}`")
-                return False
-            time.sleep(0.25)
-
-
-class _ReadOnly:
-    """The CLI reads state itself but sends work only as public tasks, like any other service."""
-
-    def run(self, *args: Any) -> None:
-        raise FleetError("the CLI does not dispatch provider work")
-
-    kill = reconcile = drain = run
-
-
-def _manager(config: FleetConfig) -> Manager:
-    url = resolve_redis_url(config)
-    return Manager(config, redis.Redis.from_url(url), _ReadOnly(), url=url)
-
-
 def _table(state: ClusterState, s: dict[str, Any]) -> Table:
     flags = [f"[red]error: {s['error']}[/red]"] if s["error"] else []
     flags += [f"[yellow]at quota for {s['at_quota']:.0f}s[/yellow]"] if s["at_quota"] else []
@@ -262,15 +229,15 @@ def _table(state: ClusterState, s: dict[str, Any]) -> Table:
     flags += [f"[yellow]recovering for {s['recovering']:.0f}s[/yellow]"] if s["recovering"] else []
     flags += [f"{s['unknown']} unknown workers being checked"] if s["unknown"] else []
     flags += [f"{s['cleanup']} dead handles' remains still to kill"] if s["cleanup"] else []
-    table = Table(title=f"{s['cluster']} ({s['provider']}): desired {s['desired'] if s['desired'] is not None else '-'}, "
-                        f"initializing {s['initializing']}, running {s['running']}, draining {s['draining']}, "
-                        f"stopping {s['stopping']}, pending {s['pending']}" + "".join(f"\n  {f}" for f in flags), title_justify="left")
+    desired = s["desired"] if s["desired"] is not None else "-"
+    title = (f"{s['cluster']} ({s['provider']}): desired {desired}, initializing {s['initializing']}, running "
+             f"{s['running']}, draining {s['draining']}, stopping {s['stopping']}, pending {s['pending']}")
+    table = Table(title=title + "".join(f"\n  {f}" for f in flags), title_justify="left")
     for col in ("handle", "workers", "status", "for", "launch"):
         table.add_column(col)
     now = time.time()
-    for handle, rec in sorted(state.handles.items(), key=lambda kv: kv[1].get("since", 0)):
-        table.add_row(handle, str(rec["w"]), rec["s"], f"{now - float(rec.get('since', now)):.0f}s",
-                      str(rec.get("launch", ""))[:12])
+    for handle, rec in sorted(state.handles.items(), key=lambda kv: kv[1].since):
+        table.add_row(handle, str(rec.workers), rec.status.value, f"{now - rec.since:.0f}s", rec.launch[:12])
     return table
 
 
@@ -284,17 +251,14 @@ def status(cluster: str | None, as_json: bool, watch: bool) -> None:
     if cluster:
         config.spec(cluster)
     names = [cluster] if cluster else list(config.clusters)
-    manager = _manager(config)
+    queries = _queries(config)
 
     def tables() -> list[Table]:
-        states = manager.state.read_many(names)
-        return [_table(states[c], manager.get_worker_numbers(c)) for c in names]
+        return [_table(st, s) for st, s in queries.detailed(names)]
 
     if as_json:
-        states = manager.state.read_many(names)
-        # the `fleet.status` task's shape, plus every handle's record under "workers"
-        out = [{**manager.get_worker_numbers(c), "workers": [{"handle": h, **r} for h, r in states[c].handles.items()]}
-               for c in names]
+        # the `fleet.status` task's shape, plus every handle's record (readable names) under "workers"
+        out = [queries.with_handles(c, st, s) for c, (st, s) in zip(names, queries.detailed(names))]
         click.echo(json.dumps(out[0] if cluster else out, indent=2))
     elif watch:
         from rich.console import Group
@@ -310,24 +274,22 @@ def status(cluster: str | None, as_json: bool, watch: bool) -> None:
     else:
         for table in tables():
             console.print(table)
-        _warn_dead_letters(manager)
+        _warn_dead_letters(queries)
         if not cluster:
-            _warn_forgotten(manager)
+            _warn_forgotten(queries)
 
 
-def _warn_dead_letters(manager: Manager) -> None:
-    from fleet.deadletters import dead_letter_key, summary
-
-    dead = summary(manager.redis, manager.config.fleet.id)
+def _warn_dead_letters(queries: Queries) -> None:
+    dead = queries.dead_letters()
     if dead.count:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dead.newest_at)) if dead.newest_at else "?"
         err.print(f"[yellow]{dead.count} message(s) on the control plane's queues could not be processed and were "
-                  f"set aside in {dead_letter_key(manager.config.fleet.id)}; the newest ({when}, queue "
+                  f"set aside in {queries.store.keys.dead_letters}; the newest ({when}, queue "
                   f"{dead.newest_queue}): {dead.newest_reason}[/yellow]", soft_wrap=True, highlight=False)
 
 
-def _warn_forgotten(manager: Manager) -> None:
-    for name, n in sorted(manager.forgotten_clusters().items()):
+def _warn_forgotten(queries: Queries) -> None:
+    for name, n in sorted(queries.forgotten_clusters().items()):
         err.print(f"[yellow]cluster {name!r} is not in the config but Redis still tracks {n} of its handles "
                   f"(live, or dead with remains to kill): nothing sweeps or kills them. Put it back, scale it "
                   f"to 0, then remove it.[/yellow]",
@@ -366,22 +328,23 @@ def providers() -> None:
 def events(cluster: str, count: int) -> None:
     """The newest events of CLUSTER (launches, kills, deaths, errors)."""
     config = _config()
-    config.spec(cluster)
-    for e in _state(config).events(cluster, count):
+    for e in _queries(config).events(cluster, count):
         at = time.strftime("%H:%M:%S", time.localtime(e.pop("at")))
         kind = e.pop("kind")
         console.print(f"{at} [bold]{kind:<12}[/bold] " + " ".join(f"{k}={v}" for k, v in e.items()), highlight=False)
 
 
 @main.command()
-@click.option("--quick", is_flag=True, help="tiny sizes; skips the cloud and containers sections unless --only names them")
-@click.option("--only", "only", multiple=True, type=click.Choice(["convergence", "sweep", "throughput", "cloud", "containers"]),
+@click.option("--quick", is_flag=True,
+              help="tiny sizes; skips the cloud and containers sections unless --only names them")
+@click.option("--only", "only", multiple=True,
+              type=click.Choice(["convergence", "sweep", "throughput", "cloud", "containers"]),
               help="run only this section (repeatable)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the figures to this JSON file")
 def bench(quick: bool, only: tuple[str, ...], json_path: str | None) -> None:
     """Measure Fleet on this machine: convergence, sweep cost, scale throughput, cloud API calls,
     real containers; prints tables, then the figures as one line of JSON."""
-    from fleet.bench import run_bench
+    from fleet.testing.bench import run_bench
 
     sys.exit(run_bench(quick=quick, only=only, json_path=json_path, console=console))
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tomllib
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fleet.errors import ConfigError, FleetError, UnknownCluster
-from fleet.provider import Cluster, ContainerSpec, Hardware
+from fleet.provider import ContainerSpec, Hardware
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 DEFAULT_CONFIG = "fleet.toml"
@@ -85,8 +86,13 @@ class ClusterSpec(BaseModel):
     drain_timeout: float = Field(default=0.0, ge=0, le=86400)
     autoscale: AutoscaleSpec | None = None
 
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the cluster's configuration: a permanent error holds until it changes."""
+        return hashlib.sha1(self.model_dump_json().encode()).hexdigest()[:16]
+
     @model_validator(mode="after")
-    def _limits(self) -> "ClusterSpec":
+    def _limits(self) -> ClusterSpec:
         if self.max_workers < self.min_workers:
             raise ValueError(f"max_workers ({self.max_workers}) is below min_workers ({self.min_workers})")
         if (self.autoscale or self.drain_timeout) and not self.queues:
@@ -103,7 +109,7 @@ class FleetConfig(BaseModel):
     source: str = "<memory>"
 
     @model_validator(mode="after")
-    def _names(self) -> "FleetConfig":
+    def _names(self) -> FleetConfig:
         import re
 
         for name in self.clusters:
@@ -117,14 +123,6 @@ class FleetConfig(BaseModel):
             known = ", ".join(sorted(self.clusters)) or "none"
             raise UnknownCluster(f"unknown cluster {shorten(name)} (declared: {known})")
         return self.clusters[name]
-
-    def cluster(self, name: str, excluded_types: frozenset[str] = frozenset()) -> Cluster:
-        """The provider's view of cluster `name`, with its provider options validated."""
-        from fleet.registry import provider_class
-
-        spec = self.spec(name)
-        options = provider_class(spec.provider).validate_options(spec.provider_options)
-        return Cluster(self.fleet.id, name, spec.workers_per_container, options, excluded_types)
 
     def limits(self, provider: str) -> ProviderLimits:
         return self.providers.get(provider) or ProviderLimits()

@@ -21,6 +21,9 @@ from typing import Any
 
 import redis
 
+from fleet.counters import dead_letter_field
+from fleet.keys import Keyspace
+
 log = logging.getLogger(__name__)
 
 #: entries kept in the dead-letter list (the newest)
@@ -30,11 +33,7 @@ PAYLOAD_LIMIT = 64 * 1024
 
 
 def dead_letter_key(fleet_id: str) -> str:
-    return f"fleet:{fleet_id}:dead_letters"
-
-
-def _metrics_key(fleet_id: str) -> str:
-    return f"fleet:{fleet_id}:metrics"
+    return Keyspace(fleet_id).dead_letters
 
 
 def as_text(payload: Any) -> str:
@@ -58,12 +57,12 @@ def set_aside(client: redis.Redis, fleet_id: str, queue: str, reason: str, paylo
                         "payload": text[:PAYLOAD_LIMIT]})
     log.error("set aside a message from queue %r that cannot be processed: %s (%d characters; see `fleet status`)",
               queue[:200], reason[:200], len(text))
-    key = dead_letter_key(fleet_id)
+    keys = Keyspace(fleet_id)
     try:
         with client.pipeline(transaction=True) as pipe:
-            pipe.lpush(key, entry)
-            pipe.ltrim(key, 0, CAP - 1)
-            pipe.hincrby(_metrics_key(fleet_id), f"dead_letters|{reason.split(':', 1)[0][:60]}", 1)
+            pipe.lpush(keys.dead_letters, entry)
+            pipe.ltrim(keys.dead_letters, 0, CAP - 1)
+            pipe.hincrby(keys.metrics, dead_letter_field(reason.split(":", 1)[0][:60]), 1)
             pipe.execute()
     except redis.RedisError as exc:
         log.error("could not set that message aside (%s); it is dropped", exc)

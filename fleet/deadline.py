@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fleet.errors import ProviderTimeout
 
@@ -70,4 +71,4 @@ class Deadline:
                                       f"within {self.seconds:g} s (call_timeout)", retry_after=self.seconds)
         if "error" in box:
             raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
+        return box["value"]

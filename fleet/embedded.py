@@ -133,7 +133,7 @@ class EmbeddedRedis:
                 self.proc.wait()
         self.proc = None
 
-    def __enter__(self) -> "EmbeddedRedis":
+    def __enter__(self) -> EmbeddedRedis:
         self.start()
         return self
 

@@ -35,17 +35,20 @@ def lease_ttl(sweep_interval: float) -> float:
 
 
 class _Keeper:
-    """One daemon thread per process renewing every lease it holds."""
+    """One daemon thread per process renewing every lease it holds.
+
+    Each lease is kept with the token it was taken with: a lease let go (and perhaps taken again)
+    between the keeper's look and its renewal is left to whoever holds it now."""
 
     def __init__(self) -> None:
-        self._held: dict[int, Any] = {}
+        self._held: dict[int, tuple[Any, Any]] = {}  # id(lock) -> (lock, token when kept)
         self._mutex = threading.Lock()
         self._wake = threading.Condition(self._mutex)
         self._thread: threading.Thread | None = None
 
     def keep(self, lock: Any) -> None:
         with self._mutex:
-            self._held[id(lock)] = lock
+            self._held[id(lock)] = (lock, lock.local.token)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="fleet-lease-keeper", daemon=True)
                 self._thread.start()
@@ -61,14 +64,21 @@ class _Keeper:
                 if not self._held:
                     self._wake.wait(timeout=5.0)
                     continue
-                locks = list(self._held.values())
-                period = min(float(lock.timeout) for lock in locks) / 3.0
-            for lock in locks:
+                entries = list(self._held.values())
+                period = min(float(lock.timeout) for lock, _ in entries) / 3.0
+            for lock, token in entries:
+                with self._mutex:
+                    if self._held.get(id(lock)) != (lock, token):
+                        continue  # let go (or taken again) since: not this entry's to renew
                 try:
                     lock.reacquire()
                 except LockError:
-                    log.warning("lease %s lapsed before its holder let go", _name(lock))
-                    self.drop(lock)
+                    with self._mutex:
+                        current = self._held.get(id(lock)) == (lock, token)
+                        if current:
+                            self._held.pop(id(lock), None)
+                    if current:
+                        log.warning("lease %s lapsed before its holder let go", _name(lock))
                 except redis.RedisError as exc:
                     log.warning("cannot renew lease %s: %s", _name(lock), exc)
             time.sleep(max(period, 0.05))

@@ -1,22 +1,10 @@
 """Prometheus metrics, kept in Redis so that every control-plane worker contributes to them and
 any process (`fleet metrics --port`, a control-plane worker) can serve them.
 
-Counters and histograms live in one hash, `fleet:{fleet_id}:metrics`:
-
-| field                                  | meaning                                                  |
-|----------------------------------------|----------------------------------------------------------|
-| `events|{cluster}|{kind}`              | every event ever written for that cluster and kind        |
-| `ready|{cluster}|{le}`                  | workers whose launch request -> running time fell in the  |
-|                                        | bucket with upper bound `le` (NOT cumulative)             |
-| `ready_sum|{cluster}`, `ready_count|{cluster}` | seconds (HINCRBYFLOAT) and number of those workers |
-| `op|{provider}|{op}|{le}`              | provider operation latency (op: run/status/kill/list),    |
-|                                        | same non-cumulative bucket scheme with OP_BUCKETS         |
-| `op_sum|{provider}|{op}`, `op_count|{provider}|{op}` | seconds and number of operations            |
-| `op_errors|{provider}|{op}|{error}`    | failed operations by exception class name                 |
-
-Gauges (workers by state, desired, pending, at quota, rate-limited...) are not stored: the
-collector reads them at scrape time from the cluster keys of `fleet.state` and `fleet.guard`, in
-one pipelined round trip whatever the number of clusters, handles or launches.
+Counters and histograms are the fields of the fleet's metrics hash (`fleet.counters` writes and
+names them). Gauges (workers by state, desired, pending, at quota, rate-limited...) are not
+stored: the collector reads them at scrape time from the cluster keys (`fleet.keys`), in one
+pipelined round trip whatever the number of clusters, handles or launches.
 """
 
 from __future__ import annotations
@@ -41,113 +29,16 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from fleet.config import FleetConfig
+from fleet.counters import OP_BUCKETS, OPS, READY_BUCKETS
+from fleet.keys import Keyspace
+from fleet.model import FAILURE_KINDS, REPLACEMENT_KINDS, HandleStatus, LaunchState
 
 log = logging.getLogger(__name__)
 
-#: upper bounds (seconds) of the time-to-running buckets, as stored in `ready|{cluster}|{le}`
-READY_BUCKETS: tuple[str, ...] = ("1", "2", "5", "10", "30", "60", "120", "300", "600", "1800", "+Inf")
-#: upper bounds (seconds) of the provider operation buckets, as stored in `op|{provider}|{op}|{le}`
-OP_BUCKETS: tuple[str, ...] = ("0.01", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "+Inf")
-#: the provider operations the wrapper times
-OPS: tuple[str, ...] = ("run", "status", "kill", "list", "find")
 #: worker / handle states always reported (others found in Redis are reported too)
-STATES: tuple[str, ...] = ("initializing", "running", "stopping", "draining")
+STATES: tuple[str, ...] = tuple(s.value for s in HandleStatus)
 #: event kinds that count as a failure, reported as fleet_failures_total{cause}
-FAILURE_CAUSES: tuple[str, ...] = (
-    "error", "at_quota", "no_capacity", "short_launch", "kill_failed", "sweep_failed", "boot_timeout",
-    "cleanup_abandoned",
-)
-#: event kinds that mean "a worker went away and will be replaced"
-REPLACEMENT_KINDS: tuple[str, ...] = ("stopped", "boot_timeout")
-
-
-def metrics_key(fleet_id: str) -> str:
-    return f"fleet:{fleet_id}:metrics"
-
-
-def bucket_for(seconds: float, buckets: Sequence[str]) -> str:
-    """The `le` of the (non-cumulative) bucket `seconds` falls in: the first upper bound it does
-    not exceed, else the last one ("+Inf"). NaN goes to the last bucket."""
-    for le in buckets:
-        if seconds <= float(le):
-            return le
-    return buckets[-1]
-
-
-def event_field(cluster: str, kind: str) -> str:
-    return f"events|{cluster}|{kind}"
-
-
-def _pipeline(pipe_or_client: Any) -> tuple[Any, bool]:
-    """(pipeline to queue commands on, whether we own it and must execute it)."""
-    if isinstance(pipe_or_client, redis.client.Pipeline):
-        return pipe_or_client, False
-    return pipe_or_client.pipeline(transaction=False), True
-
-
-def record_event(pipe_or_client: Any, fleet_id: str, cluster: str, kind: str, n: int = 1) -> None:
-    """Count `n` events of `kind` (queued on a pipeline if given one; else sent at once)."""
-    pipe_or_client.hincrby(metrics_key(fleet_id), event_field(cluster, kind), n)
-
-
-def record_ready(pipe_or_client: Any, fleet_id: str, cluster: str, seconds: float, workers: int = 1) -> None:
-    """Observe `workers` workers that took `seconds` from launch request to running.
-
-    Given a pipeline (or a WATCH/MULTI transaction in its MULTI phase), the commands are queued on
-    it and it is not executed; given a client, they are sent in one non-transactional pipeline."""
-    seconds = max(float(seconds), 0.0)
-    pipe, own = _pipeline(pipe_or_client)
-    key = metrics_key(fleet_id)
-    pipe.hincrby(key, f"ready|{cluster}|{bucket_for(seconds, READY_BUCKETS)}", workers)
-    pipe.hincrbyfloat(key, f"ready_sum|{cluster}", seconds * workers)
-    pipe.hincrby(key, f"ready_count|{cluster}", workers)
-    if own:
-        pipe.execute()
-
-
-def record_op(client: redis.Redis, fleet_id: str, provider: str, op: str, seconds: float, error: str | None) -> None:
-    """Observe one provider operation (`op` in run/status/kill/list) that took `seconds` and
-    failed with the exception class named `error` (None: it succeeded). One round trip.
-
-    Never raises a Redis error: metrics must not break the provider call they time."""
-    seconds = max(float(seconds), 0.0)
-    key = metrics_key(fleet_id)
-    pipe = client.pipeline(transaction=False)
-    pipe.hincrby(key, f"op|{provider}|{op}|{bucket_for(seconds, OP_BUCKETS)}", 1)
-    pipe.hincrbyfloat(key, f"op_sum|{provider}|{op}", seconds)
-    pipe.hincrby(key, f"op_count|{provider}|{op}", 1)
-    if error:
-        pipe.hincrby(key, f"op_errors|{provider}|{op}|{error}", 1)
-    try:
-        pipe.execute()
-    except redis.RedisError as exc:
-        log.warning("cannot record a %s %s operation in the metrics: %s", provider, op, exc)
-
-
-def _lua_list(values: Iterable[str]) -> str:
-    return "{" + ", ".join(f"'{v}'" for v in values) + "}"
-
-
-#: Lua helpers for the state scripts (paste at the top of a script; the metrics hash must be one
-#: of its KEYS). `count_event(mkey, cluster, kind, n)` counts events; `record_ready(mkey, cluster,
-#: seconds, workers)` observes the time to running, exactly as `record_ready` above does.
-LUA_HELPERS = f"""
-local READY_BUCKETS = {_lua_list(READY_BUCKETS)}
-local function count_event(mkey, cluster, kind, n)
-  redis.call('HINCRBY', mkey, 'events|' .. cluster .. '|' .. kind, n or 1)
-end
-local function record_ready(mkey, cluster, seconds, workers)
-  workers = workers or 1
-  if seconds < 0 then seconds = 0 end
-  local le = READY_BUCKETS[#READY_BUCKETS]
-  for i = 1, #READY_BUCKETS - 1 do
-    if seconds <= tonumber(READY_BUCKETS[i]) then le = READY_BUCKETS[i]; break end
-  end
-  redis.call('HINCRBY', mkey, 'ready|' .. cluster .. '|' .. le, workers)
-  redis.call('HINCRBYFLOAT', mkey, 'ready_sum|' .. cluster, tostring(seconds * workers))
-  redis.call('HINCRBY', mkey, 'ready_count|' .. cluster, workers)
-end
-"""
+FAILURE_CAUSES: tuple[str, ...] = tuple(k.value for k in FAILURE_KINDS)
 
 
 # -- the collector ---------------------------------------------------------------------------
@@ -204,10 +95,7 @@ class FleetCollector(Collector):
     def __init__(self, config: FleetConfig, client: redis.Redis) -> None:
         self.config = config
         self.r = client
-        self.fleet_id = config.fleet.id
-
-    def _key(self, *parts: str) -> str:
-        return ":".join(("fleet", self.fleet_id, *parts))
+        self.keys = Keyspace(config.fleet.id)
 
     def providers(self) -> list[str]:
         return sorted({spec.provider for spec in self.config.clusters.values()} | set(self.config.providers))
@@ -220,17 +108,18 @@ class FleetCollector(Collector):
         clusters = list(self.config.clusters)
         providers = self.providers()
         pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(metrics_key(self.fleet_id))
-        pipe.get(self._key("recovering"))
+        pipe.hgetall(self.keys.metrics)
+        pipe.get(self.keys.recovering)
         for c in clusters:
-            pipe.hget(self._key(c, "desired"), "n")
-            pipe.hvals(self._key(c, "handles"))
-            pipe.hvals(self._key(c, "pending"))
-            pipe.get(self._key(c, "at_quota"))
-            pipe.get(self._key(c, "no_capacity"))
-            pipe.exists(self._key(c, "error"))
+            k = self.keys.cluster(c)
+            pipe.hget(k.desired, "n")
+            pipe.hvals(k.handles)
+            pipe.hvals(k.pending)
+            pipe.get(k.at_quota)
+            pipe.get(k.no_capacity)
+            pipe.exists(k.error)
         for p in providers:
-            pipe.get(self._key("provider", p, "hold"))
+            pipe.get(self.keys.provider_hold(p))
         raw = pipe.execute()
         metrics, recovering, rest = raw[0], raw[1], raw[2:]
         n = len(self.PER_CLUSTER)
@@ -279,8 +168,8 @@ class FleetCollector(Collector):
                                   labels=["cluster"])
         for cluster, raw in data["clusters"].items():
             spec = self.config.clusters[cluster]
-            by_workers: dict[str, float] = {s: 0 for s in STATES}
-            by_handles: dict[str, float] = {s: 0 for s in STATES}
+            by_workers: dict[str, float] = dict.fromkeys(STATES, 0)
+            by_handles: dict[str, float] = dict.fromkeys(STATES, 0)
             for r in _records(raw["handles"], "handle"):
                 state = str(r.get("s", "unknown"))
                 by_workers[state] = by_workers.get(state, 0) + _num(r.get("w", 0))
@@ -293,7 +182,7 @@ class FleetCollector(Collector):
             max_w.add_metric([cluster], spec.max_workers)
             min_w.add_metric([cluster], spec.min_workers)
             pending.add_metric([cluster], sum(_num(p.get("count", 0)) for p in _records(raw["pending"], "pending")
-                                              if p.get("state") != "cancelled"))
+                                              if p.get("state") != LaunchState.CANCELLED.value))
             at_quota.add_metric([cluster], _until(raw["at_quota"], now))
             no_capacity.add_metric([cluster], _until(raw["no_capacity"], now))
             error.add_metric([cluster], int(bool(raw["error"])))
@@ -337,7 +226,7 @@ class FleetCollector(Collector):
         for cluster in clusters:
             launches.add_metric([cluster], count(cluster, "launched"))
             kills.add_metric([cluster], count(cluster, "killed"))
-            replacements.add_metric([cluster], count(cluster, *REPLACEMENT_KINDS))
+            replacements.add_metric([cluster], count(cluster, *(k.value for k in REPLACEMENT_KINDS)))
             for cause in FAILURE_CAUSES:
                 failures.add_metric([cluster, cause], count(cluster, cause))
         errors = CounterMetricFamily("fleet_provider_errors", "Failed provider operations by exception class",

@@ -13,35 +13,37 @@ No I/O here, so the rules can be tested exhaustively (see tests/test_planner.py)
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Hashable, Sequence, TypeVar
+from typing import TypeVar
+
+from fleet.model import GOING, LIVE, HandleStatus, LaunchState
 
 K = TypeVar("K", bound=Hashable)
-
-INITIALIZING = "initializing"
-RUNNING = "running"
-DRAINING = "draining"
-STOPPING = "stopping"
-QUEUED = "queued"
-IN_FLIGHT = "running"  # a pending launch whose run task has claimed it
 
 
 @dataclass(frozen=True)
 class HandleView:
     handle: str
     workers: int
-    status: str  # initializing | running | draining | stopping
+    status: HandleStatus
     since: float = 0.0
     busy: int = 0  # tasks active or reserved on its workers (last sweep), when known
     hold: bool = False  # an operator's hold: never chosen to be killed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", HandleStatus(self.status))
 
 
 @dataclass(frozen=True)
 class PendingView:
     launch_id: str
     count: int
-    state: str  # queued | running (claimed by a run task) | cancelled
+    state: LaunchState
     created: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", LaunchState(self.state))
 
 
 @dataclass
@@ -113,12 +115,12 @@ def plan(
     `unknown`: workers the provider lists that Redis does not know yet (they count against
     max_workers until adopted). `may_launch=False` (at quota, a permanent error) plans no launch.
     """
-    live = [h for h in handles if h.status in (INITIALIZING, RUNNING)]
-    stopping = sum(h.workers for h in handles if h.status in (STOPPING, DRAINING))
-    open_pending = [p for p in pending if p.state != "cancelled"]
+    live = [h for h in handles if h.status in LIVE]
+    stopping = sum(h.workers for h in handles if h.status in GOING)
+    open_pending = [p for p in pending if p.state is not LaunchState.CANCELLED]
     # Cancelled launches already claimed by a run task may still materialise: they count
     # against max_workers until their run task records (and kills) them.
-    ghost = sum(p.count for p in pending if p.state == "cancelled")
+    ghost = sum(p.count for p in pending if p.state is LaunchState.CANCELLED)
     observed = sum(h.workers for h in live) + sum(p.count for p in open_pending)
     result = Plan(observed=observed)
 
@@ -127,15 +129,17 @@ def plan(
         def newest(xs: list[PendingView]) -> list[PendingView]:
             return sorted(xs, key=lambda p: -p.created)
 
-        def idlest(status: str) -> list[tuple[str, int]]:  # idle first, then the newest
+        def idlest(status: HandleStatus) -> list[tuple[str, int]]:  # idle first, then the newest
             chosen = sorted((h for h in live if h.status == status and not h.hold), key=lambda h: (h.busy, -h.since))
             return [(h.handle, h.workers) for h in chosen]
 
         tiers: list[tuple[str, list[tuple[str, int]]]] = [
-            ("cancel", [(p.launch_id, p.count) for p in newest([p for p in open_pending if p.state == QUEUED])]),
-            ("cancel", [(p.launch_id, p.count) for p in newest([p for p in open_pending if p.state == IN_FLIGHT])]),
-            ("kill", idlest(INITIALIZING)),
-            ("kill", idlest(RUNNING)),
+            ("cancel", [(p.launch_id, p.count) for p in newest([p for p in open_pending
+                                                                 if p.state is LaunchState.QUEUED])]),
+            ("cancel", [(p.launch_id, p.count) for p in newest([p for p in open_pending
+                                                                 if p.state is LaunchState.IN_FLIGHT])]),
+            ("kill", idlest(HandleStatus.INITIALIZING)),
+            ("kill", idlest(HandleStatus.RUNNING)),
         ]
         chosen: list[tuple[int, str, str, int]] = []  # (tier, action, key, workers)
         for tier, (action, items) in enumerate(tiers):
@@ -161,7 +165,7 @@ def plan(
     killed = sum(h.workers for h in live if h.handle in kill_set)
     remaining = observed - removed - killed
     want = max(desired - remaining, 0)
-    in_flight_cancelled = sum(p.count for p in pending if p.launch_id in cancelled and p.state == IN_FLIGHT)
+    in_flight_cancelled = sum(p.count for p in pending if p.launch_id in cancelled and p.state is LaunchState.IN_FLIGHT)
     committed = remaining + stopping + killed + ghost + in_flight_cancelled + unknown
     room = max(max_workers - committed, 0) if may_launch else 0
     result.launch = min(want, room)

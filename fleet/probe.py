@@ -6,8 +6,8 @@ by hostname: start them with `--hostname ${FLEET_HANDLE}@%h`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from celery import Celery
 

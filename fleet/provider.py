@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,14 +82,20 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: A provider's options model (its `options_model`).
+O = TypeVar("O", bound=BaseModel)  # noqa: E741 - the options type, read as "Options"
+
+
 @dataclass(frozen=True)
-class Cluster:
-    """The cluster a provider call is about, as the provider sees it."""
+class Cluster(Generic[O]):
+    """The cluster a provider call is about, as the provider sees it: `options` are the cluster's
+    `provider_options`, validated by that provider's `options_model` (so a `Provider[LocalOptions]`
+    gets a `Cluster[LocalOptions]`)."""
 
     fleet_id: str
     name: str
-    workers_per_container: int = 1
-    options: BaseModel = field(default_factory=NoOptions)
+    workers_per_container: int
+    options: O
     #: instance types the cloud recently had no capacity for: a provider that picks types from a
     #: catalogue must pick the next eligible one instead (see fleet.catalogue.cheapest_fit)
     excluded_types: frozenset[str] = frozenset()
@@ -129,8 +136,9 @@ def import_sdk(module: str, extra: str) -> Any:
         raise PermanentProviderError(f"this provider needs {module}: pip install 'fleet[{extra}]'", str(exc)) from None
 
 
-class Provider(ABC):
-    """Base class of every provider. Implement the three abstract methods; override the rest
+class Provider(ABC, Generic[O]):
+    """Base class of every provider, typed by its options model: `class MyProvider(Provider[MyOptions])`
+    with `options_model = MyOptions`. Implement the three abstract methods; override the rest
     only when you have something faster or more precise."""
 
     #: pydantic model that validates a cluster's `provider_options`; extra keys are refused.
@@ -154,7 +162,7 @@ class Provider(ABC):
     @abstractmethod
     def run_workers(
         self,
-        cluster: Cluster,
+        cluster: Cluster[O],
         container: ContainerSpec,
         hardware: Hardware,
         count: int,
@@ -171,38 +179,38 @@ class Provider(ABC):
         """
 
     @abstractmethod
-    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
+    def worker_status(self, cluster: Cluster[O], handles: Sequence[str]) -> dict[str, WorkerStatus]:
         """Status of each of the unique `handles`, keyed by handle; unknown handles are STOPPED."""
 
     @abstractmethod
-    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+    def kill_workers(self, cluster: Cluster[O], handles: Sequence[str]) -> dict[str, bool]:
         """Kill every worker of each handle; True per handle once it is dead or going away.
 
         Idempotent: a handle that is already dead or was never known is a success (True). False
         (or an exception) means try again later; Fleet keeps such a handle as stopping.
         """
 
-    def is_initializing(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+    def is_initializing(self, cluster: Cluster[O], handles: Sequence[str]) -> dict[str, bool]:
         return self._is(cluster, handles, WorkerStatus.INITIALIZING)
 
-    def is_running(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+    def is_running(self, cluster: Cluster[O], handles: Sequence[str]) -> dict[str, bool]:
         return self._is(cluster, handles, WorkerStatus.RUNNING)
 
-    def is_stopped(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+    def is_stopped(self, cluster: Cluster[O], handles: Sequence[str]) -> dict[str, bool]:
         return self._is(cluster, handles, WorkerStatus.STOPPED)
 
-    def list_workers(self, cluster: Cluster) -> dict[str, int] | None:
+    def list_workers(self, cluster: Cluster[O]) -> dict[str, int] | None:
         """Every live handle this provider holds for `cluster.fleet_id` and `cluster.name`, with
         its worker count, found by tag or label (not from Fleet's memory). None: cannot list."""
         return None
 
-    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str] | None:
+    def find_launch(self, cluster: Cluster[O], launch_id: str) -> list[str] | None:
         """The handles of every worker that exists (in any state but gone) from the launch
         `launch_id`, one per worker as `run_workers` returns them; [] when it made none. Never
         launches. None: this provider cannot tell (Fleet then calls `run_workers` again with the
         same launch id, which returns what the launch made, or makes it, and kills the result)."""
         return None
 
-    def _is(self, cluster: Cluster, handles: Sequence[str], wanted: WorkerStatus) -> dict[str, bool]:
+    def _is(self, cluster: Cluster[O], handles: Sequence[str], wanted: WorkerStatus) -> dict[str, bool]:
         status = self.worker_status(cluster, list(dict.fromkeys(handles)))
         return {h: status.get(h, WorkerStatus.STOPPED) == wanted for h in handles}

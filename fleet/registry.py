@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 
 from fleet.errors import ProviderNotFound
@@ -16,7 +16,7 @@ def available() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def provider_class(name: str) -> type[Provider]:
     """Import and return the provider class registered as `name`."""
     eps = available()

@@ -1,6 +1,9 @@
-"""A control plane as child processes: Redis (embedded unless a URL is configured), control-plane
-workers and one beat. `fleet up` and `fleet demo` run one; so do the tests that need real
-processes (to SIGKILL a worker, restart Redis, fill its disk).
+"""The one way Fleet starts a control plane: Redis (embedded unless a URL is configured),
+control-plane workers and one beat. `fleet up` and `fleet demo` run one as child processes; so do
+`fleet bench` and the tests that need real processes (to SIGKILL a worker, restart Redis, fill its
+disk). The tests that reach into the workers' memory (the `memory` provider's records, the
+`faulty` provider's scripted errors) run one in their own process (`in_process=True`: a real
+Celery worker and beat in threads).
 
 The stack watches what it started: `check()` restarts an embedded Redis that died (same port,
 same data folder, so workers reconnect and an append-only file keeps the state) and says so, and
@@ -15,8 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Any
 
 from fleet.config import FleetConfig
 from fleet.embedded import EmbeddedRedis, free_port
@@ -47,12 +51,14 @@ class Stack:
     pool of `concurrency`, and (with `beat`) one beat. `persist=False` runs the embedded Redis
     without an append-only file (what a Redis without persistence loses on a restart).
     `redis_url` and `state_dir` override the configuration's (and so FLEET_REDIS_URL and
-    FLEET_STATE_DIR); `redis_url=""` asks for an embedded Redis whatever the environment says."""
+    FLEET_STATE_DIR); `redis_url=""` asks for an embedded Redis whatever the environment says.
+    `in_process=True` runs one worker and the beat as threads of this process, with the app of
+    `tasks` (configured from this process's environment, which the stack sets)."""
 
     def __init__(self, config: FleetConfig, config_path: Path, *, log: IO[bytes] | None = None,
                  concurrency: int = 8, workers: int = 1, beat: bool = True, persist: bool = True,
                  worker_args: Sequence[str] = (), redis_url: str | None = None,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, in_process: bool = False) -> None:
         self.config = config
         self.config_path = config_path.resolve()
         self.state_dir = (state_dir or config.state_dir).resolve()
@@ -64,19 +70,43 @@ class Stack:
         self.redis: EmbeddedRedis | None = None
         self.url = (config.redis_url or "") if redis_url is None else redis_url
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.in_process = in_process
+        self._threads: list[Any] = []  # what an in-process stack stops: (worker context, beat)
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "FLEET_CONFIG": str(self.config_path), "FLEET_REDIS_URL": self.url,
                 "FLEET_STATE_DIR": str(self.state_dir)}
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.url:
             self.redis = EmbeddedRedis(self.state_dir, port=_stable_port(self.state_dir), persist=self.persist)
             self.url = self.redis.start()
+        if self.in_process:
+            self._start_threads()
+            return self
         for role in self.roles:
             self.start_role(role)
         return self
+
+    def _start_threads(self) -> None:
+        """A real Celery worker (threads pool) and beat in this process (celery.contrib.testing)."""
+        from celery.beat import EmbeddedService
+        from celery.contrib.testing.worker import start_worker
+
+        os.environ.update({k: v for k, v in self.env().items() if k.startswith("FLEET_")})
+        from tasks import app
+
+        schedule = str(self.state_dir / "beat-schedule")
+        app.conf.beat_schedule_filename = schedule
+        worker = start_worker(app, pool="threads", concurrency=self.concurrency, perform_ping_check=False,
+                              shutdown_timeout=30, loglevel="WARNING")
+        worker.__enter__()
+        self._threads.append(worker)
+        if "beat" in self.roles:
+            beat = EmbeddedService(app, thread=True, schedule_filename=schedule)
+            beat.start()
+            self._threads.append(beat)
 
     def argv(self, role: str) -> list[str]:
         celery = [sys.executable, "-m", "celery", "-A", "tasks"]
@@ -122,6 +152,12 @@ class Stack:
         return notices
 
     def stop(self, timeout: float = 20.0) -> None:
+        for part in reversed(self._threads):
+            if hasattr(part, "__exit__"):
+                part.__exit__(None, None, None)
+            else:
+                part.stop()
+        self._threads.clear()
         for proc in self.procs.values():
             if proc.poll() is None:
                 try:
@@ -143,7 +179,7 @@ class Stack:
             self.redis.stop()
             self.redis = None
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         try:
             return self.start()
         except BaseException:

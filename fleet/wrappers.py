@@ -1,82 +1,190 @@
-"""Cross-cutting concerns as wrappers around a provider (Arvados style), not code in each one."""
+"""Cross-cutting concerns around a provider, one wrapper each (as Arvados wraps its cloud drivers):
+
+* `Normalized`: anything a provider raises that is not a `ProviderError` becomes a
+  `TransientProviderError` (the contract), and a result of the wrong shape a
+  `PermanentProviderError`.
+* `Deadlined`: every call has a deadline (`call_timeout`); a call that misses it raises
+  `ProviderTimeout` and holds the cluster's calls off (`fleet.deadline`, `Holds.hold_unresponsive`).
+* `Instrumented`: every call's latency and error class go to the metrics hash.
+* `LaunchSlots`: a launch takes one of the provider's concurrent-launch slots.
+* `Throttled`: every call takes one of the provider's operation tokens.
+* `Held`: a call during a rate-limit hold on the provider, or an unresponsive hold on the
+  cluster, fails at once; a `RateLimited` from the cloud holds every worker off.
+
+They are composed in one place, `fleet.control.pool.compose`. Each passes every provider
+method through its `_call`; `raw` is the provider they wrap, all the way down.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
 
 from fleet.config import ProviderLimits
+from fleet.counters import record_op
 from fleet.deadline import Deadline
-from fleet.errors import ProviderTimeout, RateLimited
-from fleet.guard import Guard
-from fleet.metrics import record_op
+from fleet.errors import PermanentProviderError, ProviderError, ProviderTimeout, RateLimited, TransientProviderError
+from fleet.holds import Holds
+from fleet.keys import Keyspace
+from fleet.limits import Limits
 from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, WorkerStatus
 
 
-class GuardedProvider(Provider):
-    """Shares a provider's rate limit, throttling holds and launch concurrency across every
-    control-plane worker: before each call it honours a hold (raising RateLimited with the time
-    left) and takes an operation token; a RateLimited from the cloud holds every worker off.
-    Every call has a deadline (`call_timeout`): one that does not return in time raises
-    ProviderTimeout and holds the cluster's calls off for `unresponsive_hold` seconds, during
-    which they fail at once (ProviderTimeout with `held`), so a hung endpoint holds a
-    control-plane thread once, for `call_timeout`, not on every sweep.
-    Every call's latency and error class go to the metrics (fleet_provider_operation_seconds)."""
+class ProviderWrapper(Provider[Any]):
+    """A provider that passes every call to `inner` through `_call`; override `_call`."""
 
-    def __init__(self, inner: Provider, name: str, guard: Guard, limits: ProviderLimits, lease: float) -> None:
+    def __init__(self, inner: Provider[Any], name: str) -> None:
         super().__init__(inner.context)
         self.inner = inner
         self.name = name
-        self.guard = guard
-        self.limits = limits
-        self.lease = lease
-        self.options_model = inner.options_model
-        self.listing_grace = inner.listing_grace  # type: ignore[misc]
-        self.call_timeout = limits.call_timeout or inner.call_timeout  # type: ignore[misc]
-        self.deadline = Deadline(name, self.call_timeout)
 
-    def _call(self, op: str, fn: Any, cluster: Cluster, *args: Any, **kwargs: Any) -> Any:
-        wait = self.guard.provider_hold(self.name)
-        if wait > 0:
-            raise RateLimited(f"provider {self.name!r} is rate-limited", retry_after=wait)
-        held = self.guard.unresponsive(cluster.name)
-        if held > 0:
-            raise ProviderTimeout(f"provider {self.name!r} did not answer for cluster {cluster.name!r} lately: its "
-                                  f"calls are held for {held:.0f} s", retry_after=held, held=True)
-        self.guard.take_op(self.name, self.limits.ops_per_second)
-        started, error = time.monotonic(), None
+    @property
+    def raw(self) -> Provider[Any]:
+        """The provider under every wrapper."""
+        inner = self.inner
+        return inner.raw if isinstance(inner, ProviderWrapper) else inner
+
+    @property
+    def grace(self) -> float:
+        return float(self.raw.listing_grace)
+
+    def _call(self, op: str, cluster: Cluster[Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(cluster, *args, **kwargs)
+
+    def run_workers(self, cluster: Cluster[Any], container: ContainerSpec, hardware: Hardware, count: int,
+                    *, launch_id: str) -> list[str]:
+        return list(self._call("run", cluster, self.inner.run_workers, container, hardware, count, launch_id=launch_id))
+
+    def worker_status(self, cluster: Cluster[Any], handles: Sequence[str]) -> dict[str, WorkerStatus]:
+        return dict(self._call("status", cluster, self.inner.worker_status, handles))
+
+    def kill_workers(self, cluster: Cluster[Any], handles: Sequence[str]) -> dict[str, bool]:
+        return dict(self._call("kill", cluster, self.inner.kill_workers, handles))
+
+    def list_workers(self, cluster: Cluster[Any]) -> dict[str, int] | None:
+        listed = self._call("list", cluster, self.inner.list_workers)
+        return None if listed is None else dict(listed)
+
+    def find_launch(self, cluster: Cluster[Any], launch_id: str) -> list[str] | None:
+        found = self._call("find", cluster, self.inner.find_launch, launch_id)
+        return None if found is None else list(found)
+
+
+class Normalized(ProviderWrapper):
+    """The contract's error rule: what is not a ProviderError is transient; a result of the wrong
+    shape is permanent (a provider bug a person must fix)."""
+
+    def _call(self, op: str, cluster: Cluster[Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = fn(cluster, *args, **kwargs)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise TransientProviderError(f"provider {self.name!r} failed in {op}", f"{type(exc).__name__}: {exc}") \
+                from exc
+        if op in ("run", "find") and result is not None and not (
+                isinstance(result, list) and all(isinstance(h, str) and h for h in result)):
+            raise PermanentProviderError(f"provider {self.name!r} returned {type(result).__name__} from {op}, "
+                                         "not a list of handles")
+        if op in ("status", "kill") and not isinstance(result, dict):
+            raise PermanentProviderError(f"provider {self.name!r} returned {type(result).__name__} from {op}, "
+                                         "not a dict by handle")
+        return result
+
+
+class Deadlined(ProviderWrapper):
+    """No call takes longer than `seconds`; one that would raises ProviderTimeout and holds the
+    cluster's calls off for `hold` seconds in every process (see fleet.deadline)."""
+
+    def __init__(self, inner: Provider[Any], name: str, seconds: float, holds: Holds, hold: float) -> None:
+        super().__init__(inner, name)
+        self.deadline = Deadline(name, seconds)
+        self.holds = holds
+        self.hold = hold
+
+    def _call(self, op: str, cluster: Cluster[Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return self.deadline.call(cluster.name, op, fn, cluster, *args, **kwargs)
-        except RateLimited as exc:
-            error = type(exc).__name__
-            self.guard.hold_provider(self.name, exc.retry_after)
-            raise
         except ProviderTimeout as exc:
-            error = type(exc).__name__
             if not exc.held:
-                self.guard.hold_unresponsive(cluster.name, self.limits.unresponsive_hold)
+                self.holds.hold_unresponsive(cluster.name, self.hold)
             raise
+
+
+class Instrumented(ProviderWrapper):
+    """Every call's latency and error class, in the metrics hash (fleet_provider_operation_seconds)."""
+
+    def __init__(self, inner: Provider[Any], name: str, client: redis.Redis, keys: Keyspace) -> None:
+        super().__init__(inner, name)
+        self.client = client
+        self.keys = keys
+
+    def _call(self, op: str, cluster: Cluster[Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        started, error = time.monotonic(), None
+        try:
+            return fn(cluster, *args, **kwargs)
         except Exception as exc:
             error = type(exc).__name__
             raise
         finally:
-            record_op(self.guard.r, self.guard.fleet_id, self.name, op, time.monotonic() - started, error)
+            record_op(self.client, self.keys, self.name, op, time.monotonic() - started, error)
 
-    def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
-                    *, launch_id: str) -> list[str]:
-        with self.guard.launch_slot(self.name, self.limits.concurrent_launches, self.lease):
-            return list(self._call("run", self.inner.run_workers, cluster, container, hardware, count, launch_id=launch_id))
 
-    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
-        return dict(self._call("status", self.inner.worker_status, cluster, handles))
+class LaunchSlots(ProviderWrapper):
+    """A launch takes one of `slots` concurrent-launch slots of the provider, or LaunchSlotsBusy."""
 
-    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
-        return dict(self._call("kill", self.inner.kill_workers, cluster, handles))
+    def __init__(self, inner: Provider[Any], name: str, limits: Limits, slots: int, lease: float) -> None:
+        super().__init__(inner, name)
+        self.limits = limits
+        self.slots = slots
+        self.lease = lease
 
-    def list_workers(self, cluster: Cluster) -> dict[str, int] | None:
-        listed = self._call("list", self.inner.list_workers, cluster)
-        return None if listed is None else dict(listed)
+    def _call(self, op: str, cluster: Cluster[Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if op != "run":
+            return fn(cluster, *args, **kwargs)
+        with self.limits.launch_slot(self.name, self.slots, self.lease):
+            return fn(cluster, *args, **kwargs)
 
-    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str] | None:
-        found = self._call("find", self.inner.find_launch, cluster, launch_id)
-        return None if found is None else list(found)
+
+class Throttled(ProviderWrapper):
+    """Every call takes one operation token of the provider (`ops_per_second`, shared)."""
+
+    def __init__(self, inner: Provider[Any], name: str, limits: Limits, per_second: int) -> None:
+        super().__init__(inner, name)
+        self.limits = limits
+        self.per_second = per_second
+
+    def _call(self, op: str, cluster: Cluster[Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.limits.take_op(self.name, self.per_second)
+        return fn(cluster, *args, **kwargs)
+
+
+class Held(ProviderWrapper):
+    """Honours the shared holds before a call: a rate-limit hold on the provider (RateLimited with
+    the time left) and an unresponsive hold on the cluster (ProviderTimeout, `held`). A
+    RateLimited from the cloud sets the provider's hold, for every control-plane worker."""
+
+    def __init__(self, inner: Provider[Any], name: str, holds: Holds) -> None:
+        super().__init__(inner, name)
+        self.holds = holds
+
+    def _call(self, op: str, cluster: Cluster[Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        wait, held = self.holds.call_holds(self.name, cluster.name)
+        if wait > 0:
+            raise RateLimited(f"provider {self.name!r} is rate-limited", retry_after=wait)
+        if held > 0:
+            raise ProviderTimeout(f"provider {self.name!r} did not answer for cluster {cluster.name!r} lately: its "
+                                  f"calls are held for {held:.0f} s", retry_after=held, held=True)
+        try:
+            return fn(cluster, *args, **kwargs)
+        except RateLimited as exc:
+            self.holds.hold_provider(self.name, exc.retry_after)
+            raise
+
+
+def call_timeout(raw: Provider[Any], limits: ProviderLimits) -> float:
+    """The deadline of a provider's calls: the operator's, else the provider's own."""
+    return float(limits.call_timeout or raw.call_timeout)

@@ -26,7 +26,7 @@ import hashlib
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar, Literal, NoReturn, TypeVar
+from typing import Any, ClassVar, Generic, Literal, NoReturn, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -208,7 +208,8 @@ def map_error(exc: BaseException, action: str, *, instance_type: str | None = No
         hint = next((h for prefix, h in (hints or {}).items() if code.startswith(prefix)), None)
         lowered = text.lower()
         if code in THROTTLING:
-            return RateLimited(f"{said} (AWS throttled Fleet after botocore's retries)", _retry_after(exc.response), cause)
+            return RateLimited(f"{said} (AWS throttled Fleet after botocore's retries)", _retry_after(exc.response),
+                               cause)
         if code in QUOTA or (code in ("ClientException", "InvalidParameterException")
                              and ("limit" in lowered or "quota" in lowered)):
             return QuotaExceeded(f"{said}: an account quota is used up; raise it or wait for workers to go away",
@@ -220,7 +221,7 @@ def map_error(exc: BaseException, action: str, *, instance_type: str | None = No
             return PermanentProviderError(
                 f"{said}: check the AWS credentials the SDK chain finds (AWS_* environment variables, "
                 f"profile, instance or task role) and that their IAM policy allows {action}", cause)
-        if code in TRANSIENT or status >= 500 or code.isdigit() and int(code) >= 500:
+        if code in TRANSIENT or status >= 500 or (code.isdigit() and int(code) >= 500):
             return TransientProviderError(said, cause)
         return PermanentProviderError(f"{said}: {hint or 'fix the provider_options of this cluster'}", cause)
     if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError, bexc.CredentialRetrievalError)):
@@ -256,9 +257,13 @@ def aws_errors(action: str, *, instance_type: str | None = None,
         raise_mapped(exc, action, instance_type=instance_type, hints=hints)
 
 
-class AwsProvider(Provider):
-    """What the AWS providers share: one cached boto3 client per option set, and their options
-    checked to be their own. Subclasses set `service` and `options_model`."""
+#: the options model of one AWS provider
+A = TypeVar("A", bound=AwsOptions)
+
+
+class AwsProvider(Provider[A], Generic[A]):
+    """What the AWS providers share: one cached boto3 client per option set. Subclasses set
+    `service` and `options_model`."""
 
     service: ClassVar[str]
     call_timeout = 60.0  # botocore's own retries (with back-off) happen within one call
@@ -267,14 +272,6 @@ class AwsProvider(Provider):
         super().__init__(context)
         self._clients = Clients()
 
-    def client(self, cluster: Cluster) -> Any:
+    def client(self, cluster: Cluster[A]) -> Any:
         """The (cached) boto3 client for `cluster`'s options."""
-        return self._clients.get(self.service, self._opts(cluster))
-
-    @classmethod
-    def _opts(cls, cluster: Cluster) -> Any:
-        opts = cluster.options
-        if not isinstance(opts, cls.options_model):
-            raise PermanentProviderError(
-                f"cluster {cluster.name!r}: provider_options were not validated for {cls.__name__}")
-        return opts
+        return self._clients.get(self.service, cluster.options)

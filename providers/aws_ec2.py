@@ -98,7 +98,7 @@ class EC2Options(AwsOptions):
     page_size: int = Field(default=1000, ge=5, le=1000, description="DescribeInstances page size")
 
 
-def user_data(cluster: Cluster, container: ContainerSpec, launch_id: str, workers: int) -> str:
+def user_data(cluster: Cluster[EC2Options], container: ContainerSpec, launch_id: str, workers: int) -> str:
     """The boot script: export the identity, run the worker, power off (= terminate) when it exits."""
     q = shlex.quote
     env = {**container.env, "FLEET_ID": cluster.fleet_id, "FLEET_CLUSTER": cluster.name,
@@ -133,7 +133,7 @@ def user_data(cluster: Cluster, container: ContainerSpec, launch_id: str, worker
     return script
 
 
-class EC2Provider(AwsProvider):
+class EC2Provider(AwsProvider[EC2Options]):
     options_model = EC2Options
     listing_grace = 10.0  # DescribeInstances may not list a fresh instance for a few seconds
 
@@ -146,9 +146,9 @@ class EC2Provider(AwsProvider):
         return opts.instance_type or cheapest_fit(opts.catalogue, hardware, exclude).name
 
     # -- the contract ----------------------------------------------------------------------
-    def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
+    def run_workers(self, cluster: Cluster[EC2Options], container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
-        opts = self._opts(cluster)
+        opts = cluster.options
         itype = self.instance_type(opts, hardware, cluster.excluded_types)
         calls = plan_calls(cluster.containers_for(count), opts.batch_size)
         if not calls:
@@ -183,7 +183,7 @@ class EC2Provider(AwsProvider):
                 handles += [iid] * w
         return handles
 
-    def _launch(self, client: Any, opts: EC2Options, cluster: Cluster, container: ContainerSpec, itype: str,
+    def _launch(self, client: Any, opts: EC2Options, cluster: Cluster[EC2Options], container: ContainerSpec, itype: str,
                 launch_id: str, index: int, workers: int, n: int) -> list[tuple[str, int]]:
         tags = [{"Key": k, "Value": v} for k, v in {
             "fleet:id": cluster.fleet_id, "fleet:cluster": cluster.name, "fleet:launch": launch_id,
@@ -212,22 +212,22 @@ class EC2Provider(AwsProvider):
             resp = client.run_instances(**params)
         return [(i["InstanceId"], workers) for i in resp.get("Instances", [])]
 
-    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
+    def worker_status(self, cluster: Cluster[EC2Options], handles: Sequence[str]) -> dict[str, WorkerStatus]:
         unique = list(dict.fromkeys(handles))
         if not any(INSTANCE_ID.fullmatch(h) for h in unique):
-            return {h: WorkerStatus.STOPPED for h in unique}
+            return dict.fromkeys(unique, WorkerStatus.STOPPED)
         seen = {i["InstanceId"]: i["State"]["Name"]
                 for i in self._describe(cluster, [{"Name": "instance-state-name", "Values": list(LIVE)}])}
         return {h: STATUS.get(seen.get(h, ""), WorkerStatus.STOPPED) for h in unique}
 
-    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+    def kill_workers(self, cluster: Cluster[EC2Options], handles: Sequence[str]) -> dict[str, bool]:
         unique = list(dict.fromkeys(handles))
         ids = [h for h in unique if INSTANCE_ID.fullmatch(h)]  # anything else cannot exist: dead already
         if ids:
             client = self.client(cluster)
             for chunk in chunks(ids, 1000):
                 self._terminate(client, list(chunk))
-        return {h: True for h in unique}
+        return dict.fromkeys(unique, True)
 
     def _terminate(self, client: Any, ids: list[str]) -> None:
         """TerminateInstances; one unknown id fails the whole call, so split until it is alone."""
@@ -242,22 +242,22 @@ class EC2Provider(AwsProvider):
                 self._terminate(client, ids[mid:])
             # a single unknown id: never existed or long gone, which is what we wanted
 
-    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str]:
+    def find_launch(self, cluster: Cluster[EC2Options], launch_id: str) -> list[str]:
         states = ["pending", "running", "stopping", "stopped"]
         found = self._describe(cluster, [{"Name": "tag:fleet:launch", "Values": [launch_id]},
                                          {"Name": "instance-state-name", "Values": states}])
         return [i["InstanceId"] for i in sorted(found, key=lambda i: i["InstanceId"])
                 for _ in range(int(tag_dict(i.get("Tags")).get("fleet:workers", "1")))]
 
-    def list_workers(self, cluster: Cluster) -> dict[str, int]:
+    def list_workers(self, cluster: Cluster[EC2Options]) -> dict[str, int]:
         states = ["pending", "running", "stopping", "stopped"]
         return {i["InstanceId"]: int(tag_dict(i.get("Tags")).get("fleet:workers", "1"))
                 for i in self._describe(cluster, [{"Name": "instance-state-name", "Values": states}])}
 
     # -- describe --------------------------------------------------------------------------
-    def _describe(self, cluster: Cluster, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _describe(self, cluster: Cluster[EC2Options], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Every instance tagged with this fleet id and cluster (and `extra` filters), all pages."""
-        opts = self._opts(cluster)
+        opts = cluster.options
         filters = [{"Name": "tag:fleet:id", "Values": [cluster.fleet_id]},
                    {"Name": "tag:fleet:cluster", "Values": [cluster.name]}, *extra]
         pages = self.client(cluster).get_paginator("describe_instances").paginate(

@@ -100,7 +100,7 @@ def fargate_size(cpu: float, memory_mb: int) -> tuple[int, int]:
                                  "and 120 GiB): lower the cluster's hardware")
 
 
-def started_by(cluster: Cluster, launch_id: str) -> str:
+def started_by(cluster: Cluster[ECSOptions], launch_id: str) -> str:
     """The `startedBy` marker of a launch (at most 36 characters)."""
     return token(cluster.fleet_id, cluster.name, launch_id, prefix="fleet-", length=36)
 
@@ -109,16 +109,15 @@ def _is_task_arn(handle: str) -> bool:
     return handle.startswith("arn:") and ":task/" in handle
 
 
-class ECSProvider(AwsProvider):
+class ECSProvider(AwsProvider[ECSOptions]):
     options_model = ECSOptions
     listing_grace = 5.0
 
     service = "ecs"
 
     # -- the contract ----------------------------------------------------------------------
-    def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
+    def run_workers(self, cluster: Cluster[ECSOptions], container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
-        self._opts(cluster)  # refuse options of another provider before anything else
         if hardware.gpus:
             raise PermanentProviderError(f"cluster {cluster.name!r} asks for GPUs, which Fargate does not offer: "
                                          "use aws_ec2 or set hardware.gpus = 0")
@@ -154,9 +153,9 @@ class ECSProvider(AwsProvider):
                 handles += [arn] * w
         return handles
 
-    def _run(self, cluster: Cluster, container: ContainerSpec, size: tuple[int, int], launch_id: str, marker: str,
-             index: int, workers: int, n: int) -> list[tuple[str, int]]:
-        opts = self._opts(cluster)
+    def _run(self, cluster: Cluster[ECSOptions], container: ContainerSpec, size: tuple[int, int], launch_id: str,
+             marker: str, index: int, workers: int, n: int) -> list[tuple[str, int]]:
+        opts = cluster.options
         env = {**container.env, "FLEET_ID": cluster.fleet_id, "FLEET_CLUSTER": cluster.name,
                "FLEET_WORKERS": str(workers), "FLEET_LAUNCH_ID": launch_id}
         tags = {"fleet:id": cluster.fleet_id, "fleet:cluster": cluster.name, "fleet:launch": launch_id,
@@ -193,7 +192,7 @@ class ECSProvider(AwsProvider):
             return QuotaExceeded(text)
         return TransientProviderError(text)
 
-    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
+    def worker_status(self, cluster: Cluster[ECSOptions], handles: Sequence[str]) -> dict[str, WorkerStatus]:
         unique = list(dict.fromkeys(handles))
         seen = {t["taskArn"]: t for t in self._describe(cluster, [h for h in unique if _is_task_arn(h)])}
         return {h: self._status(seen.get(h)) for h in unique}
@@ -207,9 +206,9 @@ class ECSProvider(AwsProvider):
             return WorkerStatus.INITIALIZING
         return WorkerStatus.RUNNING if last == "RUNNING" else WorkerStatus.STOPPED
 
-    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+    def kill_workers(self, cluster: Cluster[ECSOptions], handles: Sequence[str]) -> dict[str, bool]:
         unique = list(dict.fromkeys(handles))
-        opts = self._opts(cluster)
+        opts = cluster.options
         # Only tasks ECS knows and that are not stopping already get a StopTask: unknown is dead.
         live = [t["taskArn"] for t in self._describe(cluster, [h for h in unique if _is_task_arn(h)])
                 if t.get("desiredStatus") != "STOPPED" and t.get("lastStatus") != "STOPPED"]
@@ -221,17 +220,16 @@ class ECSProvider(AwsProvider):
                 if error_code(exc) in ("InvalidParameterException", "ClientException") and "not found" in str(exc):
                     continue  # gone between DescribeTasks and StopTask
                 raise_mapped(exc, "ecs:StopTask", hints=HINTS)
-        return {h: True for h in unique}
+        return dict.fromkeys(unique, True)
 
-    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str]:
-        self._opts(cluster)
+    def find_launch(self, cluster: Cluster[ECSOptions], launch_id: str) -> list[str]:
         live = [t for t in self._launched(cluster, started_by(cluster, launch_id))
                 if tag_dict(t.get("tags")).get("fleet:cluster") == cluster.name
                 and self._status(t) != WorkerStatus.STOPPED]
         return [t["taskArn"] for t in sorted(live, key=lambda t: t["taskArn"])
                 for _ in range(int(tag_dict(t.get("tags")).get("fleet:workers", "1")))]
 
-    def list_workers(self, cluster: Cluster) -> dict[str, int]:
+    def list_workers(self, cluster: Cluster[ECSOptions]) -> dict[str, int]:
         arns = self._list(cluster, desired="RUNNING")
         out: dict[str, int] = {}
         for task in self._describe(cluster, arns):
@@ -242,15 +240,15 @@ class ECSProvider(AwsProvider):
         return out
 
     # -- listing ---------------------------------------------------------------------------
-    def _launched(self, cluster: Cluster, marker: str) -> list[dict[str, Any]]:
+    def _launched(self, cluster: Cluster[ECSOptions], marker: str) -> list[dict[str, Any]]:
         """Every task (running or stopped) an earlier attempt of a launch started, with tags."""
         arns = self._list(cluster, desired="RUNNING", started=marker) + self._list(cluster, desired="STOPPED",
                                                                                   started=marker)
         return [t for t in self._describe(cluster, list(dict.fromkeys(arns)))
                 if tag_dict(t.get("tags")).get("fleet:id") == cluster.fleet_id]
 
-    def _list(self, cluster: Cluster, *, desired: str, started: str | None = None) -> list[str]:
-        kwargs: dict[str, Any] = {"cluster": self._opts(cluster).cluster, "desiredStatus": desired}
+    def _list(self, cluster: Cluster[ECSOptions], *, desired: str, started: str | None = None) -> list[str]:
+        kwargs: dict[str, Any] = {"cluster": cluster.options.cluster, "desiredStatus": desired}
         if started:
             kwargs["startedBy"] = started
         arns: list[str] = []
@@ -259,13 +257,13 @@ class ECSProvider(AwsProvider):
                 arns.extend(page.get("taskArns", []))
         return arns
 
-    def _describe(self, cluster: Cluster, arns: Iterable[str]) -> list[dict[str, Any]]:
+    def _describe(self, cluster: Cluster[ECSOptions], arns: Iterable[str]) -> list[dict[str, Any]]:
         """DescribeTasks (with tags) in chunks of 100; tasks ECS does not know are left out."""
         arns = list(arns)
         tasks: list[dict[str, Any]] = []
         for chunk in chunks(arns, PER_DESCRIBE):
             with aws_errors("ecs:DescribeTasks", hints=HINTS):
-                resp = self.client(cluster).describe_tasks(cluster=self._opts(cluster).cluster, tasks=list(chunk),
+                resp = self.client(cluster).describe_tasks(cluster=cluster.options.cluster, tasks=list(chunk),
                                                            include=["TAGS"])
             wanted = set(chunk)
             tasks.extend(t for t in resp.get("tasks", []) if t.get("taskArn") in wanted)

@@ -58,7 +58,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleet.errors import PermanentProviderError, ProviderError, RateLimited, TransientProviderError
-from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, WorkerStatus, import_sdk
+from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus, import_sdk
 
 LABEL_ID, LABEL_CLUSTER, LABEL_LAUNCH, LABEL_WORKERS = "fleet.id", "fleet.cluster", "fleet.launch", "fleet.workers"
 _BIND = re.compile(r"^[^:]+:/[^:]*(:[a-zA-Z,]+)?$")
@@ -73,8 +73,9 @@ _RUNNING = {"running", "paused"}
 class DockerOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base_url: str | None = Field(default=None, min_length=1,
-                                 description="Docker host URL; default: the environment's (DOCKER_HOST or the local socket)")
+    base_url: str | None = Field(
+        default=None, min_length=1,
+        description="Docker host URL; default: the environment's (DOCKER_HOST or the local socket)")
     network_mode: str | None = Field(default=None, min_length=1, description="container network mode, e.g. 'host'")
     volumes: list[str] | dict[str, dict[str, str]] | None = Field(
         default=None, description="bind mounts: ['/host:/container:ro', ...] or the SDK's dict form")
@@ -106,11 +107,11 @@ def container_name(launch_id: str, index: int) -> str:
     return f"fleet-{_NAME_UNSAFE.sub('-', launch_id[:20])}-{index}"
 
 
-class DockerProvider(Provider):
+class DockerProvider(Provider[DockerOptions]):
     call_timeout = 120.0  # a launch makes several Engine API calls per container
     options_model = DockerOptions
 
-    def __init__(self, context) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, context: ProviderContext) -> None:
         super().__init__(context)
         self._clients: dict[tuple[str | None, float], Any] = {}
         self._lock = threading.Lock()
@@ -135,7 +136,7 @@ class DockerProvider(Provider):
             client = self._clients.setdefault(key, client)
         return client.api
 
-    def _ours(self, api: Any, cluster: Cluster, *extra: str) -> dict[str, dict[str, Any]]:
+    def _ours(self, api: Any, cluster: Cluster[DockerOptions], *extra: str) -> dict[str, dict[str, Any]]:
         """Every container (any state) labelled with this fleet id and cluster, by name."""
         labels = [f"{LABEL_ID}={cluster.fleet_id}", f"{LABEL_CLUSTER}={cluster.name}", *extra]
         try:
@@ -149,9 +150,9 @@ class DockerProvider(Provider):
         return found
 
     # -- the contract -----------------------------------------------------------------------
-    def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
+    def run_workers(self, cluster: Cluster[DockerOptions], container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
-        opts: DockerOptions = cluster.options  # type: ignore[assignment]
+        opts = cluster.options
         if not container.image:
             raise PermanentProviderError(f"cluster {cluster.name!r}: the docker provider needs container.image")
         api = self._api(opts)
@@ -191,7 +192,7 @@ class DockerProvider(Provider):
             raise (transient or permanent or errors)[0]
         return handles
 
-    def _create(self, api: Any, cluster: Cluster, container: ContainerSpec, hardware: Hardware,
+    def _create(self, api: Any, cluster: Cluster[DockerOptions], container: ContainerSpec, hardware: Hardware,
                 opts: DockerOptions, name: str, workers: int, launch_id: str) -> str:
         docker = import_sdk("docker", "docker")
         env = {**container.env, **cluster.identity_env(name, workers), "FLEET_LAUNCH_ID": launch_id}
@@ -204,8 +205,8 @@ class DockerProvider(Provider):
             nano_cpus=int(hardware.cpu * 1e9), mem_limit=hardware.memory_mb * 1024 * 1024,
             network_mode=opts.network_mode, binds=opts.volumes, auto_remove=opts.auto_remove,
             device_requests=devices)
-        kwargs = dict(name=name, environment=env, labels=labels, host_config=host_config,
-                      working_dir=opts.working_dir, detach=True)
+        kwargs = {"name": name, "environment": env, "labels": labels, "host_config": host_config,
+                  "working_dir": opts.working_dir, "detach": True}
         try:
             try:
                 api.create_container(container.image, command, **kwargs)
@@ -223,7 +224,7 @@ class DockerProvider(Provider):
         self._start(api, name, cluster, remove_on_failure=True)
         return name
 
-    def _adopt(self, api: Any, cluster: Cluster, name: str) -> str:
+    def _adopt(self, api: Any, cluster: Cluster[DockerOptions], name: str) -> str:
         """The name exists: a retried launch created it. Take it if it is ours, start it if new."""
         try:
             info = api.inspect_container(name)
@@ -238,7 +239,7 @@ class DockerProvider(Provider):
             self._start(api, name, cluster)
         return name
 
-    def _start(self, api: Any, name: str, cluster: Cluster, remove_on_failure: bool = False) -> None:
+    def _start(self, api: Any, name: str, cluster: Cluster[DockerOptions], remove_on_failure: bool = False) -> None:
         try:
             api.start(name)
         except Exception as exc:
@@ -250,21 +251,21 @@ class DockerProvider(Provider):
                     pass
             raise mapped from exc
 
-    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
+    def worker_status(self, cluster: Cluster[DockerOptions], handles: Sequence[str]) -> dict[str, WorkerStatus]:
         if not handles:
             return {}
-        found = self._ours(self._api(cluster.options), cluster)  # type: ignore[arg-type]
+        found = self._ours(self._api(cluster.options), cluster)
         return {h: _status(found[h].get("State")) if h in found else WorkerStatus.STOPPED for h in handles}
 
-    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+    def kill_workers(self, cluster: Cluster[DockerOptions], handles: Sequence[str]) -> dict[str, bool]:
         unique = list(dict.fromkeys(handles))
         if not unique:
             return {}
-        api = self._api(cluster.options)  # type: ignore[arg-type]
+        api = self._api(cluster.options)
         docker = import_sdk("docker", "docker")
         found = self._ours(api, cluster)  # only this fleet's and cluster's containers are touched
         doomed = [h for h in unique if h in found]
-        result = {h: True for h in unique}
+        result = dict.fromkeys(unique, True)
 
         def remove(name: str) -> bool:
             try:
@@ -283,12 +284,12 @@ class DockerProvider(Provider):
                 result.update(zip(doomed, pool.map(remove, doomed)))
         return result
 
-    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str]:
-        found = self._ours(self._api(cluster.options), cluster, f"{LABEL_LAUNCH}={launch_id}")  # type: ignore[arg-type]
+    def find_launch(self, cluster: Cluster[DockerOptions], launch_id: str) -> list[str]:
+        found = self._ours(self._api(cluster.options), cluster, f"{LABEL_LAUNCH}={launch_id}")
         return [name for name, c in sorted(found.items()) for _ in range(_workers(c))]
 
-    def list_workers(self, cluster: Cluster) -> dict[str, int]:
-        found = self._ours(self._api(cluster.options), cluster)  # type: ignore[arg-type]
+    def list_workers(self, cluster: Cluster[DockerOptions]) -> dict[str, int]:
+        found = self._ours(self._api(cluster.options), cluster)
         return {name: _workers(c) for name, c in found.items() if _status(c.get("State")) != WorkerStatus.STOPPED}
 
 

@@ -16,8 +16,9 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,13 +72,13 @@ def scripted_error(spec: str) -> Exception:
     return TransientProviderError(f"injected {kind or 'transient'} error")
 
 
-class FaultyProvider(Provider):
+class FaultyProvider(Provider[FaultyOptions]):
     options_model = FaultyOptions
     call_timeout = 90.0  # slow_seconds (at most 60) on top of the inner provider's own time
 
     def __init__(self, context: ProviderContext) -> None:
         super().__init__(context)
-        self._inner: dict[str, Provider] = {}
+        self._inner: dict[str, Provider[Any]] = {}
         self._rng = random.Random()
         self._seeded = False
         self._lock = threading.Lock()
@@ -93,8 +94,8 @@ class FaultyProvider(Provider):
         provider_class(opts.inner).validate_options(opts.inner_options)
         return opts
 
-    def _parts(self, cluster: Cluster) -> tuple[Provider, Cluster, FaultyOptions]:
-        opts: FaultyOptions = cluster.options  # type: ignore[assignment]
+    def _parts(self, cluster: Cluster[FaultyOptions]) -> tuple[Provider[Any], Cluster[Any], FaultyOptions]:
+        opts = cluster.options
         with self._lock:
             if opts.seed is not None and not self._seeded:
                 self._rng.seed(opts.seed)
@@ -145,28 +146,28 @@ class FaultyProvider(Provider):
                 with open(opts.journal, "a") as out:  # one short append: whole lines, even across processes
                     out.write(f"{op} {started:.6f} {time.time():.6f} {os.getpid()}\n")
 
-    def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
+    def run_workers(self, cluster: Cluster[FaultyOptions], container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
-        with self._journal("run", cluster.options):  # type: ignore[arg-type]
+        with self._journal("run", cluster.options):
             return self._run_workers(cluster, container, hardware, count, launch_id=launch_id)
 
-    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
-        with self._journal("status", cluster.options):  # type: ignore[arg-type]
+    def worker_status(self, cluster: Cluster[FaultyOptions], handles: Sequence[str]) -> dict[str, WorkerStatus]:
+        with self._journal("status", cluster.options):
             return self._worker_status(cluster, handles)
 
-    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
-        with self._journal("kill", cluster.options):  # type: ignore[arg-type]
+    def kill_workers(self, cluster: Cluster[FaultyOptions], handles: Sequence[str]) -> dict[str, bool]:
+        with self._journal("kill", cluster.options):
             return self._kill_workers(cluster, handles)
 
-    def list_workers(self, cluster: Cluster) -> dict[str, int] | None:
-        with self._journal("list", cluster.options):  # type: ignore[arg-type]
+    def list_workers(self, cluster: Cluster[FaultyOptions]) -> dict[str, int] | None:
+        with self._journal("list", cluster.options):
             return self._list_workers(cluster)
 
-    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str] | None:
-        with self._journal("find", cluster.options):  # type: ignore[arg-type]
+    def find_launch(self, cluster: Cluster[FaultyOptions], launch_id: str) -> list[str] | None:
+        with self._journal("find", cluster.options):
             return self._find_launch(cluster, launch_id)
 
-    def _run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
+    def _run_workers(self, cluster: Cluster[FaultyOptions], container: ContainerSpec, hardware: Hardware, count: int,
                      *, launch_id: str) -> list[str]:
         inner, ref, opts = self._parts(cluster)
         with self._lock:
@@ -184,7 +185,7 @@ class FaultyProvider(Provider):
         self._after("run", opts)
         return handles
 
-    def _worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
+    def _worker_status(self, cluster: Cluster[FaultyOptions], handles: Sequence[str]) -> dict[str, WorkerStatus]:
         inner, ref, opts = self._parts(cluster)
         self._before("status", opts, opts.status_error_rate)
         doomed = [h for h in handles if self._chance(opts.die_rate, opts)]
@@ -195,19 +196,19 @@ class FaultyProvider(Provider):
             return {h: WorkerStatus.INITIALIZING if h in self._never_boot and s == WorkerStatus.RUNNING else s
                     for h, s in status.items()}
 
-    def _kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+    def _kill_workers(self, cluster: Cluster[FaultyOptions], handles: Sequence[str]) -> dict[str, bool]:
         inner, ref, opts = self._parts(cluster)
         self._before("kill", opts, opts.kill_error_rate)
         killed = inner.kill_workers(ref, handles)
         self._after("kill", opts)
         return killed
 
-    def _find_launch(self, cluster: Cluster, launch_id: str) -> list[str] | None:
+    def _find_launch(self, cluster: Cluster[FaultyOptions], launch_id: str) -> list[str] | None:
         inner, ref, opts = self._parts(cluster)
         self._before("find", opts, opts.status_error_rate)
         return inner.find_launch(ref, launch_id)
 
-    def _list_workers(self, cluster: Cluster) -> dict[str, int] | None:
+    def _list_workers(self, cluster: Cluster[FaultyOptions]) -> dict[str, int] | None:
         inner, ref, opts = self._parts(cluster)
         self._before("status", opts, opts.status_error_rate)
         return inner.list_workers(ref)

@@ -50,7 +50,7 @@ from fleet.errors import (
     RateLimited,
     TransientProviderError,
 )
-from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, WorkerStatus, import_sdk
+from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus, import_sdk
 
 T = TypeVar("T")
 
@@ -81,8 +81,10 @@ class GCEOptions(BaseModel):
 
     project: str = Field(min_length=1, description="Google Cloud project id")
     zone: str = Field(min_length=1, description="zone of the instances, e.g. europe-west1-b")
-    source_image: str = Field(min_length=1, description="boot image, e.g. projects/debian-cloud/global/images/family/debian-12")
-    machine_type: str | None = Field(default=None, min_length=1, description="explicit machine type; else chosen from catalogue")
+    source_image: str = Field(min_length=1,
+                              description="boot image, e.g. projects/debian-cloud/global/images/family/debian-12")
+    machine_type: str | None = Field(default=None, min_length=1,
+                                     description="explicit machine type; else chosen from catalogue")
     catalogue: tuple[InstanceType, ...] = Field(default=DEFAULT_CATALOGUE, min_length=1,
                                                 description="machine types to choose the cheapest fitting one from")
     network: str = Field(default="global/networks/default", min_length=1, description="VPC network")
@@ -94,11 +96,13 @@ class GCEOptions(BaseModel):
     disk_size_gb: int = Field(default=20, ge=10, le=65536, description="boot disk size")
     preemptible: bool = Field(default=False, description="preemptible VMs")
     spot: bool = Field(default=False, description="Spot VMs (deleted when preempted)")
-    api_endpoint: str | None = Field(default=None, pattern=r"^https?://", description="Compute API endpoint, scheme included")
+    api_endpoint: str | None = Field(default=None, pattern=r"^https?://",
+                                     description="Compute API endpoint, scheme included")
     anonymous: bool = Field(default=False, description="anonymous credentials: only for a local fake server")
     page_size: int = Field(default=500, ge=1, le=500, description="instances per list page")
     operation_timeout: float = Field(default=60.0, ge=0, le=3600, description="bounded wait for operations, seconds")
-    retry_deadline: float = Field(default=30.0, ge=0, le=600, description="api_core retry deadline for transient errors, seconds")
+    retry_deadline: float = Field(default=30.0, ge=0, le=600,
+                                  description="api_core retry deadline for transient errors, seconds")
 
     @model_validator(mode="after")
     def _one_provisioning_model(self) -> GCEOptions:
@@ -143,12 +147,12 @@ def startup_script(container: ContainerSpec, env: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-class GCEProvider(Provider):
+class GCEProvider(Provider[GCEOptions]):
     options_model = GCEOptions
     listing_grace = 5.0
     call_timeout = 150.0  # an insert or delete waits up to operation_timeout (60 s) plus api_core retries
 
-    def __init__(self, context) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, context: ProviderContext) -> None:
         super().__init__(context)
         self._clients: dict[tuple[str | None, bool], tuple[Any, Any]] = {}
 
@@ -192,7 +196,7 @@ class GCEProvider(Provider):
                                                max_results=opts.page_size)
         return self._call(opts, lambda **kw: list(instances.list(**kw)), request=request)
 
-    def _ours(self, cluster: Cluster) -> dict[str, str]:
+    def _ours(self, cluster: Cluster[GCEOptions]) -> dict[str, str]:
         return {LABEL_ID: label_value(cluster.fleet_id), LABEL_CLUSTER: label_value(cluster.name)}
 
     def _wait(self, opts: GCEOptions, ops: dict[str, Any], deadline: float) -> dict[str, Any]:
@@ -208,16 +212,16 @@ class GCEProvider(Provider):
                 try:
                     op = operations.wait(project=opts.project, zone=opts.zone, operation=op.name,
                                          timeout=max(left, 1.0))
-                except Exception:  # an unfinished wait is not an error: the operation goes on
+                except Exception:  # noqa: BLE001 - an unfinished wait is not an error: the operation goes on
                     op = None
             if op is not None:
                 done[key] = op
         return done
 
     # -- the contract ----------------------------------------------------------------------
-    def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
+    def run_workers(self, cluster: Cluster[GCEOptions], container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
-        opts: GCEOptions = cluster.options  # type: ignore[assignment]
+        opts = cluster.options
         machine_type = opts.machine_type or cheapest_fit(opts.catalogue, hardware, cluster.excluded_types).name
         gpus = next((t.gpus for t in opts.catalogue if t.name == machine_type), 0)
         compute, _, _ = self._sdk(opts)
@@ -270,7 +274,7 @@ class GCEProvider(Provider):
             rid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"fleet-gce-retry:{rid}:{op.name}"))
         return op
 
-    def _adopt(self, opts: GCEOptions, cluster: Cluster, name: str, exc: Exception) -> None:
+    def _adopt(self, opts: GCEOptions, cluster: Cluster[GCEOptions], name: str, exc: Exception) -> None:
         """A 409 on insert: the name exists. Adopt it if it is this fleet's and cluster's."""
         _, instances, _ = self._sdk(opts)
         found = self._call(opts, instances.get, project=opts.project, zone=opts.zone, instance=name)
@@ -280,7 +284,7 @@ class GCEProvider(Provider):
                 f"instance name {name} in {opts.project}/{opts.zone} is taken by an instance not labelled for "
                 f"fleet {cluster.fleet_id!r} cluster {cluster.name!r}: delete or rename it", str(exc))
 
-    def _instance(self, compute: Any, opts: GCEOptions, cluster: Cluster, container: ContainerSpec,
+    def _instance(self, compute: Any, opts: GCEOptions, cluster: Cluster[GCEOptions], container: ContainerSpec,
                   machine_type: str, gpus: int, name: str, size: int, launch_id: str) -> Any:
         env = {**container.env, **cluster.identity_env(name, size), "FLEET_LAUNCH_ID": launch_id}
         nic = compute.NetworkInterface(network=opts.network)
@@ -299,9 +303,11 @@ class GCEProvider(Provider):
             name=name,
             machine_type=f"zones/{opts.zone}/machineTypes/{machine_type}",
             labels={**self._ours(cluster), LABEL_LAUNCH: label_value(launch_id), LABEL_WORKERS: str(size)},
-            metadata=compute.Metadata(items=[compute.Items(key="startup-script", value=startup_script(container, env))]),
-            disks=[compute.AttachedDisk(boot=True, auto_delete=True, initialize_params=compute.AttachedDiskInitializeParams(
-                source_image=opts.source_image, disk_size_gb=opts.disk_size_gb))],
+            metadata=compute.Metadata(items=[compute.Items(key="startup-script",
+                                                           value=startup_script(container, env))]),
+            disks=[compute.AttachedDisk(boot=True, auto_delete=True,
+                                        initialize_params=compute.AttachedDiskInitializeParams(
+                                            source_image=opts.source_image, disk_size_gb=opts.disk_size_gb))],
             network_interfaces=[nic],
             scheduling=scheduling,
         )
@@ -309,25 +315,25 @@ class GCEProvider(Provider):
             body.service_accounts = [compute.ServiceAccount(email=opts.service_account_email, scopes=list(opts.scopes))]
         return body
 
-    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
-        opts: GCEOptions = cluster.options  # type: ignore[assignment]
+    def worker_status(self, cluster: Cluster[GCEOptions], handles: Sequence[str]) -> dict[str, WorkerStatus]:
+        opts = cluster.options
         if not handles:
             return {}
         seen = {i.name: _STATUS.get(i.status, WorkerStatus.STOPPED) for i in self._list(opts, **self._ours(cluster))}
         return {h: seen.get(h, WorkerStatus.STOPPED) for h in handles}
 
-    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+    def kill_workers(self, cluster: Cluster[GCEOptions], handles: Sequence[str]) -> dict[str, bool]:
         """Delete each handle's instance. Only instances labelled for this fleet and cluster are
         touched (one list finds them); a handle not among them is unknown, so already stopped.
         An operation still running at the bounded wait's end counts as going away (True); a typed
         error (throttled, refused) propagates and Fleet asks again: deletes are idempotent."""
-        opts: GCEOptions = cluster.options  # type: ignore[assignment]
+        opts = cluster.options
         if not handles:
             return {}
         _, instances, _ = self._sdk(opts)
         not_found = import_sdk("google.api_core.exceptions", "gce").NotFound
         ours = {i.name for i in self._list(opts, **self._ours(cluster))}
-        result = {h: True for h in handles}
+        result = dict.fromkeys(handles, True)
         ops: dict[str, Any] = {}
         for h in dict.fromkeys(handles):
             if h in ours:
@@ -342,14 +348,14 @@ class GCEProvider(Provider):
                 result[h] = False
         return result
 
-    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str]:
-        opts: GCEOptions = cluster.options  # type: ignore[assignment]
+    def find_launch(self, cluster: Cluster[GCEOptions], launch_id: str) -> list[str]:
+        opts = cluster.options
         found = self._list(opts, **self._ours(cluster), **{LABEL_LAUNCH: label_value(launch_id)})
         return [i.name for i in sorted(found, key=lambda i: i.name)
                 for _ in range(int(dict(i.labels).get(LABEL_WORKERS, "1")))]
 
-    def list_workers(self, cluster: Cluster) -> dict[str, int]:
-        opts: GCEOptions = cluster.options  # type: ignore[assignment]
+    def list_workers(self, cluster: Cluster[GCEOptions]) -> dict[str, int]:
+        opts = cluster.options
         return {i.name: int(dict(i.labels).get(LABEL_WORKERS, "1"))
                 for i in self._list(opts, **self._ours(cluster))
                 if _STATUS.get(i.status, WorkerStatus.STOPPED) != WorkerStatus.STOPPED}
@@ -381,9 +387,10 @@ def _transient(exc: BaseException) -> bool:
 
 
 def _retry_after(exc: BaseException, default: float = 10.0) -> float:
-    response = getattr(exc, "response", None)
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
     try:
-        return max(float(response.headers.get("Retry-After")), 0.0)  # type: ignore[union-attr]
+        value = headers.get("Retry-After")
+        return max(float(value), 0.0) if value is not None else default
     except (AttributeError, TypeError, ValueError):
         return default
 

@@ -23,13 +23,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.errors import PermanentProviderError
-from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, WorkerStatus
+from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus
 
 
 class LocalOptions(BaseModel):
@@ -61,17 +61,17 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-class LocalProvider(Provider):
+class LocalProvider(Provider[LocalOptions]):
     options_model = LocalOptions
     call_timeout = 60.0  # a kill waits kill_grace (default 10 s), then up to 5 s after SIGKILL
 
-    def __init__(self, context) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, context: ProviderContext) -> None:
         super().__init__(context)
         self._pids: dict[str, int] = {}
         self._lock = threading.Lock()
 
     # -- finding our processes -------------------------------------------------------------
-    def _scan(self, cluster: Cluster) -> dict[str, tuple[int, dict[bytes, bytes]]]:
+    def _scan(self, cluster: Cluster[LocalOptions]) -> dict[str, tuple[int, dict[bytes, bytes]]]:
         """Every live process-group leader of this fleet id and cluster, by handle."""
         fid, name = cluster.fleet_id.encode(), cluster.name.encode()
         found: dict[str, tuple[int, dict[bytes, bytes]]] = {}
@@ -93,7 +93,7 @@ class LocalProvider(Provider):
             self._pids.update({h: pid for h, (pid, _) in found.items()})
         return found
 
-    def _pid(self, cluster: Cluster, handle: str, rescan: bool = True) -> int | None:
+    def _pid(self, cluster: Cluster[LocalOptions], handle: str, rescan: bool = True) -> int | None:
         """The live PID of `handle`, verified by its environment (the PID-reuse guard)."""
         with self._lock:
             pid = self._pids.get(handle)
@@ -107,9 +107,9 @@ class LocalProvider(Provider):
         return None
 
     # -- the contract ----------------------------------------------------------------------
-    def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
+    def run_workers(self, cluster: Cluster[LocalOptions], container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
-        opts: LocalOptions = cluster.options  # type: ignore[assignment]
+        opts = cluster.options
         logs = self.context.state_dir / "logs" / cluster.name
         marks = self.context.state_dir / "launched" / cluster.fleet_id / cluster.name
         logs.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ class LocalProvider(Provider):
             handles += [handle] * workers
         return handles
 
-    def _spawn(self, cluster: Cluster, container: ContainerSpec, opts: LocalOptions, handle: str,
+    def _spawn(self, cluster: Cluster[LocalOptions], container: ContainerSpec, opts: LocalOptions, handle: str,
                workers: int, launch_id: str, log: Path) -> None:
         env = {**os.environ, **container.env, **cluster.identity_env(handle, workers),
                "FLEET_LAUNCH_ID": launch_id, "FLEET_PYTHON": sys.executable}
@@ -148,7 +148,7 @@ class LocalProvider(Provider):
         with self._lock:
             self._pids[handle] = proc.pid
 
-    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
+    def worker_status(self, cluster: Cluster[LocalOptions], handles: Sequence[str]) -> dict[str, WorkerStatus]:
         missing = [h for h in handles if self._pid(cluster, h, rescan=False) is None]
         found = self._scan(cluster) if missing else {}
         return {
@@ -156,14 +156,14 @@ class LocalProvider(Provider):
             for h in handles
         }
 
-    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
-        opts: LocalOptions = cluster.options  # type: ignore[assignment]
+    def kill_workers(self, cluster: Cluster[LocalOptions], handles: Sequence[str]) -> dict[str, bool]:
+        opts = cluster.options
         pids = {h: pid for h in handles if (pid := self._pid(cluster, h, rescan=False)) is not None}
         missing = [h for h in handles if h not in pids]
         if missing:
             found = self._scan(cluster)
             pids.update({h: found[h][0] for h in missing if h in found})
-        result = {h: True for h in handles}
+        result = dict.fromkeys(handles, True)
         for h, pid in pids.items():
             if not self._signal(pid, signal.SIGTERM):
                 result[h] = False
@@ -196,11 +196,11 @@ class LocalProvider(Provider):
             return False
         return True
 
-    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str]:
+    def find_launch(self, cluster: Cluster[LocalOptions], launch_id: str) -> list[str]:
         """The launch's live processes (found by the FLEET_LAUNCH_ID in their environment)."""
         found = self._scan(cluster)
         return [h for h, (_, env) in sorted(found.items()) if env.get(b"FLEET_LAUNCH_ID") == launch_id.encode()
                 for _ in range(int(env.get(b"FLEET_WORKERS", b"1")))]
 
-    def list_workers(self, cluster: Cluster) -> dict[str, int]:
+    def list_workers(self, cluster: Cluster[LocalOptions]) -> dict[str, int]:
         return {h: int(env.get(b"FLEET_WORKERS", b"1")) for h, (_, env) in self._scan(cluster).items()}

@@ -10,8 +10,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,7 +68,7 @@ class World:
                 self.exited.add(handle)
 
 
-class MemoryProvider(Provider):
+class MemoryProvider(Provider[MemoryOptions]):
     options_model = MemoryOptions
     _worlds: ClassVar[dict[str, World]] = {}
     _worlds_lock: ClassVar[threading.Lock] = threading.Lock()
@@ -82,10 +83,10 @@ class MemoryProvider(Provider):
         with cls._worlds_lock:
             cls._worlds.clear()
 
-    def run_workers(self, cluster: Cluster, container: ContainerSpec, hardware: Hardware, count: int,
+    def run_workers(self, cluster: Cluster[MemoryOptions], container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
         world = self.world(cluster.fleet_id)
-        boot = getattr(cluster.options, "boot_seconds", 0.0)
+        boot = cluster.options.boot_seconds
         with world.lock:
             world.calls["run"] += 1
             if launch_id in world.launches:
@@ -100,7 +101,7 @@ class MemoryProvider(Provider):
             world.high_water[cluster.name] = max(world.high_water[cluster.name], world.live(cluster.name))
             return list(handles)
 
-    def worker_status(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, WorkerStatus]:
+    def worker_status(self, cluster: Cluster[MemoryOptions], handles: Sequence[str]) -> dict[str, WorkerStatus]:
         world = self.world(cluster.fleet_id)
         now = time.monotonic()
         with world.lock:
@@ -116,7 +117,7 @@ class MemoryProvider(Provider):
                     out[h] = WorkerStatus.RUNNING
             return out
 
-    def kill_workers(self, cluster: Cluster, handles: Sequence[str]) -> dict[str, bool]:
+    def kill_workers(self, cluster: Cluster[MemoryOptions], handles: Sequence[str]) -> dict[str, bool]:
         world = self.world(cluster.fleet_id)
         with world.lock:
             world.calls["kill"] += 1
@@ -132,13 +133,14 @@ class MemoryProvider(Provider):
                 out[h] = True
             return out
 
-    def find_launch(self, cluster: Cluster, launch_id: str) -> list[str]:
+    def find_launch(self, cluster: Cluster[MemoryOptions], launch_id: str) -> list[str]:
         world = self.world(cluster.fleet_id)
         with world.lock:
             world.calls["find"] += 1
             return [h for h in world.launches.get(launch_id, []) if h in world.workers]
 
-    def list_workers(self, cluster: Cluster) -> dict[str, int]:
+    def list_workers(self, cluster: Cluster[MemoryOptions]) -> dict[str, int]:
         world = self.world(cluster.fleet_id)
         with world.lock:
-            return {h: w.workers for h, w in world.workers.items() if w.cluster == cluster.name and h not in world.exited}
+            return {h: w.workers for h, w in world.workers.items()
+                    if w.cluster == cluster.name and h not in world.exited}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import redis
 from celery import Celery
@@ -117,7 +118,7 @@ class CeleryDispatcher:
 def _warn_forgotten(**_: Any) -> None:
     """Clusters removed from the config while they still had workers: say so once, at start."""
     try:
-        forgotten = manager().forgotten_clusters()
+        forgotten = manager().queries.forgotten_clusters()
     except redis.RedisError as exc:
         log.warning("cannot check for clusters removed from the config: %s", exc)
         return

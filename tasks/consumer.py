@@ -26,13 +26,13 @@ def _set_aside(message: Any, reason: str) -> None:
     channel = getattr(message, "channel", None)
     queue = str((getattr(message, "delivery_info", None) or {}).get("routing_key") or "?")
     raw = getattr(message, "_raw", None)
-    if hasattr(channel, "set_aside"):
+    if channel is not None and hasattr(channel, "set_aside"):
         channel.set_aside(raw if raw is not None else getattr(message, "body", b""), queue, reason=reason)
     else:  # a transport other than Fleet's (rediss://, sentinel://): no dead-letter list
         log.error("dropped a message from queue %r that cannot be processed: %s", queue, reason)
 
 
-class Consumer(CeleryConsumer):  # type: ignore[misc]
+class Consumer(CeleryConsumer):
     def on_unknown_message(self, body: Any, message: Any) -> None:
         _set_aside(message, "unknown_message")
         message.reject_log_error(log, self.connection_errors)

@@ -1,5 +1,5 @@
-"""Internal tasks: thin wrappers over `fleet.manager.Manager`. Provider tasks are idempotent by
-launch id, acknowledged late and rejected (so redelivered) when their worker dies."""
+"""Internal tasks: thin wrappers over the managed layer (`fleet.control`). Provider tasks are
+idempotent by launch id, acknowledged late and rejected (so redelivered) when their worker dies."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ from typing import Any
 from celery import Task
 
 from fleet.errors import RateLimited, TransientProviderError
-from fleet.manager import LockBusy
 from fleet.runtime import control_queue
 from tasks.app import app, config, manager
 
-PROVIDER_TASK = dict(
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    max_retries=8,
-)
+PROVIDER_TASK: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+    "max_retries": 8,
+}
 
 
 def _retry_provider(task: Task, exc: Exception) -> Any:
@@ -28,19 +27,16 @@ def _retry_provider(task: Task, exc: Exception) -> Any:
     raise task.retry(exc=exc, countdown=countdown)
 
 
-@app.task(name="fleet.reconcile", bind=True, ignore_result=True, max_retries=100)
-def reconcile(self: Task, cluster: str) -> dict[str, Any]:
-    try:
-        result = manager().reconcile(cluster)
-    except LockBusy as exc:
-        raise self.retry(exc=exc, countdown=0.2) from exc
+@app.task(name="fleet.reconcile", ignore_result=True)
+def reconcile(cluster: str) -> dict[str, Any]:
+    result = manager().reconciler.reconcile(cluster)
     return {"launched": len(result.launched), "killed": len(result.killed), "cancelled": len(result.cancelled)}
 
 
 @app.task(name="fleet.run", **PROVIDER_TASK)
 def run(self: Task, cluster: str, launch_id: str) -> dict[str, Any]:
     try:
-        return manager().run_launch(cluster, launch_id)
+        return manager().launcher.run_launch(cluster, launch_id)
     except TransientProviderError as exc:
         return _retry_provider(self, exc)
 
@@ -48,7 +44,7 @@ def run(self: Task, cluster: str, launch_id: str) -> dict[str, Any]:
 @app.task(name="fleet.kill", **PROVIDER_TASK)
 def kill(self: Task, cluster: str, handles: list[str]) -> dict[str, Any]:
     try:
-        return manager().kill_handles(cluster, handles)
+        return manager().launcher.kill_handles(cluster, handles)
     except TransientProviderError as exc:
         return _retry_provider(self, exc)
 
@@ -56,7 +52,7 @@ def kill(self: Task, cluster: str, handles: list[str]) -> dict[str, Any]:
 @app.task(name="fleet.drain", ignore_result=True, acks_late=True)
 def drain(cluster: str, handles: list[str]) -> dict[str, Any]:
     """Tell the workers of draining handles to stop consuming."""
-    return manager().start_drain(cluster, handles)
+    return manager().celery.start_drain(cluster, handles)
 
 
 @app.task(name="fleet.sweep", ignore_result=True)
@@ -72,7 +68,7 @@ def sweep() -> int:
 
 @app.task(name="fleet.sweep_cluster", ignore_result=True, acks_late=True)
 def sweep_cluster(cluster: str) -> dict[str, Any]:
-    return manager().sweep_cluster(cluster)
+    return manager().sweeper.sweep_cluster(cluster)
 
 
 @app.task(name="fleet.noop")

@@ -1,7 +1,8 @@
 """Public tasks, sent by name from any service: `send_task("fleet.scale", args=["demo", 4])`.
 
 They take and return JSON only. Bad input raises a typed `fleet.errors.InvalidRequest` (the caller
-sees an exception of that name and message) and changes nothing.
+sees an exception of that name and message) and changes nothing. The logic is
+`fleet.control.api.FleetAPI`.
 """
 
 from __future__ import annotations
@@ -15,34 +16,34 @@ from tasks.app import app, manager
 @app.task(name="fleet.scale", throws=(FleetError,))
 def scale(cluster: Any, workers: Any) -> dict[str, Any]:
     """Set the desired number of workers of `cluster`; returns {cluster, desired, version}."""
-    return manager().set_worker_number(cluster, workers)
+    return manager().api.scale(cluster, workers)
 
 
 @app.task(name="fleet.clear", throws=(FleetError,))
 def clear(cluster: Any) -> dict[str, Any]:
     """Forget `cluster`'s permanent provider error and quota hold, so that it launches again."""
-    return manager().clear(cluster)
+    return manager().api.clear(cluster)
 
 
 @app.task(name="fleet.hold", throws=(FleetError,))
 def hold(cluster: Any, handle: Any, hold: Any = True) -> dict[str, Any]:
     """Never kill `handle` automatically (hold=False releases it)."""
-    return manager().hold(cluster, handle, hold)
+    return manager().api.hold(cluster, handle, hold)
 
 
 @app.task(name="fleet.drain_handle", throws=(FleetError,))
 def drain_handle(cluster: Any, handle: Any) -> dict[str, Any]:
     """Drain `handle` (stop consuming, finish its tasks, then go); it is replaced."""
-    return manager().drain_handle(cluster, handle)
+    return manager().api.drain_handle(cluster, handle)
 
 
 @app.task(name="fleet.kill_handle", throws=(FleetError,))
 def kill_handle(cluster: Any, handle: Any) -> dict[str, Any]:
     """Kill `handle` now, held or not; it is replaced."""
-    return manager().kill_handle(cluster, handle)
+    return manager().api.kill_handle(cluster, handle)
 
 
 @app.task(name="fleet.status", throws=(FleetError,))
 def status(cluster: Any) -> dict[str, Any]:
     """{cluster, desired, initializing, running, stopping, pending, handles, ...} of `cluster`."""
-    return manager().get_worker_numbers(cluster)
+    return manager().api.status(cluster)

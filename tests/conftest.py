@@ -8,18 +8,20 @@ import os
 import sys
 import tempfile
 import textwrap
-import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
 
 from fleet.embedded import EmbeddedRedis
+from fleet.testing import wait_for
 
 # Each provider's kit (and the real backend it needs) for the provider contract suite.
 pytest_plugins = [f"tests.kits.{name}" for name in ("memory", "local", "docker", "aws", "gce")]
+__all__ = ["wait_for"]  # tests import it from here too
 
 ROOT = Path(tempfile.mkdtemp(prefix="fleet-tests-"))
 # A fleet id of its own per test session: processes or keys left by another run are not ours.
@@ -149,17 +151,14 @@ def celery_app() -> Any:
 
 @pytest.fixture(scope="session")
 def control_plane(celery_app: Any) -> Iterator[Any]:
-    """A real control-plane worker (threads pool, every queue of the app) and a real beat."""
-    from celery.beat import EmbeddedService
-    from celery.contrib.testing.worker import start_worker
+    """A real control-plane worker (threads pool, every queue of the app) and a real beat, in this
+    process (`Stack(in_process=True)`), so that tests can reach into the providers' memory."""
+    from fleet.config import load_config
+    from fleet.stack import Stack
 
-    celery_app.conf.beat_schedule_filename = str(ROOT / "beat-schedule")
-    beat = EmbeddedService(celery_app, thread=True, schedule_filename=str(ROOT / "beat-schedule"))
-    with start_worker(celery_app, pool="threads", concurrency=8, perform_ping_check=False,
-                      shutdown_timeout=30, loglevel="WARNING"):
-        beat.start()
+    with Stack(load_config(ROOT / "fleet.toml"), ROOT / "fleet.toml", redis_url=REDIS_URL, state_dir=ROOT / "state",
+               in_process=True, concurrency=8):
         yield celery_app
-        beat.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -167,13 +166,14 @@ def _no_local_leftovers() -> Iterator[None]:
     """Whatever a test did, no local worker process of this session outlives it."""
     yield
     from fleet.config import load_config
-    from fleet.provider import ProviderContext
+    from fleet.provider import Cluster, ProviderContext
     from providers.local import LocalProvider
 
     config = load_config(ROOT / "fleet.toml")
     provider = LocalProvider(ProviderContext(FLEET_ID, ROOT))
     for name in ("local", "auto"):
-        ref = config.cluster(name)
+        spec = config.spec(name)
+        ref = Cluster(FLEET_ID, name, spec.workers_per_container, LocalProvider.validate_options(spec.provider_options))
         provider.kill_workers(ref, list(provider.list_workers(ref)))
 
 
@@ -192,25 +192,13 @@ def fleet(control_plane: Any, r: redis.Redis) -> Iterator[Any]:
     yield manager()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
-    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
-
-
 def converged(manager: Any, cluster: str, n: int) -> Callable[[], bool]:
     def check() -> bool:
-        st = manager.state.read(cluster)
+        st = manager.store.read(cluster)
         return st.converged and st.desired.n == n
 
     return check
 
 
 def workers_by_handle(manager: Any, cluster: str) -> list[int]:
-    return sorted(int(r["w"]) for r in manager.state.read(cluster).handles.values())
+    return sorted(r.workers for r in manager.store.read(cluster).handles.values())

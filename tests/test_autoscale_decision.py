@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fleet.autoscale import Decision, Memory, decide
 
-BASE = dict(floor=0, min_workers=0, max_workers=10, tasks_per_worker=2, scale_down_delay=10.0, agreeing_sweeps=3)
+BASE = {"floor": 0, "min_workers": 0, "max_workers": 10, "tasks_per_worker": 2, "scale_down_delay": 10.0,
+        "agreeing_sweeps": 3}
 
 
 def step(load: int, current: int, memory: Memory, now: float, **kw: object) -> Decision:

@@ -26,7 +26,7 @@ def jobs() -> Celery:
 
 
 def desired_changes(fleet: Any, cluster: str) -> list[tuple[float, int, str]]:
-    return [(e["at"], int(e["n"]), e.get("source", "")) for e in fleet.state.events(cluster, 1000)
+    return [(e["at"], int(e["n"]), e.get("source", "")) for e in fleet.store.events(cluster, 1000)
             if e["kind"] == "desired"]
 
 
@@ -39,13 +39,13 @@ def test_autoscaling_follows_the_queue_up_at_once_and_down_after_the_delay(fleet
     r.delete(QUEUE)
     results = [jobs.send_task("demo.sleep", args=[2.0, f"j{i}"], queue=QUEUE) for i in range(8)]
     # load 8, two tasks a worker: 4 workers, at once
-    wait_for(lambda: (fleet.state.get_desired("auto") or type("", (), {"n": 0})).n == 4, timeout=15,
+    wait_for(lambda: (fleet.store.get_desired("auto") or type("", (), {"n": 0})).n == 4, timeout=15,
              what="desired 4 from the load")
-    wait_for(lambda: fleet.state.read("auto").count("running") == 4, timeout=30, what="4 workers")
+    wait_for(lambda: fleet.store.read("auto").count("running") == 4, timeout=30, what="4 workers")
     wait_for(lambda: any(res.ready() for res in results), timeout=60, what="a first job done")
     load_fell = time.time()  # from here the load is below 8: the scale-down clock may start
     assert {res.get(timeout=60)["tag"] for res in results} == {f"j{i}" for i in range(8)}
-    wait_for(lambda: fleet.state.get_desired("auto").n < 4, timeout=30, what="a scale-down")
+    wait_for(lambda: fleet.store.get_desired("auto").n < 4, timeout=30, what="a scale-down")
     changes = desired_changes(fleet, "auto")
     down = [c for c in changes if c[1] < 4]
     assert down[0][0] - load_fell >= 4 - 0.5  # not before scale_down_delay (4 s) of lower load
@@ -74,17 +74,17 @@ def test_no_flapping_under_a_steady_load(fleet: Any, control_plane: Any, jobs: C
 def test_a_busy_worker_is_drained_not_killed(fleet: Any, control_plane: Any, jobs: Celery, r: Any) -> None:
     r.delete(QUEUE)
     control_plane.send_task("fleet.scale", args=["auto", 1]).get(timeout=20)  # a floor of 1
-    wait_for(lambda: fleet.state.read("auto").count("running") == 1, timeout=30, what="1 worker")
+    wait_for(lambda: fleet.store.read("auto").count("running") == 1, timeout=30, what="1 worker")
     long = jobs.send_task("demo.sleep", args=[5.0, "long"], queue=QUEUE)
-    wait_for(lambda: any(rec.get("busy") for rec in fleet.state.read("auto").handles.values()),
+    wait_for(lambda: any(rec.busy for rec in fleet.store.read("auto").handles.values()),
              timeout=15, what="the worker busy")
-    (handle,) = fleet.state.read("auto").handles
+    (handle,) = fleet.store.read("auto").handles
     control_plane.send_task("fleet.scale", args=["auto", 0]).get(timeout=20)
-    wait_for(lambda: fleet.state.read("auto").handles.get(handle, {}).get("s") == "draining",
+    wait_for(lambda: getattr(fleet.store.read("auto").handles.get(handle), "status", None) == "draining",
              timeout=10, what="draining")
     assert long.get(timeout=30)["handle"] == handle  # the job ended on that worker
-    wait_for(lambda: any(e["kind"] == "drained" for e in fleet.state.events("auto", 1000)), what="drained")
-    events = fleet.state.events("auto", 1000)
+    wait_for(lambda: any(e["kind"] == "drained" for e in fleet.store.events("auto", 1000)), what="drained")
+    events = fleet.store.events("auto", 1000)
     finished = next(e["at"] for e in events if e["kind"] == "drained" and e["handle"] == handle)
     drain = next(e["at"] for e in events if e["kind"] == "drain" and e["handle"] == handle)
     assert finished - drain >= 3.0  # it waited for the job
@@ -95,11 +95,11 @@ def test_no_job_is_lost_across_a_scale_down_with_jobs_in_flight(fleet: Any, cont
                                                                 jobs: Celery, r: Any) -> None:
     r.delete(QUEUE)
     control_plane.send_task("fleet.scale", args=["auto", 4]).get(timeout=20)
-    wait_for(lambda: fleet.state.read("auto").count("running") == 4, timeout=30, what="4 workers")
+    wait_for(lambda: fleet.store.read("auto").count("running") == 4, timeout=30, what="4 workers")
     results = [jobs.send_task("demo.sleep", args=[0.3, f"j{i}"], queue=QUEUE) for i in range(40)]
     time.sleep(1.0)  # jobs in flight on every worker
     control_plane.send_task("fleet.scale", args=["auto", 0]).get(timeout=20)
-    wait_for(lambda: fleet.state.read("auto").count("running") == 0 and fleet.state.read("auto").count("draining") == 0,
+    wait_for(lambda: fleet.store.read("auto").count("running") == 0 and fleet.store.read("auto").count("draining") == 0,
              timeout=60, what="every worker drained")
     done = sum(1 for res in results if res.ready())
     assert all(res.successful() for res in results if res.ready())
@@ -115,19 +115,19 @@ def test_operator_hold_drain_and_kill_per_handle(fleet: Any, control_plane: Any)
     runner = CliRunner()
     control_plane.send_task("fleet.scale", args=["single", 3]).get(timeout=20)
     wait_for(converged(fleet, "single", 3), what="3")
-    handles = sorted(fleet.state.read("single").handles)
+    handles = sorted(fleet.store.read("single").handles)
     held = handles[0]
     out = runner.invoke(main, ["hold", "single", held])
     assert out.exit_code == 0 and "held" in out.output
     control_plane.send_task("fleet.scale", args=["single", 0]).get(timeout=20)
-    wait_for(lambda: set(fleet.state.read("single").handles) == {held}, what="all but the held one gone")
+    wait_for(lambda: set(fleet.store.read("single").handles) == {held}, what="all but the held one gone")
     time.sleep(1.5)  # several reconciles: the held handle stays, above the target
-    assert set(fleet.state.read("single").handles) == {held}
+    assert set(fleet.store.read("single").handles) == {held}
     out = runner.invoke(main, ["kill", "single", held])  # the operator may kill it all the same
     assert out.exit_code == 0, out.output
     wait_for(converged(fleet, "single", 0), what="gone")
     assert MemoryProvider.world(FLEET_ID).live("single") == 0
-    kills = [e for e in fleet.state.events("single", 200) if e["kind"] == "kill"]
+    kills = [e for e in fleet.store.events("single", 200) if e["kind"] == "kill"]
     assert [e["handle"] for e in kills if e.get("by") == "operator"] == [held]  # the story names who
     # drain needs a cluster whose workers consume known queues
     out = runner.invoke(main, ["drain", "single", "nope"])
@@ -138,12 +138,12 @@ def test_operator_hold_drain_and_kill_per_handle(fleet: Any, control_plane: Any)
 
 def test_operator_drain_replaces_the_worker(fleet: Any, control_plane: Any) -> None:
     control_plane.send_task("fleet.scale", args=["auto", 1]).get(timeout=20)
-    wait_for(lambda: fleet.state.read("auto").count("running") == 1, timeout=30, what="1 worker")
-    (handle,) = fleet.state.read("auto").handles
+    wait_for(lambda: fleet.store.read("auto").count("running") == 1, timeout=30, what="1 worker")
+    (handle,) = fleet.store.read("auto").handles
     out = CliRunner().invoke(main, ["drain", "auto", handle])
     assert out.exit_code == 0, out.output
-    assert [e.get("by") for e in fleet.state.events("auto", 200) if e["kind"] == "drain"] == ["operator"]
-    wait_for(lambda: handle not in fleet.state.read("auto").handles and fleet.state.read("auto").count("running") == 1,
+    assert [e.get("by") for e in fleet.store.events("auto", 200) if e["kind"] == "drain"] == ["operator"]
+    wait_for(lambda: handle not in fleet.store.read("auto").handles and fleet.store.read("auto").count("running") == 1,
              timeout=40, what="drained and replaced")
     settle_to_zero(fleet, control_plane)
     wait_for(converged(fleet, "auto", 0), timeout=60, what="back to 0")

@@ -175,9 +175,9 @@ def test_ec2_scale_0_to_250_to_0_makes_a_bounded_number_of_calls(ec2: Any) -> No
     calls = Calls(provider.client(cluster))
     handles = provider.run_workers(cluster, CMD, SMALL, 250, launch_id=launch())
     assert len(handles) == len(set(handles)) == 250
-    assert provider.list_workers(cluster) == {h: 1 for h in handles}
+    assert provider.list_workers(cluster) == dict.fromkeys(handles, 1)
     up = dict(calls)
-    assert provider.kill_workers(cluster, handles) == {h: True for h in handles}
+    assert provider.kill_workers(cluster, handles) == dict.fromkeys(handles, True)
     assert provider.list_workers(cluster) == {}
     print(f"\nEC2 0->250->0: launch {up}, total {dict(calls)}")
     assert calls["RunInstances"] == 3 and calls["TerminateInstances"] == 1
@@ -220,7 +220,7 @@ def test_ec2_describe_pages_past_one_page(ec2: Any) -> None:
     status = provider.worker_status(cluster, handles)
     assert len(status) == 12 and WorkerStatus.STOPPED not in status.values()
     assert calls["DescribeInstances"] >= 3
-    assert provider.list_workers(cluster) == {h: 1 for h in handles}
+    assert provider.list_workers(cluster) == dict.fromkeys(handles, 1)
     assert calls["DescribeInstances"] >= 6
 
 
@@ -230,7 +230,7 @@ def test_ec2_terminate_splits_a_chunk_that_one_unknown_id_fails(ec2: Any) -> Non
     calls = Calls(provider.client(cluster))
     bogus = "i-0123456789abcdef0"
     asked = [handles[0], bogus, *handles[1:], "not-an-instance"]
-    assert provider.kill_workers(cluster, asked) == {h: True for h in asked}
+    assert provider.kill_workers(cluster, asked) == dict.fromkeys(asked, True)
     assert calls["TerminateInstances"] > 1  # the first call failed whole and was split
     assert set(provider.worker_status(cluster, handles).values()) == {WorkerStatus.STOPPED}
     assert provider.list_workers(cluster) == {}
@@ -312,7 +312,9 @@ def test_ec2_rate_limit_honours_retry_after_header(ec2: Any) -> None:
 
 def test_ec2_catalogue_chooses_the_cheapest_fitting_type(ec2: Any) -> None:
     provider, cluster = ec2()
-    pick = lambda hw, **o: provider.instance_type(EC2Provider.validate_options({"ami": "a", **o}), hw)
+    def pick(hw: Hardware, **o: Any) -> str:
+        return str(provider.instance_type(EC2Provider.validate_options({"ami": "a", **o}), hw))
+
     assert pick(SMALL) == "t3.micro"
     assert pick(Hardware(cpu=3, memory_mb=10000)) == "m6i.xlarge"
     assert pick(Hardware(cpu=1, memory_mb=1024, gpus=1)) == "g4dn.xlarge"
@@ -320,7 +322,7 @@ def test_ec2_catalogue_chooses_the_cheapest_fitting_type(ec2: Any) -> None:
     own = [{"name": "big", "cpu": 8, "memory_mb": 8192, "price": 2}, {"name": "cheap", "cpu": 8, "memory_mb": 8192,
                                                                        "price": 1}]
     assert pick(Hardware(cpu=4), catalogue=own) == "cheap"
-    with pytest.raises(PermanentProviderError, match="no instance type in the catalogue fits cpu=1 .*gpus=64"):
+    with pytest.raises(PermanentProviderError, match=r"no instance type in the catalogue fits cpu=1 .*gpus=64"):
         pick(Hardware(cpu=1, gpus=64))
     # and the launch uses it
     sent = capture(provider.client(cluster), "RunInstances")
@@ -408,8 +410,8 @@ def test_ecs_scale_0_to_25_to_0_uses_ceil_n_over_10_run_task_calls(ecs: Any) -> 
     handles = provider.run_workers(cluster, CMD, SMALL, 25, launch_id=launch())
     assert len(handles) == len(set(handles)) == 25
     assert calls["RunTask"] == 3
-    assert provider.list_workers(cluster) == {h: 1 for h in handles}
-    assert provider.kill_workers(cluster, handles) == {h: True for h in handles}
+    assert provider.list_workers(cluster) == dict.fromkeys(handles, 1)
+    assert provider.kill_workers(cluster, handles) == dict.fromkeys(handles, True)
     assert provider.list_workers(cluster) == {}
     print(f"\nECS 0->25->0: {dict(calls)}")
     assert calls["StopTask"] == 25 and calls["DescribeTasks"] <= 6
@@ -458,7 +460,7 @@ def test_ecs_describe_tasks_is_chunked_by_100_and_unknown_is_stopped(ecs: Any, a
     assert all(status[h] == WorkerStatus.STOPPED for h in [*unknown, "nope"])
     assert calls["DescribeTasks"] == 2
     calls.clear()
-    assert provider.kill_workers(cluster, unknown + real) == {h: True for h in unknown + real}
+    assert provider.kill_workers(cluster, unknown + real) == dict.fromkeys(unknown + real, True)
     assert calls["StopTask"] == 5  # unknown tasks are dead already: no StopTask for them
 
 
@@ -518,7 +520,7 @@ def test_ecs_bad_configuration_is_permanent_and_says_what_to_fix(ecs: Any) -> No
     with pytest.raises(PermanentProviderError, match="task_definition"):
         provider.run_workers(cluster, CMD, SMALL, 1, launch_id=launch())
     provider, cluster = ecs(cluster="no-such-cluster")
-    with pytest.raises(PermanentProviderError, match="provider_options.cluster"):
+    with pytest.raises(PermanentProviderError, match=r"provider_options\.cluster"):
         provider.run_workers(cluster, CMD, SMALL, 1, launch_id=launch())
     with pytest.raises(PermanentProviderError, match="GPUs"):
         provider.run_workers(cluster, CMD, Hardware(gpus=1), 1, launch_id=launch())

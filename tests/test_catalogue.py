@@ -26,5 +26,5 @@ def test_excluded_types_fall_back_to_the_next_and_then_to_a_capacity_error() -> 
 
 
 def test_nothing_fits_is_permanent_and_says_what_to_fix() -> None:
-    with pytest.raises(PermanentProviderError, match="cpu=64.*add one to provider_options.catalogue"):
+    with pytest.raises(PermanentProviderError, match=r"cpu=64.*add one to provider_options\.catalogue"):
         cheapest_fit(CATALOGUE, Hardware(cpu=64, memory_mb=1024))

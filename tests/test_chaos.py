@@ -112,7 +112,7 @@ def run_chaos(tmp: Path, seed: int) -> None:
     watching.set()
 
     story: Counter[str] = Counter()
-    seen = {name: "0" for name in CLUSTERS}
+    seen = dict.fromkeys(CLUSTERS, "0")
 
     def watch() -> None:
         """Ten times a second: the provider's truth (never above max_workers) and the events

@@ -38,7 +38,9 @@ def test_good_file_loads_with_defaults(tmp_path: Path) -> None:
     web = config.clusters["web"]
     assert (config.fleet.id, config.fleet.sweep_interval) == ("prod", 5.0)
     assert (web.workers_per_container, web.min_workers, web.max_workers, web.hardware.cpu) == (2, 1, 10, 2.0)
-    assert config.cluster("web").options.kill_grace == 10.0  # type: ignore[attr-defined]
+    from providers.local import LocalProvider
+
+    assert LocalProvider.validate_options(web.provider_options).kill_grace == 10.0  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

@@ -63,47 +63,47 @@ def test_exact_convergence_with_shared_handles(fleet: Any, control_plane: Any) -
 def test_scale_down_kills_initializing_before_running(fleet: Any, control_plane: Any) -> None:
     # 'booting' workers never finish booting; mark two as running by hand to mix the states
     scale(control_plane, "booting", 4)
-    wait_for(lambda: len(fleet.state.read("booting").handles) == 4 and not fleet.state.read("booting").pending,
+    wait_for(lambda: len(fleet.store.read("booting").handles) == 4 and not fleet.store.read("booting").pending,
              what="4 handles")
     world = MemoryProvider.world(FLEET_ID)
-    running = sorted(fleet.state.read("booting").handles)[:2]
+    running = sorted(fleet.store.read("booting").handles)[:2]
     for h in running:
         world.workers[h].boot_seconds = 0
-    wait_for(lambda: fleet.state.read("booting").count("running") == 2, what="2 running")
+    wait_for(lambda: fleet.store.read("booting").count("running") == 2, what="2 running")
     scale(control_plane, "booting", 2)
-    wait_for(lambda: len(fleet.state.read("booting").handles) == 2, what="2 left")
-    assert sorted(fleet.state.read("booting").handles) == running
-    kinds = [(e["kind"], e.get("was")) for e in fleet.state.events("booting", 100) if e["kind"] == "kill"]
+    wait_for(lambda: len(fleet.store.read("booting").handles) == 2, what="2 left")
+    assert sorted(fleet.store.read("booting").handles) == running
+    kinds = [(e["kind"], e.get("was")) for e in fleet.store.events("booting", 100) if e["kind"] == "kill"]
     assert kinds == [("kill", "initializing"), ("kill", "initializing")]
 
 
 def test_dead_workers_are_pruned_and_replaced_by_the_sweep(fleet: Any, control_plane: Any) -> None:
     scale(control_plane, "shared", 8)
     wait_for(converged(fleet, "shared", 8), what="8")
-    before = set(fleet.state.read("shared").handles)
+    before = set(fleet.store.read("shared").handles)
     victim = sorted(before)[0]
     MemoryProvider.world(FLEET_ID).crash(victim)
-    wait_for(lambda: victim not in fleet.state.read("shared").handles and converged(fleet, "shared", 8)(),
+    wait_for(lambda: victim not in fleet.store.read("shared").handles and converged(fleet, "shared", 8)(),
              what="replacement")
-    after = set(fleet.state.read("shared").handles)
+    after = set(fleet.store.read("shared").handles)
     assert victim not in after and len(after - before) == 1
-    assert any(e["kind"] == "stopped" and e["handle"] == victim for e in fleet.state.events("shared"))
+    assert any(e["kind"] == "stopped" and e["handle"] == victim for e in fleet.store.events("shared"))
 
 
 def test_a_run_task_delivered_twice_launches_once(fleet: Any, control_plane: Any, r: redis.Redis) -> None:
     # a pending launch as a reconcile records it, then its run task delivered twice, concurrently
     launch_id = "dup" + "0" * 29
-    fleet.state.set_desired("single", 3)  # so that no reconcile cancels the launch meanwhile
-    r.hset(fleet.state.key("single", "pending"), launch_id, json.dumps({"count": 3, "state": "queued", "at": time.time()}))
+    fleet.store.set_desired("single", 3)  # so that no reconcile cancels the launch meanwhile
+    r.hset(fleet.store.of("single").pending, launch_id, json.dumps({"count": 3, "state": "queued", "at": time.time()}))
     queue = f"fleet.{FLEET_ID}.provider.memory"
     for _ in range(2):
         control_plane.send_task("fleet.run", args=["single", launch_id], queue=queue)
-    wait_for(lambda: not fleet.state.read("single").pending, what="launch recorded")
+    wait_for(lambda: not fleet.store.read("single").pending, what="launch recorded")
     time.sleep(0.5)
     world = MemoryProvider.world(FLEET_ID)
     assert len([w for w in world.workers.values() if w.launch_id == launch_id]) == 3
     assert {w.launch_id for w in world.workers.values() if w.cluster == "single"} == {launch_id}
-    assert len(fleet.state.read("single").handles) == 3
+    assert len(fleet.store.read("single").handles) == 3
     # and later redeliveries find nothing pending: no provider call at all
     calls = world.calls["run"]
     control_plane.send_task("fleet.run", args=["single", launch_id], queue=queue)
@@ -130,13 +130,13 @@ def test_concurrent_scale_requests_coalesce_and_never_pass_max(fleet: Any, contr
         replies = [pair for chunk in pool.map(_burst, plans) for pair in chunk]
     assert len(replies) == 50
     version, last = max(replies)
-    desired = fleet.state.get_desired("burst")
+    desired = fleet.store.get_desired("burst")
     assert (desired.version, desired.n) == (version, last) == (50, last)
     wait_for(converged(fleet, "burst", last), timeout=30, what=f"converged to {last}")
     world = MemoryProvider.world(FLEET_ID)
     assert world.live("burst") == last
     assert world.high_water["burst"] <= 12
-    reconciles = sum(1 for e in fleet.state.events("burst", 1000) if e["kind"] == "launch")
+    reconciles = sum(1 for e in fleet.store.events("burst", 1000) if e["kind"] == "launch")
     assert reconciles < 50  # bursts coalesce into fewer launches than requests
 
 
@@ -160,7 +160,7 @@ def test_bad_scale_requests_are_refused_and_change_nothing(
 ) -> None:
     scale(control_plane, "single", 2)
     wait_for(converged(fleet, "single", 2), what="2")
-    keys = [fleet.state.key(c, k) for c in fleet.config.clusters for k in ("desired", "handles", "pending", "events")]
+    keys = [getattr(fleet.store.of(c), k) for c in fleet.config.clusters for k in ("desired", "handles", "pending", "events")]
     before = [r.dump(k) for k in keys]
     with pytest.raises(Exception) as info:
         scale(control_plane, cluster, workers)

@@ -9,17 +9,18 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import redis
 
 from fleet.lease import Lease
 from fleet.manager import Manager
 from fleet.provider import Cluster, ProviderContext
+from fleet.testing.plane import Plane, plane
 from providers.local import LocalOptions, LocalProvider
 from tests.conftest import wait_for
-from tests.kits.plane import Plane, plane
 
 SLEEPER = '["sh", "-c", "exec sleep 600"]'
 
@@ -59,7 +60,7 @@ def replace_after_sigkill(p: Plane, local: LocalProvider, ref: Cluster, running:
     p.call("fleet.scale", "web", 2)
     wait_for(lambda: running() == 2, timeout=60, what="2 running")
     before = set(local.list_workers(ref))
-    lease_key = p.key("web", "sweeping")
+    lease_key = p.keys.cluster("web").sweeping
     wait_for(lambda: p.r.exists(lease_key), timeout=10, interval=0.001, what="a sweep holding its lease")
     p.stack.kill("worker", signal.SIGKILL)
     assert p.r.exists(lease_key) and 0 < p.r.pttl(lease_key) <= 3000  # the dead holder's lease: 3 s at most
@@ -94,10 +95,10 @@ def test_a_skipped_sweep_still_asks_for_a_reconcile(fleet: Any, r: redis.Redis) 
     fid = "skip" + uuid.uuid4().hex[:8]  # a fleet nobody else sweeps or reconciles
     config = fleet.config.model_copy(update={"fleet": fleet.config.fleet.model_copy(update={"id": fid})})
     manager = Manager(config, r, Recorder(), fleet.url)
-    other = Lease(r, manager.state.key("single", "sweeping"), 30)  # another sweep at work
+    other = Lease(r, manager.store.of("single").sweeping, 30)  # another sweep at work
     assert other.acquire()
     try:
-        assert manager.sweep_cluster("single") == {"cluster": "single", "skipped": True}
+        assert manager.sweeper.sweep_cluster("single") == {"cluster": "single", "skipped": True}
         assert manager.dispatcher.reconciles == ["single"]  # type: ignore[attr-defined]
     finally:
         other.release()

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import ValidationError
@@ -139,7 +139,7 @@ def test_a_missing_image_is_a_permanent_error_naming_it(podman: Podman, dp: Any)
         provider.run_workers(cluster, ContainerSpec(image=image, command=SLEEP), Hardware(), 2,
                              launch_id=uuid.uuid4().hex)
     assert "pull" in str(info.value)
-    with pytest.raises(PermanentProviderError, match="container.image"):
+    with pytest.raises(PermanentProviderError, match=r"container\.image"):
         provider.run_workers(cluster, ContainerSpec(command=SLEEP), Hardware(), 1, launch_id=uuid.uuid4().hex)
 
 
@@ -211,7 +211,7 @@ def test_http_errors_map_to_typed_errors(tmp_path: Path, status: int, error: typ
 class _Recording(BaseHTTPRequestHandler):
     """A Docker host that accepts every create and start and records each request."""
 
-    seen: list[tuple[str, str, Any]] = []
+    seen: ClassVar[list[tuple[str, str, Any]]] = []
 
     def do_GET(self) -> None:
         self.seen.append(("GET", self.path, None))
@@ -299,7 +299,7 @@ def test_containers_run_a_real_celery_worker_that_processes_a_job(podman: Podman
         result = client.send_task("docker_jobs.whoami", queue=queue)
         try:
             answer = result.get(timeout=45)
-        except Exception as exc:  # show what the worker said
+        except Exception as exc:  # noqa: BLE001 - show what the worker said
             logs = api.logs(handle).decode(errors="replace")[-3000:]
             pytest.fail(f"no answer from the containerised worker ({exc!r}); its log:\n{logs}")
         assert answer == handle

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from celery import Celery
 
 from fleet.embedded import free_port, redis_server_binary
 from fleet.provider import Cluster, ProviderContext

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 from fleet.errors import CapacityError, PermanentProviderError, QuotaExceeded, RateLimited, TransientProviderError
 from fleet.provider import Cluster, ContainerSpec, Hardware, ProviderContext, WorkerStatus
+from fleet.testing.backends.gce import FakeGCE, parse_filter
 from providers.gce import GCEProvider, instance_name, request_id
-from tests.fake_gce import FakeGCE, parse_filter
 from tests.kits.gce import PROJECT, ZONE, gce_options
 
 CMD = ContainerSpec(command=("celery", "-A", "tasks", "worker", "--concurrency", "${FLEET_WORKERS}"),
@@ -131,7 +131,7 @@ def test_lists_follow_page_tokens(make: Make, fake: FakeGCE) -> None:
     provider, cluster = make(page_size=2)
     handles = provider.run_workers(cluster, CMD, SMALL, 5, launch_id=uuid.uuid4().hex)
     fake.reset_counters()
-    assert provider.list_workers(cluster) == {h: 1 for h in handles}
+    assert provider.list_workers(cluster) == dict.fromkeys(handles, 1)
     lists = [q for kind, _, q in fake.log if kind == "list"]
     assert len(lists) == 3 and all(q["maxResults"] == ["2"] for q in lists)
     assert [q.get("pageToken") for q in lists] == [None, ["2"], ["4"]]
@@ -373,7 +373,7 @@ def test_api_calls_of_twenty_workers(make: Make, fake: FakeGCE) -> None:
     assert set(provider.worker_status(cluster, handles).values()) == {WorkerStatus.RUNNING}
     status = dict(fake.calls)
     fake.reset_counters()
-    assert provider.kill_workers(cluster, handles) == {h: True for h in handles}
+    assert provider.kill_workers(cluster, handles) == dict.fromkeys(handles, True)
     kill = dict(fake.calls)
     print(f"\nGCE API calls, 20 workers: run {run}, status {status}, kill {kill}")
     assert run == {"list": 1, "insert": 20, "operation": 20}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from fleet.testing.plane import plane
 from tests.kits.aws import FAKE_ENV
-from tests.kits.plane import plane
 
 HUNG = ("h1", "h2", "h3")
 RUN_FOR = 70.0  # seconds: past the 60 s after which the old control plane ran out of threads
@@ -102,7 +102,7 @@ def test_a_hung_provider_never_stalls_other_clusters_or_public_tasks(tmp_path: P
                 assert time.monotonic() < deadline, status
                 time.sleep(0.2)
             for name in HUNG:
-                events = p.r.xrange(p.key(name, "events"))
+                events = p.r.xrange(p.keys.cluster(name).events)
                 timeouts = [e for _, e in events if e[b"kind"] == b"timeout"]
                 assert timeouts, f"no timeout event for {name}"
                 assert b"within 2 s" in timeouts[0][b"message"]

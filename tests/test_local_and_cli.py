@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +23,16 @@ def test_a_local_worker_killed_with_sigkill_is_replaced_by_the_sweep(fleet: Any,
     control_plane.send_task("fleet.scale", args=["local", 4]).get(timeout=20)
     wait_for(converged(fleet, "local", 4), what="4 local workers")
     out = ROOT / "local-out"
-    handles = set(fleet.state.read("local").handles)
+    handles = set(fleet.store.read("local").handles)
     envs = {h: json.loads(wait_for(lambda h=h: (out / f"{h}.json").exists() and (out / f"{h}.json").read_text(),
                                      what="env file")) for h in handles}
     assert {e["FLEET_WORKERS"] for e in envs.values()} == {"2"}
-    provider = fleet.provider("local").inner
-    ref = fleet.config.cluster("local")
+    provider = fleet.pool.raw("local")
+    ref = fleet.pool.cluster("local")
     victim = sorted(handles)[0]
     pid = provider._pid(ref, victim)
     os.killpg(pid, signal.SIGKILL)
-    wait_for(lambda: victim not in fleet.state.read("local").handles and converged(fleet, "local", 4)(),
+    wait_for(lambda: victim not in fleet.store.read("local").handles and converged(fleet, "local", 4)(),
              timeout=30, what="a replacement")
     assert len(provider.list_workers(ref)) == 2 and victim not in provider.list_workers(ref)
     control_plane.send_task("fleet.scale", args=["local", 0]).get(timeout=20)
@@ -49,7 +49,8 @@ def test_cli_status_clusters_providers_events(fleet: Any, control_plane: Any) ->
     data = json.loads(result.output)
     assert (data["cluster"], data["desired"], data["running"], data["handles"], len(data["workers"])) == (
         "single", 2, 2, 2, 2)
-    assert {w["s"] for w in data["workers"]} == {"running"}
+    assert {w["status"] for w in data["workers"]} == {"running"}
+    assert {w["workers"] for w in data["workers"]} == {1}  # readable names, not the stored w / s
     result = runner.invoke(main, ["status"])
     assert result.exit_code == 0 and "shared" in result.output and "single" in result.output
     assert "memory" in runner.invoke(main, ["clusters"]).output
@@ -60,20 +61,20 @@ def test_cli_status_clusters_providers_events(fleet: Any, control_plane: Any) ->
     result = runner.invoke(main, ["status", "nope"])
     assert result.exit_code == 2 and "unknown cluster 'nope'" in result.output
     # a cluster removed from the config while it still had workers: said, since nothing sweeps it
-    assert fleet.forgotten_clusters() == {}
-    fleet.redis.hset(fleet.state.key("retired", "handles"), mapping={"h1": "{}", "h2": "{}"})
+    assert fleet.queries.forgotten_clusters() == {}
+    fleet.redis.hset(fleet.store.of("retired").handles, mapping={"h1": "{}", "h2": "{}"})
     try:
-        assert fleet.forgotten_clusters() == {"retired": 2}
+        assert fleet.queries.forgotten_clusters() == {"retired": 2}
         result = runner.invoke(main, ["status"])
         assert result.exit_code == 0 and "cluster 'retired' is not in the config" in result.output, result.output
         assert "2 of its handles" in result.output
         assert "retired" not in runner.invoke(main, ["status", "single"]).output
         # dead handles' remains still to kill count too: nothing works them off either
-        fleet.redis.hset(fleet.state.key("retired", "cleanup"), "h3", "{}")
-        fleet.redis.hset(fleet.state.key("gone", "cleanup"), "h4", "{}")
-        assert fleet.forgotten_clusters() == {"retired": 3, "gone": 1}
+        fleet.redis.hset(fleet.store.of("retired").cleanup, "h3", "{}")
+        fleet.redis.hset(fleet.store.of("gone").cleanup, "h4", "{}")
+        assert fleet.queries.forgotten_clusters() == {"retired": 3, "gone": 1}
     finally:
-        fleet.redis.delete(*(fleet.state.key(c, k) for c in ("retired", "gone") for k in ("handles", "cleanup")))
+        fleet.redis.delete(*(getattr(fleet.store.of(c), k) for c in ("retired", "gone") for k in ("handles", "cleanup")))
 
 
 def test_cli_scale_waits_until_converged(fleet: Any, control_plane: Any) -> None:

@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from fleet.testing.plane import Plane, plane
 from tests.kits.aws import REGION, moto_world
 from tests.kits.aws_faults import FaultProxy
-from tests.kits.plane import Plane, plane
 
 MAX = 6
 
@@ -111,7 +111,7 @@ def test_lost_run_instances_answers_never_pass_max_workers_nor_leak(tmp_path: Pa
             assert not over, f"max_workers {MAX} passed at EC2: {over[:5]}"
             assert peak[0] == MAX
             # no launch made more instances than it asked for (so none was made twice)
-            events = [e for _, e in p.r.xrange(p.key("web", "events"))]
+            events = [e for _, e in p.r.xrange(p.keys.cluster("web").events)]
             asked = {e[b"launch"].decode(): int(e[b"workers"]) for e in events if e[b"kind"] == b"launch"}
             made = Counter(next(t["Value"] for t in i["Tags"] if t["Key"] == "fleet:launch")
                            for i in live_instances(ec2, p.fleet_id, states=("pending", "running", "shutting-down",

@@ -20,16 +20,11 @@ from redis.retry import Retry
 
 from fleet import metrics
 from fleet.config import FleetConfig, load_config, parse_config
-from fleet.guard import Guard
-from fleet.metrics import (
-    OP_BUCKETS,
-    READY_BUCKETS,
-    FleetCollector,
-    bucket_for,
-    record_op,
-    record_ready,
-)
-from fleet.state import State
+from fleet.counters import OP_BUCKETS, READY_BUCKETS, bucket_for, lua_constants, record_event, record_op, record_ready
+from fleet.holds import Holds
+from fleet.keys import Keyspace
+from fleet.metrics import FleetCollector
+from fleet.store import Store
 from tests.conftest import FLEET_ID, REDIS_URL, ROOT
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -126,7 +121,7 @@ def test_gauges(client: redis.Redis, fid: str) -> None:
     assert value(s, "fleet_recovering") == 0
     assert ("fleet_desired_workers", frozenset({"cluster": "web"}.items())) not in s
 
-    State(client, fid).set_desired("web", 13)
+    Store(client, fid).set_desired("web", 13)
     client.hset(key("web", "handles"), mapping={
         "h1": handle(4, "running"), "h2": handle(4, "running"), "h3": handle(4, "initializing"),
         "h4": handle(3, "stopping"), "h5": handle(4, "draining"),
@@ -137,7 +132,7 @@ def test_gauges(client: redis.Redis, fid: str) -> None:
         "l3": json.dumps({"count": 8, "state": "cancelled", "at": time.time()}),
     })
     client.hset(key("batch", "handles"), "b1", handle(1, "running"))
-    guard = Guard(client, REDIS_URL, fid)
+    guard = Holds(client, fid)
     guard.set_at_quota("batch", 60)
     guard.set_no_capacity("web", 60)
     guard.set_error("web", "bad image", "abc")
@@ -181,14 +176,14 @@ def test_gauges(client: redis.Redis, fid: str) -> None:
 
 def test_event_counters(client: redis.Redis, fid: str) -> None:
     config = make_config(fid, {"web": {}, "batch": {}})
-    mkey = metrics.metrics_key(fid)
+    mkey = Keyspace(fid).metrics
     client.hset(mkey, mapping={
         "events|web|launched": 5, "events|web|killed": 3, "events|web|stopped": 2, "events|web|boot_timeout": 1,
         "events|web|error": 4, "events|web|no_capacity": 6, "events|web|desired": 9, "events|web|held": 1,
     })
-    metrics.record_event(client, fid, "web", "kill_failed")
+    record_event(client, Keyspace(fid), "web", "kill_failed")
     pipe = client.pipeline()
-    metrics.record_event(pipe, fid, "web", "kill_failed", 2)
+    record_event(pipe, Keyspace(fid), "web", "kill_failed", 2)
     pipe.execute()
     text, s = scrape(config, client)
     assert "# TYPE fleet_events_total counter" in text
@@ -211,12 +206,12 @@ def test_event_counters(client: redis.Redis, fid: str) -> None:
 def test_time_to_running_histogram(client: redis.Redis, fid: str) -> None:
     config = make_config(fid, {"web": {}, "batch": {}})
     for seconds in (0.5, 0.9, 1.5, 7, 45, 45, 5000):
-        record_ready(client, fid, "web", seconds)
+        record_ready(client, Keyspace(fid), "web", seconds)
     pipe = client.pipeline(transaction=True)  # queued on a caller's transaction, not executed by it
-    record_ready(pipe, fid, "web", 250, workers=3)
-    assert client.hget(metrics.metrics_key(fid), "ready_count|web") == b"7"
+    record_ready(pipe, Keyspace(fid), "web", 250, workers=3)
+    assert client.hget(Keyspace(fid).metrics, "ready_count|web") == b"7"
     pipe.execute()
-    raw = client.hgetall(metrics.metrics_key(fid))
+    raw = client.hgetall(Keyspace(fid).metrics)
     assert raw[b"ready|web|60"] == b"2" and raw[b"ready|web|300"] == b"3"  # stored NOT cumulative
     assert raw[b"ready_count|web"] == b"10"
 
@@ -234,20 +229,24 @@ def test_time_to_running_histogram(client: redis.Redis, fid: str) -> None:
 
 
 def test_lua_helpers_match_python(client: redis.Redis, fid: str) -> None:
-    """The Lua the state scripts can embed writes exactly what record_ready / record_event do."""
-    script = client.register_script(metrics.LUA_HELPERS + """
-        count_event(KEYS[1], 'lua', 'launched')
-        count_event(KEYS[1], 'lua', 'killed', 2)
-        for i = 1, #ARGV do record_ready(KEYS[1], 'lua', tonumber(ARGV[i])) end
-        record_ready(KEYS[1], 'lua', 3.25, 2)
+    """The prelude the store's scripts start with (fleet/lua/prelude.lua) writes exactly what
+    record_ready / record_event do."""
+    from importlib.resources import files
+
+    prelude = lua_constants() + files("fleet").joinpath("lua", "prelude.lua").read_text()
+    script = client.register_script(prelude + """
+        count_event('launched')
+        count_event('killed', 2)
+        for i = 4, #ARGV do record_ready(tonumber(ARGV[i])) end
+        record_ready(3.25, 2)
         return 0
     """)
     seconds = [0, 1, 1.5, 59.9, 60, 60.5, 1800, 2000]
-    script(keys=[metrics.metrics_key(fid)], args=seconds)
+    script(keys=[Keyspace(fid).cluster("lua").events, Keyspace(fid).metrics], args=["lua", 1000, time.time(), *seconds])
     for x in seconds:
-        record_ready(client, fid, "py", x)
-    record_ready(client, fid, "py", 3.25, workers=2)
-    stored: dict[bytes, bytes] = client.hgetall(metrics.metrics_key(fid))  # type: ignore[assignment]
+        record_ready(client, Keyspace(fid), "py", x)
+    record_ready(client, Keyspace(fid), "py", 3.25, workers=2)
+    stored: dict[bytes, bytes] = client.hgetall(Keyspace(fid).metrics)  # type: ignore[assignment]
     raw = {k.decode(): v.decode() for k, v in stored.items()}
     lua = {k.replace("|lua", "|py"): v for k, v in raw.items() if "|lua" in k and k.startswith(("ready|", "ready_count"))}
     py = {k: v for k, v in raw.items() if "|py" in k and k.startswith(("ready|", "ready_count"))}
@@ -259,11 +258,11 @@ def test_lua_helpers_match_python(client: redis.Redis, fid: str) -> None:
 def test_provider_operations(client: redis.Redis, fid: str) -> None:
     config = make_config(fid, {"web": {}})
     for seconds in (0.004, 0.02, 0.02, 0.3, 4.0):
-        record_op(client, fid, "memory", "status", seconds, None)
-    record_op(client, fid, "memory", "run", 12.0, "TransientProviderError")
-    record_op(client, fid, "memory", "run", 0.7, "TransientProviderError")
-    record_op(client, fid, "memory", "run", 0.7, "QuotaExceeded")
-    record_op(client, fid, "memory", "kill", 0.06, None)
+        record_op(client, Keyspace(fid), "memory", "status", seconds, None)
+    record_op(client, Keyspace(fid), "memory", "run", 12.0, "TransientProviderError")
+    record_op(client, Keyspace(fid), "memory", "run", 0.7, "TransientProviderError")
+    record_op(client, Keyspace(fid), "memory", "run", 0.7, "QuotaExceeded")
+    record_op(client, Keyspace(fid), "memory", "kill", 0.06, None)
     text, s = scrape(config, client)
     assert "# TYPE fleet_provider_operation_seconds histogram" in text
     st = {"provider": "memory", "op": "status"}
@@ -288,7 +287,7 @@ def test_provider_operations(client: redis.Redis, fid: str) -> None:
 
 def test_record_op_never_raises() -> None:
     dead = unreachable()
-    record_op(dead, "x", "memory", "run", 0.1, None)
+    record_op(dead, Keyspace("x"), "memory", "run", 0.1, None)
 
 
 def test_redis_down_is_a_gauge_not_a_failed_scrape(fid: str) -> None:
@@ -300,10 +299,10 @@ def test_redis_down_is_a_gauge_not_a_failed_scrape(fid: str) -> None:
 
 def test_serve_over_http(client: redis.Redis, fid: str) -> None:
     config = make_config(fid, {"web": {"max_workers": 9}})
-    State(client, fid).set_desired("web", 3)
+    Store(client, fid).set_desired("web", 3)
     client.hset(f"fleet:{fid}:web:handles", "h1", handle(2, "running"))
-    client.hset(metrics.metrics_key(fid), "events|web|launched", 1)
-    record_op(client, fid, "memory", "list", 0.03, None)
+    client.hset(Keyspace(fid).metrics, "events|web|launched", 1)
+    record_op(client, Keyspace(fid), "memory", "list", 0.03, None)
     server, thread = metrics.serve(config, client, 0)
     try:
         url = f"http://127.0.0.1:{server.server_port}/metrics"
@@ -368,7 +367,7 @@ def test_scrape_is_one_round_trip_whatever_the_size(client: redis.Redis, fid: st
         pipe.hset(f"fleet:{fid}:{c}:handles", mapping={f"h{j}": handle(2, "running") for j in range(40)})
         pipe.hset(f"fleet:{fid}:{c}:pending", mapping={f"l{j}": json.dumps({"count": 1, "state": "queued"})
                                                        for j in range(10)})
-        pipe.hset(metrics.metrics_key(fid), mapping={f"events|{c}|launched": 40, f"ready|{c}|10": 40})
+        pipe.hset(Keyspace(fid).metrics, mapping={f"events|{c}|launched": 40, f"ready|{c}|10": 40})
     pipe.execute()
     big = cost()
     assert small == big  # handles, launches and metrics fields cost nothing more

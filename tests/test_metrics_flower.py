@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from typing import Any
 
 from prometheus_client import generate_latest

@@ -10,16 +10,17 @@ import json
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from fleet.cli import main
 from fleet.deadletters import dead_letter_key
+from fleet.testing.plane import Plane, plane
 from tests.conftest import wait_for
-from tests.kits.plane import Plane, plane
 
 MARK = "POISON-" + uuid.uuid4().hex  # in every payload: it must never reach a log
 

@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 import redis
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from click.testing import CliRunner
 
 from fleet.cli import main
 from fleet.errors import InvalidRequest
@@ -40,16 +39,16 @@ def test_lost_redis_state_is_rebuilt_from_the_provider(fleet: Any, control_plane
     scale(control_plane, "shared", 10)
     wait_for(converged(fleet, "shared", 10), what="10")
     world = MemoryProvider.world(FLEET_ID)
-    before = dict(fleet.state.read("shared").handles)
+    before = dict(fleet.store.read("shared").handles)
     launches = len(world.launches)
     wipe(r, "shared")
     # the sweep adopts what the provider lists and, the desired number being gone, keeps it
     wait_for(converged(fleet, "shared", 10), timeout=15, what="adopted")
-    after = fleet.state.read("shared")
+    after = fleet.store.read("shared")
     assert set(after.handles) == set(before)
-    assert {h: rec["w"] for h, rec in after.handles.items()} == {h: rec["w"] for h, rec in before.items()}
+    assert {h: rec.workers for h, rec in after.handles.items()} == {h: rec.workers for h, rec in before.items()}
     assert len(world.launches) == launches  # nothing launched again
-    assert any(e["kind"] == "desired" and e.get("source") == "adopted" for e in fleet.state.events("shared"))
+    assert any(e["kind"] == "desired" and e.get("source") == "adopted" for e in fleet.store.events("shared"))
     # and it goes on from there
     scale(control_plane, "shared", 4)
     wait_for(converged(fleet, "shared", 4), what="4")
@@ -60,32 +59,32 @@ def test_orphans_are_adopted_after_the_grace_and_killed_when_not_needed(fleet: A
     scale(control_plane, "single", 2)
     wait_for(converged(fleet, "single", 2), what="2")
     # workers of this fleet and cluster that Fleet never launched (a control plane died mid-launch)
-    provider = fleet.provider("memory").inner
-    ref = fleet.config.cluster("single")
+    provider = fleet.pool.raw("memory")
+    ref = fleet.pool.cluster("single")
     orphans = set(provider.run_workers(ref, ContainerSpec(command=("w",)), Hardware(), 3, launch_id=uuid.uuid4().hex))
     # until the grace passes they are not Fleet's, but they count against max_workers
-    wait_for(lambda: fleet.get_worker_numbers("single")["unknown"] == 3, what="seen as unknown")
+    wait_for(lambda: fleet.api.status("single")["unknown"] == 3, what="seen as unknown")
     wait_for(lambda: set(provider.list_workers(ref)).isdisjoint(orphans), timeout=15, what="orphans killed")
-    events = fleet.state.events("single", 200)
+    events = fleet.store.events("single", 200)
     assert {e["handle"] for e in events if e["kind"] == "adopted"} == orphans
     assert {e["handle"] for e in events if e["kind"] == "kill"} == orphans  # the newest go first
     wait_for(converged(fleet, "single", 2), what="back to 2")
-    assert set(provider.list_workers(ref)) == set(fleet.state.read("single").handles)
+    assert set(provider.list_workers(ref)) == set(fleet.store.read("single").handles)
 
 
 def test_another_fleets_workers_are_never_touched(fleet: Any, control_plane: Any) -> None:
     scale(control_plane, "local", 2)
     wait_for(converged(fleet, "local", 2), what="2")
     stranger = LocalProvider(ProviderContext("other" + FLEET_ID, ROOT))
-    ref = fleet.config.cluster("local")
+    ref = fleet.pool.cluster("local")
     theirs = type(ref)("other" + FLEET_ID, "local", 2, ref.options)
     (h,) = set(stranger.run_workers(theirs, ContainerSpec(command=(sys.executable, "-c", "import time; time.sleep(60)")),
                                     Hardware(), 2, launch_id=uuid.uuid4().hex))
     try:
         time.sleep(4)  # two orphan graces, several sweeps
         assert stranger.worker_status(theirs, [h]) == {h: WorkerStatus.RUNNING}
-        assert h not in fleet.state.read("local").handles
-        assert fleet.get_worker_numbers("local")["unknown"] == 0
+        assert h not in fleet.store.read("local").handles
+        assert fleet.api.status("local")["unknown"] == 0
     finally:
         stranger.kill_workers(theirs, [h])
     scale(control_plane, "local", 0)
@@ -94,9 +93,9 @@ def test_another_fleets_workers_are_never_touched(fleet: Any, control_plane: Any
 
 def test_workers_that_never_boot_are_killed_and_replaced(fleet: Any, control_plane: Any) -> None:
     scale(control_plane, "slowboot", 2)
-    wait_for(lambda: len([e for e in fleet.state.events("slowboot", 200) if e["kind"] == "boot_timeout"]) >= 4,
+    wait_for(lambda: len([e for e in fleet.store.events("slowboot", 200) if e["kind"] == "boot_timeout"]) >= 4,
              timeout=20, what="two rounds of boot timeouts")
-    events = fleet.state.events("slowboot", 200)
+    events = fleet.store.events("slowboot", 200)
     timed_out = [e["handle"] for e in events if e["kind"] == "boot_timeout"]
     killed = {e["handle"] for e in events if e["kind"] == "killed"}
     assert set(timed_out[:2]) <= killed  # killed, and replaced by new launches
@@ -108,13 +107,14 @@ def test_workers_that_never_boot_are_killed_and_replaced(fleet: Any, control_pla
 def test_failed_kills_are_retried_until_the_worker_is_gone(fleet: Any, control_plane: Any) -> None:
     scale(control_plane, "flaky", 1)
     wait_for(converged(fleet, "flaky", 1), what="1")
-    faulty = fleet.provider("faulty").inner
+    faulty = fleet.pool.raw("faulty")
     faulty.script["kill"].extend(["transient", "transient", "transient"])
-    (handle,) = fleet.state.read("flaky").handles
+    (handle,) = fleet.store.read("flaky").handles
     scale(control_plane, "flaky", 0)
-    wait_for(lambda: fleet.state.read("flaky").handles.get(handle, {}).get("s") == "stopping", what="stopping")
+    wait_for(lambda: getattr(fleet.store.read("flaky").handles.get(handle), "status", None) == "stopping",
+             what="stopping")
     wait_for(converged(fleet, "flaky", 0), timeout=30, what="gone after retries")
-    failures = [e for e in fleet.state.events("flaky", 200) if e["kind"] == "kill_failed"]
+    failures = [e for e in fleet.store.events("flaky", 200) if e["kind"] == "kill_failed"]
     assert len(failures) >= 3 and {e["handle"] for e in failures} == {handle}
     assert MemoryProvider.world(FLEET_ID).live("flaky") == 0
 
@@ -126,17 +126,17 @@ def test_a_dead_workers_remains_are_cleaned_up_though_the_first_kill_fails(fleet
     scale(control_plane, "flaky", 1)
     wait_for(converged(fleet, "flaky", 1), what="1")
     world = MemoryProvider.world(FLEET_ID)
-    (dead,) = fleet.state.read("flaky").handles
+    (dead,) = fleet.store.read("flaky").handles
     world.refuse_kills(dead, 2)  # the cloud refuses its first two kills
     world.exit(dead)
-    wait_for(lambda: fleet.get_worker_numbers("flaky")["cleanup"] == 1, what="remains shown in the status")
-    wait_for(lambda: dead not in fleet.state.read("flaky").handles and converged(fleet, "flaky", 1)(),
+    wait_for(lambda: fleet.api.status("flaky")["cleanup"] == 1, what="remains shown in the status")
+    wait_for(lambda: dead not in fleet.store.read("flaky").handles and converged(fleet, "flaky", 1)(),
              what="replaced")
     wait_for(lambda: dead not in world.workers, timeout=20, what="remains removed by a re-sent kill")
     assert world.refused[dead] == 0
     wait_for(lambda: not r.hexists(f"fleet:{FLEET_ID}:flaky:cleanup", dead), what="cleanup ended")
-    assert fleet.get_worker_numbers("flaky")["cleanup"] == 0
-    events = fleet.state.events("flaky", 200)
+    assert fleet.api.status("flaky")["cleanup"] == 0
+    events = fleet.store.events("flaky", 200)
     assert [e["handle"] for e in events if e["kind"] == "stopped"] == [dead]
     (done,) = [e for e in events if e["kind"] == "cleaned_up"]
     assert done["handle"] == dead and int(done["tries"]) >= 2  # refused, refused on the first re-send, then done
@@ -146,12 +146,14 @@ def test_a_dead_workers_remains_are_cleaned_up_though_the_first_kill_fails(fleet
 
 def _stopping_handle(r: redis.Redis) -> tuple[Any, str]:
     """A State of a fleet id nobody sweeps, with one handle that a scale-down marked stopping."""
-    from fleet.state import State
+    from fleet.model import EventKind, HandleStatus
+    from fleet.store import Store
 
-    state = State(r, "t" + uuid.uuid4().hex[:8])
+    state = Store(r, "t" + uuid.uuid4().hex[:8])
     state.claim_launch("web", "L1")
     state.record_launch("web", "L1", ["h1"])
-    assert state.transition("web", ["h1"], ["initializing"], "stopping", "kill") == ["h1"]
+    assert state.transition("web", ["h1"], [HandleStatus.INITIALIZING], HandleStatus.STOPPING,
+                            EventKind.KILL) == ["h1"]
     return state, "h1"
 
 
@@ -160,15 +162,15 @@ def test_a_kill_that_fails_after_its_handle_left_redis_is_cleaned_up(r: redis.Re
     queued; then that kill fails: its remains still get killed, from the cleanup hash."""
     state, h = _stopping_handle(r)
     assert state.apply_status("web", {h: "stopped"}, 0.0, 0.2).gone == 1  # no failed kill yet
-    assert not r.hexists(state.key("web", "cleanup"), h)
+    assert not r.hexists(state.of("web").cleanup, h)
     state.record_kills("web", {h: False}, 0.2)
-    assert r.hexists(state.key("web", "cleanup"), h)
+    assert r.hexists(state.of("web").cleanup, h)
     assert [e["kind"] for e in state.events("web")][-1] == "kill_failed"
     assert state.cleanup_due("web", 0.2, 20) == []  # not before its retry time
     time.sleep(0.25)
     assert state.cleanup_due("web", 0.2, 20) == [h]
     state.record_kills("web", {h: True}, 0.2)
-    assert not r.hexists(state.key("web", "cleanup"), h)
+    assert not r.hexists(state.of("web").cleanup, h)
     assert [e["kind"] for e in state.events("web")][-1] == "cleaned_up"
 
 
@@ -178,18 +180,18 @@ def test_an_adopted_handle_leaves_the_cleanup_hash(r: redis.Redis) -> None:
     state, h = _stopping_handle(r)
     state.record_kills("web", {h: False}, 0.2)
     state.apply_status("web", {h: "stopped"}, 0.0, 0.2)  # left, after a failed kill: cleanup
-    assert r.hexists(state.key("web", "cleanup"), h)
+    assert r.hexists(state.of("web").cleanup, h)
     assert state.adopt("web", {h: (1, "running")}, set_desired=False) == 1
-    assert not r.hexists(state.key("web", "cleanup"), h)
+    assert not r.hexists(state.of("web").cleanup, h)
     time.sleep(0.25)
     assert state.cleanup_due("web", 0.2, 20) == []
 
 
 def test_rate_limited_holds_every_worker_off_the_provider(fleet: Any, control_plane: Any) -> None:
-    faulty = fleet.provider("faulty").inner
+    faulty = fleet.pool.raw("faulty")
     faulty.script["run"].append("rate_limited:2")
     scale(control_plane, "flaky", 2)
-    wait_for(lambda: fleet.get_worker_numbers("flaky")["rate_limited"] > 0, what="a shared hold")
+    wait_for(lambda: fleet.api.status("flaky")["rate_limited"] > 0, what="a shared hold")
     calls = MemoryProvider.world(FLEET_ID).calls["run"]
     time.sleep(1.0)
     assert MemoryProvider.world(FLEET_ID).calls["run"] == calls  # nobody calls during the hold
@@ -197,47 +199,47 @@ def test_rate_limited_holds_every_worker_off_the_provider(fleet: Any, control_pl
 
 
 def test_quota_exceeded_holds_launches_until_a_worker_goes(fleet: Any, control_plane: Any) -> None:
-    faulty = fleet.provider("faulty").inner
+    faulty = fleet.pool.raw("faulty")
     scale(control_plane, "flaky", 2)
     wait_for(converged(fleet, "flaky", 2), what="2")
     faulty.script["run"].append("quota")
     scale(control_plane, "flaky", 4)
-    wait_for(lambda: fleet.get_worker_numbers("flaky")["at_quota"] > 0, what="at quota")
+    wait_for(lambda: fleet.api.status("flaky")["at_quota"] > 0, what="at quota")
     time.sleep(1.5)  # several sweeps: no launch is tried while at quota
-    status = fleet.get_worker_numbers("flaky")
+    status = fleet.api.status("flaky")
     assert (status["running"], status["pending"], status["at_quota"] > 0) == (2, 0, True)
     assert "at quota for" in CliRunner().invoke(main, ["status", "flaky"]).output
-    assert len([e for e in fleet.state.events("flaky", 200) if e["kind"] == "at_quota"]) == 1
-    MemoryProvider.world(FLEET_ID).crash(next(iter(fleet.state.read("flaky").handles)))  # a worker goes away
+    assert len([e for e in fleet.store.events("flaky", 200) if e["kind"] == "at_quota"]) == 1
+    MemoryProvider.world(FLEET_ID).crash(next(iter(fleet.store.read("flaky").handles)))  # a worker goes away
     wait_for(converged(fleet, "flaky", 4), timeout=20, what="launches resume")
 
 
 def test_capacity_error_holds_the_type_and_tries_the_next(fleet: Any, control_plane: Any) -> None:
-    faulty = fleet.provider("faulty").inner
+    faulty = fleet.pool.raw("faulty")
     faulty.script["run"].append("capacity:big.large")
     scale(control_plane, "flaky", 1)
     wait_for(converged(fleet, "flaky", 1), timeout=20, what="launched on another type")
     assert "big.large" in faulty.excluded_seen[-1]
-    assert "big.large" in fleet.guard.held_types("faulty")
-    assert any(e["kind"] == "no_capacity" and e["instance_type"] == "big.large" for e in fleet.state.events("flaky"))
+    assert "big.large" in fleet.holds.held_types("faulty")
+    assert any(e["kind"] == "no_capacity" and e["instance_type"] == "big.large" for e in fleet.store.events("flaky"))
 
 
 def test_capacity_error_on_a_type_that_cannot_change_holds_the_cluster(fleet: Any, control_plane: Any) -> None:
     """An explicit instance type (or a Fargate size) fails again after Fleet excluded it: the
     cluster is then held, not retried launch after launch."""
-    faulty = fleet.provider("faulty").inner
+    faulty = fleet.pool.raw("faulty")
     faulty.script["run"].extend(["capacity:fixed.type"] * 2)  # the provider asks for it again
     scale(control_plane, "flaky", 1)
-    wait_for(lambda: fleet.get_worker_numbers("flaky")["no_capacity"] > 0, what="the cluster held")
+    wait_for(lambda: fleet.api.status("flaky")["no_capacity"] > 0, what="the cluster held")
     assert "fixed.type" in faulty.excluded_seen[-1]  # the second launch was told to avoid it
     calls = MemoryProvider.world(FLEET_ID).calls["run"]
     time.sleep(1.5)  # several sweeps and reconciles: nothing is tried during the hold
-    status = fleet.get_worker_numbers("flaky")
+    status = fleet.api.status("flaky")
     assert (status["running"], status["pending"]) == (0, 0)
     assert MemoryProvider.world(FLEET_ID).calls["run"] == calls
-    assert len([e for e in fleet.state.events("flaky", 200) if e["kind"] == "no_capacity"]) == 2
+    assert len([e for e in fleet.store.events("flaky", 200) if e["kind"] == "no_capacity"]) == 2
     assert "no capacity for" in CliRunner().invoke(main, ["status", "flaky"]).output
-    fleet.guard.r.delete(f"fleet:{FLEET_ID}:provider:faulty:capacity")  # the type's own hold ends first
+    fleet.redis.delete(fleet.store.keys.provider_capacity("faulty"))  # the type's own hold ends first
     assert CliRunner().invoke(main, ["clear", "flaky"]).exit_code == 0
     wait_for(converged(fleet, "flaky", 1), timeout=20, what="launched after the operator cleared it")
 
@@ -247,7 +249,7 @@ def test_a_fresh_start_never_takes_itself_for_lost_data(fleet: Any, r: redis.Red
     epoch changing under a process that saw one: a hold, which `fleet clear` ends."""
     import threading
 
-    from fleet.guard import Guard
+    from fleet.holds import Holds
     from fleet.manager import Manager
 
     fid = "epoch" + uuid.uuid4().hex[:8]
@@ -256,21 +258,21 @@ def test_a_fresh_start_never_takes_itself_for_lost_data(fleet: Any, r: redis.Red
         managers = [Manager(config, r, fleet.dispatcher, fleet.url) for _ in range(2)]
         go = threading.Barrier(8)
 
-        def check(m: Manager) -> None:
+        def check(m: Manager, go: threading.Barrier = go) -> None:
             go.wait()
-            m.check_epoch()
+            m.epoch.check()
 
         threads = [threading.Thread(target=check, args=(managers[i % 2],)) for i in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        guard = Guard(r, fleet.url, fid)
+        guard = Holds(r, fid)
         assert guard.recovering() == 0
         r.delete(f"fleet:{fid}:epoch")
-    managers[0].check_epoch()
+    managers[0].epoch.check()
     r.delete(f"fleet:{fid}:epoch")  # Redis lost its data under a running process
-    managers[0].check_epoch()
+    managers[0].epoch.check()
     assert guard.recovering() > 0
     assert guard.clear("single")
     assert guard.recovering() == 0
@@ -278,15 +280,15 @@ def test_a_fresh_start_never_takes_itself_for_lost_data(fleet: Any, r: redis.Red
 
 
 def test_permanent_error_shows_in_status_and_stops_retrying_until_cleared(fleet: Any, control_plane: Any) -> None:
-    faulty = fleet.provider("faulty").inner
+    faulty = fleet.pool.raw("faulty")
     faulty.script["run"].append("permanent")
     scale(control_plane, "flaky", 1)
-    wait_for(lambda: fleet.get_worker_numbers("flaky")["error"], what="the error in status")
-    assert "fix the injected option" in fleet.get_worker_numbers("flaky")["error"]
+    wait_for(lambda: fleet.api.status("flaky")["error"], what="the error in status")
+    assert "fix the injected option" in fleet.api.status("flaky")["error"]
     calls = MemoryProvider.world(FLEET_ID).calls["run"]
     time.sleep(1.5)  # several sweeps and reconciles: no hot loop, no retry
-    assert fleet.get_worker_numbers("flaky")["pending"] == 0
-    assert len([e for e in fleet.state.events("flaky", 200) if e["kind"] == "error"]) == 1
+    assert fleet.api.status("flaky")["pending"] == 0
+    assert len([e for e in fleet.store.events("flaky", 200) if e["kind"] == "error"]) == 1
     assert MemoryProvider.world(FLEET_ID).calls["run"] == calls
     shown = CliRunner().invoke(main, ["status", "flaky"])
     assert shown.exit_code == 0 and "error: injected permanent error" in shown.output
@@ -305,7 +307,7 @@ def test_bad_input_to_the_public_tasks_changes_nothing(fleet: Any, r: redis.Redi
 
     before = snapshot()
     try:
-        result = fleet.set_worker_number(cluster, workers)
+        result = fleet.api.scale(cluster, workers)
     except InvalidRequest as exc:
         assert 0 < len(str(exc)) < 400
         assert snapshot() == before
@@ -313,7 +315,7 @@ def test_bad_input_to_the_public_tasks_changes_nothing(fleet: Any, r: redis.Redi
         spec = fleet.config.spec(cluster)
         assert isinstance(workers, int) and not isinstance(workers, bool)
         assert spec.min_workers <= workers <= spec.max_workers and result["desired"] == workers
-        fleet.set_worker_number(cluster, 0)
+        fleet.api.scale(cluster, 0)
 
 
 def test_malformed_messages_never_crash_a_control_plane_worker(fleet: Any, control_plane: Any) -> None:
@@ -336,7 +338,7 @@ def test_malformed_messages_never_crash_a_control_plane_worker(fleet: Any, contr
             result.get(timeout=20)
     scale(control_plane, "single", 3)  # the worker is alive and well
     wait_for(converged(fleet, "single", 3), what="3")
-    assert json.loads(json.dumps(fleet.get_worker_numbers("single")))["running"] == 3
+    assert json.loads(json.dumps(fleet.api.status("single")))["running"] == 3
 
 
 def test_a_launch_cancelled_while_its_answer_is_lost_is_asked_for_and_killed(fleet: Any, control_plane: Any) -> None:
@@ -344,32 +346,32 @@ def test_a_launch_cancelled_while_its_answer_is_lost_is_asked_for_and_killed(fle
     cancels it meanwhile: the retry asks the provider what the launch made (`find_launch`),
     records it as stopping and kills it, instead of dropping the launch with its workers running
     and counted nowhere."""
-    faulty = fleet.provider("faulty").inner
+    faulty = fleet.pool.raw("faulty")
     world = MemoryProvider.world(FLEET_ID)
     faulty.script["run"].append("lost")
     scale(control_plane, "flaky", 3)
     wait_for(lambda: world.live("flaky") == 3, what="the launch carried out")
-    pending = fleet.state.read("flaky").pending
-    assert [p["state"] for p in pending.values()] == ["running"]  # unknown outcome: still counted
+    pending = fleet.store.read("flaky").pending
+    assert [p.state for p in pending.values()] == ["running"]  # unknown outcome: still counted
     scale(control_plane, "flaky", 0)  # cancels the launch while its run task waits to retry
     wait_for(lambda: world.live("flaky") == 0 and converged(fleet, "flaky", 0)(), timeout=30,
              what="the lost launch's workers killed")
     assert world.calls["find"] >= 1
     assert world.high_water["flaky"] == 3
-    kinds = [e["kind"] for e in fleet.state.events("flaky", 200)]
+    kinds = [e["kind"] for e in fleet.store.events("flaky", 200)]
     assert "cancelled" in kinds and kinds.count("launched") == 1 and "killed" in kinds
 
 
 def test_refusals_are_short_and_hold_takes_only_a_real_boolean(fleet: Any, control_plane: Any) -> None:
     scale(control_plane, "single", 1)
     wait_for(converged(fleet, "single", 1), what="1")
-    (handle,) = fleet.state.read("single").handles
-    before = dict(fleet.state.read("single").handles)
+    (handle,) = fleet.store.read("single").handles
+    before = dict(fleet.store.read("single").handles)
     for value in ("false", "0", 0, 1, None, [], {"hold": True}):
         with pytest.raises(Exception) as info:
             control_plane.send_task("fleet.hold", args=["single", handle, value]).get(timeout=20)
         assert type(info.value).__name__ == "InvalidRequest" and "hold must be true or false" in str(info.value)
-    assert fleet.state.read("single").handles == before  # nothing held
+    assert fleet.store.read("single").handles == before  # nothing held
     for n in (10 ** 4200, -(10 ** 4200)):  # as big as a JSON message can carry
         with pytest.raises(Exception) as info:
             control_plane.send_task("fleet.scale", args=["single", n]).get(timeout=20)

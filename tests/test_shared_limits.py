@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fleet.testing.plane import plane
 from tests.conftest import wait_for
-from tests.kits.plane import plane
 
 CLUSTERS = ("a", "b", "c", "d")
 OPS_PER_SECOND = 5

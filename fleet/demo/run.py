@@ -12,8 +12,12 @@ from pathlib import Path
 import redis
 from rich.console import Console
 
-from fleet.config import load_config
-from fleet.state import State
+from fleet.config import FleetConfig, load_config
+from fleet.progress import wait_converged
+from fleet.provider import Cluster, ProviderContext
+from fleet.registry import provider_class
+from fleet.stack import Stack
+from fleet.store import Store
 
 CLUSTER = "demo"
 
@@ -22,9 +26,6 @@ def run_demo(*, workers: int = 4, jobs: int = 20, keep: bool = False, console: C
     import os
 
     from celery import Celery
-
-    from fleet.cli import wait_converged
-    from fleet.stack import Stack
 
     started = time.monotonic()
     state_dir = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
@@ -41,11 +42,11 @@ def run_demo(*, workers: int = 4, jobs: int = 20, keep: bool = False, console: C
     with open(log_path, "ab") as log, Stack(config, config_file, log=log) as stack:
         console.print(f"1. embedded Redis at [cyan]{stack.url}[/cyan]; control-plane worker and beat started")
         client = Celery("demo-client", broker=stack.url, backend=stack.url, set_as_current=False)
-        state = State(redis.Redis.from_url(stack.url), config.fleet.id)
+        state = Store(redis.Redis.from_url(stack.url), config.fleet.id)
         try:
             reply = client.send_task("fleet.scale", args=[CLUSTER, workers]).get(timeout=60)
             console.print(f"2. send_task('fleet.scale', ['{CLUSTER}', {workers}]) -> {reply}")
-            if not wait_converged(state, CLUSTER, timeout=120):
+            if not wait_converged(state, CLUSTER, 120, console, check=stack.check):
                 return 1
             summary = client.send_task("fleet.status", args=[CLUSTER]).get(timeout=30)
             console.print(f"   fleet.status -> desired {summary['desired']}, running {summary['running']}, "
@@ -60,7 +61,7 @@ def run_demo(*, workers: int = 4, jobs: int = 20, keep: bool = False, console: C
                 console.print(f"     {handle}: {n} jobs")
             reply = client.send_task("fleet.scale", args=[CLUSTER, 0]).get(timeout=30)
             console.print(f"4. send_task('fleet.scale', ['{CLUSTER}', 0]) -> {reply}")
-            if not wait_converged(state, CLUSTER, timeout=120):
+            if not wait_converged(state, CLUSTER, 120, console, check=stack.check):
                 return 1
             launched = sum(1 for e in state.events(CLUSTER, 1000) if e["kind"] == "launched")
             killed = sum(1 for e in state.events(CLUSTER, 1000) if e["kind"] == "killed")
@@ -77,13 +78,13 @@ def run_demo(*, workers: int = 4, jobs: int = 20, keep: bool = False, console: C
     return 0 if ok else 1
 
 
-def _kill_leftovers(config, state_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    """Whatever happened, leave no demo worker process behind."""
-    from fleet.provider import ProviderContext
-    from providers.local import LocalProvider
-
-    provider = LocalProvider(ProviderContext(config.fleet.id, state_dir))
-    ref = config.cluster(CLUSTER)
+def _kill_leftovers(config: FleetConfig, state_dir: Path) -> None:
+    """Whatever happened, leave no demo worker process behind (through the registry, as the
+    control plane finds its providers)."""
+    spec = config.spec(CLUSTER)
+    cls = provider_class(spec.provider)
+    provider = cls(ProviderContext(config.fleet.id, state_dir))
+    ref = Cluster(config.fleet.id, CLUSTER, spec.workers_per_container, cls.validate_options(spec.provider_options))
     left = provider.list_workers(ref)
     if left:
         provider.kill_workers(ref, list(left))

@@ -1,5 +1,5 @@
 """Kit for the gce provider: google-cloud-compute's REST client against the fake Compute server
-of tests/fake_gce.py (anonymous credentials, `api_endpoint` on loopback)."""
+of fleet.testing.backends.gce (anonymous credentials, `api_endpoint` on loopback)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from fleet.provider import ContainerSpec, ProviderContext
+from fleet.testing.backends.gce import FakeGCE
+from fleet.testing.kits import Kit, cleanup, clusters
 from providers.gce import GCEProvider
-from tests.fake_gce import FakeGCE
-from tests.kits import Kit, cleanup, clusters
 
 PROJECT, ZONE = "fleet-test", "test-zone-a"
 

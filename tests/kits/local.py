@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from fleet.provider import ContainerSpec, ProviderContext
+from fleet.testing.kits import Kit, cleanup, clusters
 from providers.local import LocalProvider
-from tests.kits import Kit, cleanup, clusters
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""A control plane of real processes for the tests that attack one: `Stack` (the same one `fleet
-up` runs) on a fleet of its own, with its own embedded Redis, workers and beat, and a log file."""
+"""A control plane of real processes on a fleet of its own, for the tests that attack one and for
+`fleet bench`: `Stack` (the same one `fleet up` runs) with its own embedded Redis, workers and
+beat, a log file, a Celery client, and the fleet's keys."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import redis
 from celery import Celery
 
 from fleet.config import FleetConfig, load_config
+from fleet.keys import Keyspace
 from fleet.stack import Stack
 
 
@@ -40,8 +42,9 @@ class Plane:
         """Send a public task by name, as another service would, and wait for its answer."""
         return self.client().send_task(task, args=list(args)).get(timeout=timeout)
 
-    def key(self, *parts: str) -> str:
-        return ":".join(("fleet", self.fleet_id, *parts))
+    @property
+    def keys(self) -> Keyspace:
+        return Keyspace(self.fleet_id)
 
     def wait_ready(self, role: str = "worker", timeout: float = 60.0, count: int = 1) -> None:
         """Until the log says a `role` worker is ready, `count` times (a restarted one: 2)."""

@@ -11,7 +11,8 @@ It answers what `google-cloud-compute`'s REST transport sends, in the JSON the r
 * `GET|POST /compute/v1/projects/P/zones/Z/operations/OP[/wait]`  operations
 
 An operation is RUNNING until it has been read `operation_polls` times through get/wait (0: DONE
-at once); its error, if any, shows once it is DONE, as on the real API. A new instance is PROVISIONING for its first `ready_after_reads` reads, then RUNNING. Counters
+at once); its error, if any, shows once it is DONE, as on the real API. A new instance is
+PROVISIONING for its first `ready_after_reads` reads, then RUNNING. Counters
 of calls by kind (`insert`, `get`, `list`, `delete`, `operation`) and a log of requests let tests
 count API calls. Faults: `fail(kind, status, reason)` queues canned HTTP errors for the next
 requests of a kind (`processed=True`: the request takes effect, only its answer is lost);
@@ -32,6 +33,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 PREFIX = "/compute/v1/projects/"
+#: what a request handler answers: (HTTP status, JSON body, extra headers)
+Answer = tuple[int, dict[str, Any], dict[str, str]]
 _PATH = re.compile(r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/"
                    r"(?P<coll>instances|operations)(?:/(?P<name>[^/]+))?(?P<wait>/wait)?$")
 _TERM = re.compile(r'^\(?\s*labels\.(?P<key>[a-z0-9_-]+)\s*=\s*"(?P<value>[^"]*)"\s*\)?$')
@@ -50,6 +53,10 @@ def parse_filter(text: str) -> dict[str, str]:
             raise ValueError(f"unsupported filter term {term!r}")
         labels[m["key"]] = m["value"]
     return labels
+
+
+def not_found(project: str, zone: str, name: str | None) -> dict[str, Any]:
+    return error_body(404, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found")
 
 
 def error_body(status: int, message: str, reason: str | None = None) -> dict[str, Any]:
@@ -174,7 +181,7 @@ class FakeGCE:
                 if kind == "get":
                     inst = self.instances.get((project, zone, name or ""))
                     if inst is None:
-                        return 404, error_body(404, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found"), {}
+                        return 404, not_found(project, zone, name), {}
                     return 200, self._view(project, zone, inst), {}
                 if kind == "list":
                     return self._list(project, zone, query)
@@ -218,7 +225,7 @@ class FakeGCE:
                 "status": "RUNNING", "progress": 0}
         return op
 
-    def _insert(self, project: str, zone: str, query: dict[str, list[str]], body: dict[str, Any]):
+    def _insert(self, project: str, zone: str, query: dict[str, list[str]], body: dict[str, Any]) -> Answer:
         name = body.get("name", "")
         if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name):
             raise ValueError(f"Invalid value for field 'resource.name': '{name}'")
@@ -248,7 +255,7 @@ class FakeGCE:
                 "zone": f"{PREFIX}{project}/zones/{zone}",
                 "selfLink": f"{PREFIX}{project}/zones/{zone}/instances/{inst.body['name']}"}
 
-    def _list(self, project: str, zone: str, query: dict[str, list[str]]):
+    def _list(self, project: str, zone: str, query: dict[str, list[str]]) -> Answer:
         labels = parse_filter((query.get("filter") or [""])[0])
         size = int((query.get("maxResults") or ["500"])[0])
         if not 0 <= size <= 500:
@@ -266,9 +273,9 @@ class FakeGCE:
             out["nextPageToken"] = str(start + size)
         return 200, out, {}
 
-    def _delete(self, project: str, zone: str, name: str):
+    def _delete(self, project: str, zone: str, name: str) -> Answer:
         if self.instances.pop((project, zone, name), None) is None:
-            return 404, error_body(404, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found"), {}
+            return 404, not_found(project, zone, name), {}
         op = self._operation(project, zone, "delete", name)
         return 200, self._op_view(self.operations[op["name"]]), {}
 

@@ -13,12 +13,13 @@ Sections (see docs/benchmarks.md for figures and what they led to):
 3. ``throughput``: ``fleet.scale`` requests per second one control-plane worker absorbs, beside
    no-op tasks per second.
 4. ``cloud``: API calls to scale 0 -> N -> 0 on aws_ec2 and aws_ecs (moto server) and gce (the
-   fake server of tests/fake_gce.py), through the Manager in this process with an in-process
-   dispatcher, beside one call per instance.
+   fake server of fleet.testing.backends.gce), through the managed layer in this process with an
+   in-process dispatcher, beside one call per instance.
 5. ``containers``: time to N running containers through Fleet with the docker provider against
    podman's Docker API, beside a plain loop of docker SDK calls.
 
-Cloud SDKs and test helpers are imported inside the functions that need them.
+The control plane of sections 1, 3 and 5 is `fleet.stack.Stack` (through `fleet.testing.plane`),
+the one `fleet up` runs. Cloud SDKs and backends are imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -28,28 +29,27 @@ import logging
 import os
 import platform
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import textwrap
-import threading
 import time
 import traceback
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
-from fleet.embedded import EmbeddedRedis, _die_with_parent
-from fleet.runtime import control_queue
+from fleet.embedded import EmbeddedRedis
+from fleet.keys import Keyspace
+from fleet.testing.plane import Plane, plane
+from fleet.wrappers import ProviderWrapper
 
 SECTIONS = ("convergence", "sweep", "throughput", "cloud", "containers")
 SWEEP_INTERVAL = 0.25
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -62,8 +62,9 @@ class Sizes:
     skip: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def quick(cls, only: tuple[str, ...]) -> "Sizes":
-        skip = {} if only else {"cloud": "--quick without --only cloud", "containers": "--quick without --only containers"}
+    def quick(cls, only: tuple[str, ...]) -> Sizes:
+        skip = {} if only else {"cloud": "--quick without --only cloud",
+                                "containers": "--quick without --only containers"}
         return cls(converge=(20,), sweep=((200, 2), (400, 2), (400, 4)), scale_requests=100, cloud=20, containers=3,
                    skip=skip)
 
@@ -83,8 +84,8 @@ def delta(after: Counter[str], before: Counter[str], *, minus: Counter[str] | No
 
 
 def op_counts(client: redis.Redis, fleet_id: str) -> Counter[str]:
-    """Provider operations the GuardedProvider recorded: op -> count (all providers)."""
-    raw = client.hgetall(f"fleet:{fleet_id}:metrics")
+    """Provider operations the instrumentation recorded: op -> count (all providers)."""
+    raw = client.hgetall(Keyspace(fleet_id).metrics)
     out: Counter[str] = Counter()
     for k, v in raw.items():
         key = k.decode()
@@ -128,21 +129,7 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def _celery_client(url: str) -> Any:
-    from celery import Celery
-
-    return Celery("fleet-bench", broker=url, backend=url, set_as_current=False)
-
-
-def _ensure_tests_importable() -> None:
-    """tests/ (fake GCE server, kit helpers) is importable from a clone, not from a wheel."""
-    if not (ROOT / "tests" / "__init__.py").exists():
-        raise RuntimeError("this section needs the tests/ folder of a source checkout")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-
-
-# -- a control plane with a real Celery worker subprocess ----------------------------------
+# -- a control plane of real processes ------------------------------------------------------
 
 PROVIDER_LIMITS = """
 [providers.{name}]
@@ -152,92 +139,30 @@ concurrent_launches = 64
 
 
 class ControlPlane:
-    """An embedded Redis (no persistence), a config file, one `celery -A tasks worker`
-    subprocess (threads pool, every queue) and a driver thread sending `fleet.sweep` every
-    `sweep_interval` seconds (what `celery beat` sends)."""
+    """Measurements on a control plane of real processes (`Plane`: one `celery -A tasks worker`
+    subprocess, threads pool, and a real beat sending `fleet.sweep` every `sweep_interval`)."""
 
-    def __init__(self, work: Path, clusters_toml: str, providers: tuple[str, ...] = ("memory",),
-                 sweep_interval: float = SWEEP_INTERVAL, concurrency: int = 8, env: dict[str, str] | None = None):
-        self.work = work
-        self.fleet_id = "b" + uuid.uuid4().hex[:8]
+    def __init__(self, running: Plane, sweep_interval: float, concurrency: int) -> None:
+        self.p = running
+        self.fleet_id = running.fleet_id
+        self.r = running.r
+        self.client = running.client()
         self.sweep_interval = sweep_interval
         self.concurrency = concurrency
-        self.extra_env = env or {}
-        self.toml = textwrap.dedent(f"""
-            [fleet]
-            id = "{self.fleet_id}"
-            sweep_interval = {sweep_interval}
-            launch_timeout = 120
-            """) + "".join(PROVIDER_LIMITS.format(name=p) for p in providers) + clusters_toml
-        self.redis_server = EmbeddedRedis(work / "redis", persist=False, die_with_parent=True)
-        self.worker: subprocess.Popen[bytes] | None = None
-        self._stop = threading.Event()
-        self._beat: threading.Thread | None = None
-        self.beats = 0
-
-    def start(self) -> "ControlPlane":
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.url = self.redis_server.start()
-        self.r = redis.Redis.from_url(self.url)
-        (self.work / "fleet.toml").write_text(self.toml)
-        env = {**os.environ, "FLEET_CONFIG": str(self.work / "fleet.toml"), "FLEET_REDIS_URL": self.url,
-               "FLEET_STATE_DIR": str(self.work / "state"), **self.extra_env}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "threads",
-                "--concurrency", str(self.concurrency), "--hostname", f"bench-{self.fleet_id}@%h",
-                "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
-        self.log = open(self.work / "worker.log", "wb")
-        self.worker = subprocess.Popen(argv, env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=self.log,
-                                       stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
-        self.client = _celery_client(self.url)
         self.client.send_task("fleet.noop").get(timeout=60)  # the worker is up and consuming
-        self._beat = threading.Thread(target=self._beat_loop, daemon=True)
-        self._beat.start()
-        return self
 
-    def _beat_loop(self) -> None:
-        queue = control_queue(self.fleet_id)
-        while not self._stop.wait(self.sweep_interval):
-            try:
-                self.client.send_task("fleet.sweep", queue=queue, expires=self.sweep_interval, ignore_result=True)
-                self.beats += 1
-            except Exception:  # noqa: BLE001 - a missed beat is a late sweep, nothing more
-                pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._beat:
-            self._beat.join(timeout=5)
-        if self.worker and self.worker.poll() is None:
-            os.killpg(self.worker.pid, signal.SIGTERM)
-            try:
-                self.worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.worker.pid, signal.SIGKILL)
-                self.worker.wait()
-        self.redis_server.stop()
-
-    def __enter__(self) -> "ControlPlane":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- measuring -----------------------------------------------------------------------
-    def key(self, cluster: str, name: str) -> str:
-        return f"fleet:{self.fleet_id}:{cluster}:{name}"
+    @property
+    def worker_pid(self) -> int:
+        return self.p.stack.procs["worker"].pid
 
     def converged(self, cluster: str, n: int, polls: Counter[str]) -> bool:
         """running == desired == n, nothing pending or on its way (every bench handle holds one
         worker). Cheap checks first: HVALS only once the counts add up."""
+        k = self.p.keys.cluster(cluster)
         pipe = self.r.pipeline(transaction=False)
-        pipe.hget(self.key(cluster, "desired"), "n")
-        pipe.hlen(self.key(cluster, "pending"))
-        pipe.hlen(self.key(cluster, "handles"))
+        pipe.hget(k.desired, "n")
+        pipe.hlen(k.pending)
+        pipe.hlen(k.handles)
         desired, pending, handles = pipe.execute()
         polls.update(hget=1, hlen=2)
         if desired is None or int(desired) != n or pending or handles != n:
@@ -245,7 +170,7 @@ class ControlPlane:
         if n == 0:
             return True
         polls.update(hvals=1)
-        return b"".join(self.r.hvals(self.key(cluster, "handles"))).count(b'"s":"running"') == n
+        return b"".join(self.r.hvals(k.handles)).count(b'"s":"running"') == n
 
     def wait(self, cluster: str, n: int, polls: Counter[str], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -278,6 +203,18 @@ class ControlPlane:
                 "top_commands": dict(cmds.most_common(8))}
 
 
+@contextmanager
+def control_plane(work: Path, clusters_toml: str, providers: tuple[str, ...] = ("memory",),
+                  sweep_interval: float = SWEEP_INTERVAL, concurrency: int = 8) -> Iterator[ControlPlane]:
+    """A Stack of its own (embedded Redis without persistence, one worker, one beat) in `work`."""
+    work.mkdir(parents=True, exist_ok=True)
+    fleet = f"sweep_interval = {sweep_interval}\nlaunch_timeout = 120\n" + "".join(
+        PROVIDER_LIMITS.format(name=p) for p in providers)
+    with plane(work, clusters_toml, fleet=fleet, prefix="b", persist=False, concurrency=concurrency,
+               worker_args=["--without-heartbeat"]) as running:
+        yield ControlPlane(running, sweep_interval, concurrency)
+
+
 def memory_clusters(names_max: dict[str, int]) -> str:
     return "".join(textwrap.dedent(f"""
         [clusters.{name}]
@@ -302,15 +239,15 @@ def section_convergence(cp: ControlPlane, sizes: tuple[int, ...], say: Callable[
         timeout = 120 + n / 20
         say(f"convergence: N = {n}: scale 0 -> {n} ...")
         up = cp.scale_to("bench", n, timeout)
-        if n == max(sizes) and cp.worker:
-            memory = {"handles": n, **proc_status(cp.worker.pid)}
+        if n == max(sizes):
+            memory = {"handles": n, **proc_status(cp.worker_pid)}
         say(f"convergence: N = {n}: scale {n} -> 0 ...")
         down = cp.scale_to("bench", 0, timeout)
         rows.append({"n": n, "baseline_seconds": round(baseline, 3), "baseline_redis_commands": sum(base_cmds.values()),
                      "baseline_celery_messages": base_cmds.get("lpush", 0), "up": up, "down": down,
-                     "ratio_up": round(up["seconds"] / baseline, 2), "ratio_down": round(down["seconds"] / baseline, 2)})
-    if cp.worker:
-        memory.update(after=proc_status(cp.worker.pid))
+                     "ratio_up": round(up["seconds"] / baseline, 2),
+                     "ratio_down": round(down["seconds"] / baseline, 2)})
+    memory.update(after=proc_status(cp.worker_pid))
     return {"worker": f"1 `celery -A tasks worker --pool threads --concurrency {cp.concurrency}` subprocess",
             "sweep_interval": cp.sweep_interval, "rows": rows, "memory": memory}
 
@@ -347,8 +284,7 @@ def section_throughput(cp: ControlPlane, m: int, say: Callable[[str], None]) -> 
         res.get(timeout=600)
     noop_s = time.perf_counter() - started
     noop_rate = _worker_rate(results)
-    metrics = f"fleet:{cp.fleet_id}:metrics"
-    launches = int(cp.r.hget(metrics, "events|burst|launch") or 0)
+    launches = int(cp.r.hget(cp.p.keys.metrics, "events|burst|launch") or 0)
     return {"requests": m, "scale_per_second": round(scale_rate, 1), "noop_per_second": round(noop_rate, 1),
             "ratio": round(scale_rate / noop_rate, 2),
             "client_scale_per_second": round(m / scale_s, 1), "client_noop_per_second": round(m / noop_s, 1),
@@ -375,24 +311,27 @@ class _Dispatcher:
         self.calls["drain"] += 1
 
 
-class _Timed:
-    """Wraps a provider and sums the seconds spent in it (to report Fleet's own time apart)."""
+class _Timed(ProviderWrapper):
+    """Sums the seconds spent in the provider it wraps (to report Fleet's own time apart)."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.seconds = inner, 0.0
+    seconds = 0.0
 
-    def __getattr__(self, name: str) -> Any:
-        fn = getattr(self.inner, name)
-        if not callable(fn):
-            return fn
+    def _call(self, op: str, cluster: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(cluster, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
 
-        def timed(*a: Any, **kw: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                self.seconds += time.perf_counter() - started
-        return timed
+
+def _time_provider(wrapped: ProviderWrapper) -> _Timed:
+    """Put a _Timed right around the raw provider under `wrapped`'s wrappers."""
+    layer = wrapped
+    while isinstance(layer.inner, ProviderWrapper):
+        layer = layer.inner
+    timer = _Timed(layer.inner, layer.name)
+    layer.inner = timer
+    return timer
 
 
 def section_sweep(work: Path, cases: tuple[tuple[int, int], ...], say: Callable[[str], None]) -> dict[str, Any]:
@@ -419,26 +358,24 @@ def section_sweep(work: Path, cases: tuple[tuple[int, int], ...], say: Callable[
             pool = redis.ConnectionPool.from_url(url, connection_class=CountingConnection)
             dispatcher = _Dispatcher()
             manager = Manager(config, redis.Redis(connection_pool=pool), dispatcher, url=url)
-            guarded = manager.provider("memory")
-            inner = guarded.inner  # type: ignore[attr-defined]
+            raw = manager.pool.raw("memory")
             per = handles // clusters
             for c in names:
-                spec, ref = config.spec(c), config.cluster(c)
+                spec, ref = config.spec(c), manager.pool.cluster(c)
                 for start in range(0, per, 5000):
                     count = min(5000, per - start)
                     lid = uuid.uuid4().hex
-                    got = inner.run_workers(ref, spec.container, spec.hardware, count, launch_id=lid)
-                    manager.state.record_launch(c, lid, got)
-                manager.state.set_desired(c, per)
-            timer = _Timed(inner)
-            guarded.inner = timer  # type: ignore[attr-defined]
+                    got = raw.run_workers(ref, spec.container, spec.hardware, count, launch_id=lid)
+                    manager.store.record_launch(c, lid, got)
+                manager.store.set_desired(c, per)
+            timer = _time_provider(manager.pool.get("memory"))
             row: dict[str, Any] = {"handles": handles, "clusters": clusters}
             for label in ("first", "steady"):  # first: every handle turns running; steady: nothing changes
                 say(f"sweep: {handles} handles over {clusters} clusters: {label} sweep ...")
                 before, sent, timer.seconds = commandstats(plain), CountingConnection.sent, 0.0
                 started = time.perf_counter()
                 for c in names:
-                    manager.sweep_cluster(c)
+                    manager.sweeper.sweep_cluster(c)
                 elapsed = time.perf_counter() - started
                 cmds = delta(commandstats(plain), before)
                 row[label] = {"seconds": round(elapsed, 3), "provider_seconds": round(timer.seconds, 3),
@@ -446,7 +383,7 @@ def section_sweep(work: Path, cases: tuple[tuple[int, int], ...], say: Callable[
                               "round_trips": CountingConnection.sent - sent,
                               "round_trips_per_cluster": round((CountingConnection.sent - sent) / clusters, 1),
                               "redis_commands": sum(cmds.values())}
-            st = manager.state.read_many(names)
+            st = manager.store.read_many(names)
             row["running"] = sum(s.count("running") for s in st.values())
             rows.append(row)
             pool.disconnect()
@@ -484,11 +421,11 @@ class _QueueDispatcher:
             kind, args = self.jobs.popleft()
             try:
                 if kind == "run":
-                    self.manager.run_launch(*args)
+                    self.manager.launcher.run_launch(*args)
                 elif kind == "kill":
-                    self.manager.kill_handles(*args)
+                    self.manager.launcher.kill_handles(*args)
                 else:
-                    self.manager.reconcile(*args)
+                    self.manager.reconciler.reconcile(*args)
             except TransientProviderError:
                 time.sleep(0.2)
                 self.jobs.append((kind, args))
@@ -496,16 +433,16 @@ class _QueueDispatcher:
 
 def _drive(manager: Any, dispatcher: _QueueDispatcher, cluster: str, n: int, timeout: float) -> dict[str, Any]:
     started = time.perf_counter()
-    manager.set_worker_number(cluster, n)
+    manager.api.scale(cluster, n)
     sweeps = 0
     while True:
         dispatcher.work()
-        st = manager.state.read(cluster)
+        st = manager.store.read(cluster)
         if st.converged and st.desired and st.desired.n == n:
             return {"seconds": round(time.perf_counter() - started, 2), "sweeps": sweeps, "converged": True}
         if time.perf_counter() - started > timeout:
             return {"seconds": round(time.perf_counter() - started, 2), "sweeps": sweeps, "converged": False}
-        manager.sweep_cluster(cluster)
+        manager.sweeper.sweep_cluster(cluster)
         sweeps += 1
         time.sleep(0.05)
 
@@ -517,11 +454,10 @@ GCE_MUTATING = {"insert", "delete"}
 
 def section_cloud(work: Path, n: int, say: Callable[[str], None]) -> dict[str, Any]:
     from fleet.config import parse_config
-    from fleet.manager import LAUNCH_CHUNK, Manager
-
-    _ensure_tests_importable()
-    from tests.fake_gce import FakeGCE
-    from tests.kits.aws import moto_world
+    from fleet.control.reconciler import LAUNCH_CHUNK
+    from fleet.manager import Manager
+    from fleet.testing.backends.aws import moto_world
+    from fleet.testing.backends.gce import FakeGCE
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log
 
@@ -543,7 +479,8 @@ def section_cloud(work: Path, n: int, say: Callable[[str], None]) -> dict[str, A
                         "ecs": {**common, "provider": "aws_ecs", "hardware": {"cpu": 0.25, "memory_mb": 512},
                                 "provider_options": aws.ecs_options()},
                         "gce": {**common, "provider": "gce", "provider_options": {
-                            "project": "fleet-bench", "zone": "bench-zone-a", "api_endpoint": gce_url, "anonymous": True,
+                            "project": "fleet-bench", "zone": "bench-zone-a", "api_endpoint": gce_url,
+                            "anonymous": True,
                             "source_image": "projects/debian-cloud/global/images/family/debian-12",
                             "operation_timeout": 60, "retry_deadline": 5}},
                     }}
@@ -556,9 +493,10 @@ def section_cloud(work: Path, n: int, say: Callable[[str], None]) -> dict[str, A
                 if cluster == "gce":
                     fake.reset_counters()
                 else:
-                    provider = manager.provider(config.spec(cluster).provider).inner  # type: ignore[attr-defined]
-                    client = provider.client(config.cluster(cluster))
-                    client.meta.events.register("before-call", lambda model, **_: calls.update([model.name]))
+                    provider: Any = manager.pool.raw(config.spec(cluster).provider)
+                    client = provider.client(manager.pool.cluster(cluster))
+                    client.meta.events.register("before-call",
+                                                lambda model, calls=calls, **_: calls.update([model.name]))
                 row: dict[str, Any] = {}
                 for phase, target in (("up", n), ("down", 0)):
                     say(f"cloud: {cluster}: scale to {target} ...")
@@ -582,8 +520,7 @@ def section_cloud(work: Path, n: int, say: Callable[[str], None]) -> dict[str, A
 # -- section 5: real containers ----------------------------------------------------------------
 
 def section_containers(work: Path, n: int, say: Callable[[str], None]) -> dict[str, Any]:
-    _ensure_tests_importable()
-    from tests.kits.docker import podman_missing, podman_service
+    from fleet.testing.backends.podman import podman_missing, podman_service
 
     missing = podman_missing()
     if missing:
@@ -635,7 +572,7 @@ def section_containers(work: Path, n: int, say: Callable[[str], None]) -> dict[s
             timeout = 60
             labels = {{ "{key}" = "{value}" }}
             """)
-        with ControlPlane(work / "containers", clusters, providers=("docker",)) as cp:
+        with control_plane(work / "containers", clusters, providers=("docker",)) as cp:
             say(f"containers: Fleet, scale 0 -> {n} ...")
             up = cp.scale_to("docker", n, timeout=300)
             say(f"containers: Fleet, scale {n} -> 0 ...")
@@ -660,8 +597,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         for r in sweep:
             by_clusters.setdefault(r["clusters"], set()).add(r["steady"]["round_trips"])
         flat = all(len(v) == 1 for v in by_clusters.values())
-        out.append({"target": "sweep round trips independent of handles", "value": {k: sorted(v) for k, v in by_clusters.items()},
-                    "met": flat})
+        out.append({"target": "sweep round trips independent of handles",
+                    "value": {k: sorted(v) for k, v in by_clusters.items()}, "met": flat})
     thr = results.get("throughput", {})
     if "scale_per_second" in thr:
         out.append({"target": ">= 500 scale requests/s per worker", "value": thr["scale_per_second"],
@@ -672,7 +609,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": ec2["mutating"] <= 25})
     cont = results.get("containers", {})
     if "ratio" in cont:
-        out.append({"target": "real containers overhead ratio <= 1.10", "value": cont["ratio"], "met": cont["ratio"] <= 1.10})
+        out.append({"target": "real containers overhead ratio <= 1.10", "value": cont["ratio"],
+                    "met": cont["ratio"] <= 1.10})
     return out
 
 
@@ -710,7 +648,7 @@ def run_bench(*, quick: bool = False, only: tuple[str, ...] = (), json_path: str
         if "convergence" in wanted or "throughput" in wanted:
             top = max(sizes.converge) if "convergence" in wanted else 10
             try:
-                with ControlPlane(work / "cp", memory_clusters({"bench": max(top, 1), "burst": 8})) as cp:
+                with control_plane(work / "cp", memory_clusters({"bench": max(top, 1), "burst": 8})) as cp:
                     if "convergence" in wanted:
                         guarded("convergence", lambda: section_convergence(cp, sizes.converge, say))
                     if "throughput" in wanted:
@@ -759,7 +697,8 @@ def render(results: dict[str, Any], console: Any) -> None:
                 table.add_row(str(r["n"]), f"{r['baseline_seconds']:.2f}",
                               f"{up['seconds']:.2f}" + ("" if up["converged"] else " (timeout)"),
                               f"{down['seconds']:.2f}" + ("" if down["converged"] else " (timeout)"),
-                              f"{r['ratio_up']} / {r['ratio_down']}", f"{up['redis_commands']} / {down['redis_commands']}",
+                              f"{r['ratio_up']} / {r['ratio_down']}",
+                              f"{up['redis_commands']} / {down['redis_commands']}",
                               f"{up['celery_messages']} / {down['celery_messages']}",
                               f"{sum(up['provider_calls'].values())} / {sum(down['provider_calls'].values())}")
             mem = data.get("memory", {})

@@ -1,0 +1,21 @@
+"""How the managed layer asks for work to be done elsewhere. `tasks.app.CeleryDispatcher` sends
+Celery messages; tests may record the calls instead."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class Dispatcher(Protocol):
+    def run(self, cluster: str, launch_id: str, provider: str) -> None:
+        """Carry out (or settle) one pending launch: `fleet.run` on the provider's queue."""
+
+    def kill(self, cluster: str, handles: Sequence[str], provider: str) -> None:
+        """Kill handles: `fleet.kill` on the provider's queue."""
+
+    def reconcile(self, cluster: str) -> None:
+        """Take one step towards the desired number: `fleet.reconcile`."""
+
+    def drain(self, cluster: str, handles: Sequence[str]) -> None:
+        """Tell draining handles' workers to stop consuming: `fleet.drain`."""

@@ -1,0 +1,97 @@
+"""What a cluster's Celery workers are doing, and what follows from it: how busy each handle is
+(the planner kills idle ones first), drains that end (a draining handle whose workers hold
+nothing, or whose time is up, is killed), and the autoscaler's decision with its memory.
+
+Only clusters with `queues` have any of this. The probe talks to the workers' broker
+(`broker_url`, default the fleet's Redis), never to the provider. A broker that cannot be
+reached skips this step for the sweep, with a warning: it never fails the sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from fleet import autoscale
+from fleet.config import ClusterSpec, FleetConfig
+from fleet.control.api import validate_handles
+from fleet.control.dispatcher import Dispatcher
+from fleet.control.reconciler import target
+from fleet.model import LIVE, ClusterState, EventKind, HandleStatus
+from fleet.probe import Probe
+from fleet.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class CeleryWatch:
+    def __init__(self, config: FleetConfig, store: Store, dispatcher: Dispatcher, url: str,
+                 probe: Callable[[str], Probe] = Probe) -> None:
+        self.config = config
+        self.store = store
+        self.dispatcher = dispatcher
+        self.url = url
+        self._make_probe = probe
+        self._probes: dict[str, Probe] = {}
+        self._lock = threading.Lock()
+
+    def probe(self, spec: ClusterSpec) -> Probe:
+        """One probe per broker URL, shared by this process's threads."""
+        url = spec.broker_url or self.url
+        with self._lock:
+            if url not in self._probes:
+                self._probes[url] = self._make_probe(url)
+            return self._probes[url]
+
+    def watch(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> dict[str, Any]:
+        """Ask the cluster's workers what they hold; finish drains; autoscale from the load."""
+        probe = self.probe(spec)
+        try:
+            activity = probe.activity([h for h, r in st.handles.items() if r.status is not HandleStatus.STOPPING])
+            waiting = probe.waiting(spec.queues) if spec.autoscale else 0
+        except Exception as exc:  # noqa: BLE001 - the workers' broker may be down: skip, never crash the sweep
+            log.warning("cannot probe the workers of %s: %s", cluster, exc)
+            return {"probe_failed": type(exc).__name__}
+        self.store.set_busy(cluster, {h: activity.of(h) for h in st.handles})
+        draining = [(h, r) for h, r in st.handles.items() if r.status is HandleStatus.DRAINING]
+        idle = [h for h, _ in draining if activity.of(h) == 0]
+        late = [h for h, r in draining if activity.of(h) and now >= float(r.drain_until or 0)]
+        done = self.store.transition(cluster, idle, [HandleStatus.DRAINING], HandleStatus.STOPPING, EventKind.DRAINED)
+        done += self.store.transition(cluster, late, [HandleStatus.DRAINING], HandleStatus.STOPPING,
+                                      EventKind.DRAIN_TIMEOUT)
+        if done:
+            self.dispatcher.kill(cluster, done, spec.provider)
+        # what draining workers still hold needs no capacity: they finish it and go
+        busy = sum(activity.of(h) for h, r in st.handles.items() if r.status in LIVE)
+        report: dict[str, Any] = {"busy": busy, "drained": len(done)}
+        if spec.autoscale:
+            report.update(self._autoscale(cluster, spec, st, waiting + busy, now))
+        return report
+
+    def _autoscale(self, cluster: str, spec: ClusterSpec, st: ClusterState, load: int, now: float) -> dict[str, Any]:
+        assert spec.autoscale is not None
+        raw = self.store.autoscale_memory(cluster)
+        memory = autoscale.Memory(**raw) if raw else autoscale.Memory()
+        current = target(spec, st)
+        floor = st.desired.floor if st.desired else 0
+        decision = autoscale.decide(
+            load=load, current=current, floor=floor, min_workers=spec.min_workers, max_workers=spec.max_workers,
+            tasks_per_worker=spec.autoscale.tasks_per_worker, scale_down_delay=spec.autoscale.scale_down_delay,
+            agreeing_sweeps=spec.autoscale.agreeing_sweeps, memory=memory, now=now)
+        self.store.set_autoscale_memory(cluster, asdict(decision.memory))
+        if decision.desired is not None and decision.desired != current:
+            self.store.set_desired(cluster, decision.desired, floor=floor, source=f"autoscale load={load}")
+        return {"load": load, "wanted": decision.wanted}
+
+    def start_drain(self, cluster: str, handles: Sequence[str]) -> dict[str, Any]:
+        """Tell the workers of draining handles to stop consuming (the sweep kills them once idle)."""
+        spec = self.config.spec(cluster)
+        unique = validate_handles(handles)
+        probe = self.probe(spec)
+        activity = probe.activity(unique)
+        hostnames = [name for h in unique for name in activity.hostnames.get(h, [])]
+        probe.stop_consuming(spec.queues, hostnames)
+        return {"handles": len(unique), "workers": len(hostnames)}

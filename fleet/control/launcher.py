@@ -1,0 +1,183 @@
+"""The provider's side of a plan: carry out one pending launch, settle a launch cancelled while a
+run task had it, and kill handles; and the policy for what a failed launch means.
+
+Contract:
+* A launch is idempotent by its launch id at four points: the claim stops a cancelled or finished
+  launch from reaching the provider; the launch's lease stops a re-sent run task from calling the
+  provider while another is at work; the provider returns the first call's handles for a launch
+  id it has seen; the record script never adds a handle twice.
+* A launch whose outcome is unknown (a transient error: an answer lost, a timeout) stays pending
+  and claimed, so it keeps counting against `max_workers`, and is retried with its launch id.
+* A killed handle stays `stopping` (counted) until the provider reports it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fleet.config import ClusterSpec, FleetConfig
+from fleet.control.api import validate_handles
+from fleet.control.dispatcher import Dispatcher
+from fleet.control.pool import ProviderPool
+from fleet.errors import (
+    CapacityError,
+    ProviderError,
+    ProviderTimeout,
+    QuotaExceeded,
+    TransientProviderError,
+)
+from fleet.holds import Holds
+from fleet.lease import Lease
+from fleet.model import EventKind
+from fleet.provider import WorkerStatus
+from fleet.store import Store
+
+
+class Launcher:
+    def __init__(self, config: FleetConfig, store: Store, holds: Holds, pool: ProviderPool, dispatcher: Dispatcher,
+                 lease: float, request_reconcile: Callable[[str], bool]) -> None:
+        self.config = config
+        self.store = store
+        self.holds = holds
+        self.pool = pool
+        self.dispatcher = dispatcher
+        self.lease = lease
+        self.request_reconcile = request_reconcile
+
+    def _timed_out(self, cluster: str, op: str, exc: ProviderTimeout, **fields: Any) -> None:
+        if not exc.held:  # the first call that hung says so; the held ones after it are quiet
+            self.store.event(cluster, EventKind.TIMEOUT, op=op, message=str(exc)[:300], **fields)
+
+    # -- launches --------------------------------------------------------------------------
+    def run_launch(self, cluster: str, launch_id: str) -> dict[str, Any]:
+        """Carry out one pending launch, idempotently (see the module's contract)."""
+        spec = self.config.spec(cluster)
+        claim, count = self.store.claim_launch(cluster, launch_id)
+        if claim not in ("claimed", "settle"):
+            return {"launch_id": launch_id, "state": claim, "handles": 0}
+        lease = Lease(self.store.r, self.store.of(cluster).launch(launch_id), self.lease)
+        if not lease.acquire():
+            return {"launch_id": launch_id, "state": "busy", "handles": 0}
+        if claim == "settle":
+            return self._settle(cluster, spec, launch_id, count, lease)
+        try:
+            ref = self.pool.cluster(cluster, excluded_types=self.holds.held_types(spec.provider))
+            try:
+                handles = self.pool.of(cluster).run_workers(ref, spec.container, spec.hardware, count,
+                                                            launch_id=launch_id)
+            except ProviderTimeout as exc:
+                self._timed_out(cluster, "run", exc, launch=launch_id)
+                raise  # the task retries; the pending entry stays claimed, so the launch stays counted
+            except TransientProviderError:
+                raise  # the task retries with back-off; the pending entry stays claimed
+            except ProviderError as exc:
+                self._failed(cluster, spec, launch_id, exc, ref.excluded_types)
+                return {"launch_id": launch_id, "state": "failed", "error": type(exc).__name__}
+            previous = self.store.record_launch(cluster, launch_id, handles)
+            if previous == "missing":  # Redis lost the launch while we ran it
+                self.holds.start_recovery(self.config.fleet.launch_timeout)
+        finally:
+            lease.release()
+        unique = list(dict.fromkeys(handles))
+        if previous == "cancelled" and unique:
+            self.dispatcher.kill(cluster, unique, spec.provider)
+        if len(handles) != count:
+            self.store.event(cluster, EventKind.SHORT_LAUNCH, launch=launch_id, asked=count, got=len(handles))
+        self.request_reconcile(cluster)
+        return {"launch_id": launch_id, "state": previous, "handles": len(unique), "workers": len(handles)}
+
+    def _settle(self, cluster: str, spec: ClusterSpec, launch_id: str, count: int, lease: Lease) -> dict[str, Any]:
+        """A launch cancelled after a run task had taken it: that task may have made workers whose
+        answer never came back. Ask the provider by launch id (without launching); a provider that
+        cannot tell is asked `run_workers` with the same launch id, which returns what the launch
+        made (or makes it). Whatever exists is recorded as stopping and killed; only then does the
+        pending entry go, so until the provider has answered the launch counts against max."""
+        provider = self.pool.of(cluster)
+        try:
+            ref = self.pool.cluster(cluster, excluded_types=self.holds.held_types(spec.provider))
+            try:
+                handles = provider.find_launch(ref, launch_id)
+                if handles is None:
+                    handles = provider.run_workers(ref, spec.container, spec.hardware, count, launch_id=launch_id)
+            except ProviderTimeout as exc:
+                self._timed_out(cluster, "find", exc, launch=launch_id)
+                raise
+            except TransientProviderError:
+                raise  # the task retries; the cancelled entry still counts against max_workers
+            except ProviderError as exc:
+                # the provider cannot answer for good: drop the entry; whatever the launch made, the
+                # sweep's listing counts it (unknown) and adopts it, and the planner kills it
+                self.store.drop_launch(cluster, launch_id)
+                self.store.event(cluster, EventKind.ERROR, op="find", launch=launch_id, error=type(exc).__name__,
+                                 message=str(exc)[:500])
+                return {"launch_id": launch_id, "state": "failed", "error": type(exc).__name__}
+            self.store.record_launch(cluster, launch_id, handles)  # as stopping: it was cancelled
+        finally:
+            lease.release()
+        unique = list(dict.fromkeys(handles))
+        if unique:
+            self.dispatcher.kill(cluster, unique, spec.provider)
+        self.request_reconcile(cluster)
+        return {"launch_id": launch_id, "state": "settled", "handles": len(unique), "workers": len(handles)}
+
+    def _failed(self, cluster: str, spec: ClusterSpec, launch_id: str, exc: ProviderError,
+                excluded: frozenset[str] = frozenset()) -> None:
+        """Give up a launch after an error retrying will not fix soon, and remember why, so that
+        every control-plane worker holds off (no hot loop).
+
+        A `CapacityError` naming a type this launch was told to avoid (`excluded`) means the
+        provider cannot change type (an explicit `instance_type`, a Fargate size): the cluster is
+        then held as if no type were left, instead of failing the same way launch after launch."""
+        self.store.drop_launch(cluster, launch_id)
+        fields: dict[str, Any] = {"op": "run", "launch": launch_id, "error": type(exc).__name__,
+                                  "message": str(exc)[:500]}
+        if isinstance(exc, QuotaExceeded):
+            self.holds.set_at_quota(cluster, self.config.fleet.quota_hold)
+            self.store.event(cluster, EventKind.AT_QUOTA, **fields)
+        elif isinstance(exc, CapacityError):
+            if exc.instance_type and exc.instance_type not in excluded:
+                # hold that type; the next eligible one is tried at once
+                self.holds.hold_type(spec.provider, exc.instance_type, self.config.fleet.capacity_hold)
+                self.request_reconcile(cluster)
+            else:  # nothing else to try: hold the cluster's launches (no hot loop)
+                self.holds.set_no_capacity(cluster, self.config.fleet.capacity_hold)
+            self.store.event(cluster, EventKind.NO_CAPACITY, instance_type=exc.instance_type or "", **fields)
+        else:
+            self.holds.set_error(cluster, str(exc), spec.fingerprint)
+            self.store.event(cluster, EventKind.ERROR, **fields)
+
+    # -- kills -----------------------------------------------------------------------------
+    def kill_handles(self, cluster: str, handles: Sequence[str]) -> dict[str, Any]:
+        """Kill handles. They stay tracked as stopping until the provider reports them stopped;
+        failed kills are retried by the sweep with back-off."""
+        self.config.spec(cluster)
+        unique = validate_handles(handles)
+        ref, provider = self.pool.cluster(cluster), self.pool.of(cluster)
+        retry = self.config.fleet.kill_retry
+        try:
+            raw = provider.kill_workers(ref, unique)
+        except ProviderError as exc:
+            self.store.record_kills(cluster, dict.fromkeys(unique, False), retry)
+            if isinstance(exc, ProviderTimeout):
+                self._timed_out(cluster, "kill", exc)
+            else:
+                self.store.event(cluster, EventKind.ERROR, op="kill", error=type(exc).__name__,
+                                 message=str(exc)[:500])
+            raise
+        results = {h: bool(raw.get(h, False)) for h in unique}
+        self.store.record_kills(cluster, results, retry)
+        gone = 0
+        killed = [h for h, ok in results.items() if ok]
+        if killed:
+            try:
+                status = provider.worker_status(ref, killed)
+                gone = self.store.apply_status(
+                    cluster, {h: WorkerStatus(status[h]).value for h in killed if h in status},
+                    provider.grace, retry).gone
+            except ProviderError:
+                pass  # the next sweep confirms
+        if gone:
+            self.holds.worker_went_away(cluster)
+        self.request_reconcile(cluster)
+        return {"killed": gone, "failed": len(unique) - len(killed)}

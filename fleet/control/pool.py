@@ -1,0 +1,77 @@
+"""Every provider a process uses, built once and wrapped, and every cluster's provider options
+validated once."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis
+
+from fleet.config import FleetConfig
+from fleet.holds import Holds
+from fleet.keys import Keyspace
+from fleet.limits import Limits
+from fleet.provider import Cluster, Provider, ProviderContext
+from fleet.registry import provider_class
+from fleet.wrappers import (
+    Deadlined,
+    Held,
+    Instrumented,
+    LaunchSlots,
+    Normalized,
+    ProviderWrapper,
+    Throttled,
+    call_timeout,
+)
+
+
+def compose(raw: Provider[Any], name: str, config: FleetConfig, client: redis.Redis, holds: Holds, limits: Limits,
+            lease: float) -> ProviderWrapper:
+    """The one place the wrappers are put together, outermost first: shared holds (fail fast),
+    operation tokens, launch slots, instrumentation, the deadline, and the contract's error rule
+    around the provider itself."""
+    settings = config.limits(name)
+    wrapped: ProviderWrapper = Normalized(raw, name)
+    wrapped = Deadlined(wrapped, name, call_timeout(raw, settings), holds, settings.unresponsive_hold)
+    wrapped = Instrumented(wrapped, name, client, Keyspace(config.fleet.id))
+    wrapped = LaunchSlots(wrapped, name, limits, settings.concurrent_launches, lease)
+    wrapped = Throttled(wrapped, name, limits, settings.ops_per_second)
+    return Held(wrapped, name, holds)
+
+
+class ProviderPool:
+    def __init__(self, config: FleetConfig, client: redis.Redis, holds: Holds, limits: Limits, lease: float) -> None:
+        self.config = config
+        self.client = client
+        self.holds = holds
+        self.limits = limits
+        self.lease = lease
+        self._wrapped: dict[str, ProviderWrapper] = {}
+        self._options: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> ProviderWrapper:
+        """Provider `name`, wrapped (built on first use)."""
+        with self._lock:
+            if name not in self._wrapped:
+                raw = provider_class(name)(ProviderContext(self.config.fleet.id, self.config.state_dir))
+                self._wrapped[name] = compose(raw, name, self.config, self.client, self.holds, self.limits, self.lease)
+            return self._wrapped[name]
+
+    def raw(self, name: str) -> Provider[Any]:
+        """Provider `name` itself, under its wrappers."""
+        return self.get(name).raw
+
+    def of(self, cluster: str) -> ProviderWrapper:
+        """The wrapped provider of a declared cluster."""
+        return self.get(self.config.spec(cluster).provider)
+
+    def cluster(self, name: str, excluded_types: frozenset[str] = frozenset()) -> Cluster[Any]:
+        """The provider's view of cluster `name`, with its options validated (once per process)."""
+        spec = self.config.spec(name)
+        with self._lock:
+            if name not in self._options:
+                self._options[name] = provider_class(spec.provider).validate_options(spec.provider_options)
+            options = self._options[name]
+        return Cluster(self.config.fleet.id, name, spec.workers_per_container, options, excluded_types)

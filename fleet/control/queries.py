@@ -1,0 +1,66 @@
+"""Read-only views of a fleet, from Redis and the configuration alone: what `fleet.status`
+returns, the handles and events `fleet status` and `fleet events` show, the messages set aside,
+and the clusters Redis still tracks that the config no longer declares. No dispatcher, no
+provider: the CLI reads these directly, as any process may."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from fleet.config import FleetConfig
+from fleet.deadletters import DeadLetters, summary
+from fleet.holds import Holds
+from fleet.model import ClusterState
+from fleet.store import Store
+
+
+class Queries:
+    def __init__(self, config: FleetConfig, client: redis.Redis, store: Store | None = None,
+                 holds: Holds | None = None) -> None:
+        self.config = config
+        self.client = client
+        self.store = store or Store(client, config.fleet.id)
+        self.holds = holds or Holds(client, config.fleet.id)
+
+    def status(self, cluster: Any, st: ClusterState | None = None) -> dict[str, Any]:
+        """Desired, initializing, running, stopping, draining and pending workers of a cluster
+        (from Redis), and why it cannot launch if it cannot (the `fleet.status` reply)."""
+        spec = self.config.spec(cluster)
+        summary_ = (st or self.store.read(cluster)).summary(cluster)
+        error = self.holds.error(cluster)
+        summary_.update(
+            provider=spec.provider, min_workers=spec.min_workers, max_workers=spec.max_workers,
+            at_quota=round(self.holds.at_quota(cluster), 1),
+            no_capacity=round(self.holds.no_capacity(cluster), 1),
+            recovering=round(self.holds.recovering(), 1),
+            rate_limited=round(self.holds.provider_hold(spec.provider), 1),
+            unresponsive=round(self.holds.unresponsive(cluster), 1),
+            error=error["message"] if error else None,
+            unknown=self.store.unknown_workers(cluster),
+            cleanup=self.store.cleanup_count(cluster),
+        )
+        return summary_
+
+    def detailed(self, clusters: list[str]) -> list[tuple[ClusterState, dict[str, Any]]]:
+        """(snapshot, status) of each cluster, the snapshots read in one round trip."""
+        states = self.store.read_many(clusters)
+        return [(states[c], self.status(c, states[c])) for c in clusters]
+
+    def with_handles(self, cluster: str, st: ClusterState, status: dict[str, Any]) -> dict[str, Any]:
+        """The `fleet.status` shape plus every handle's record, readable, under "workers"."""
+        return {**status, "workers": [{"handle": h, **r.readable()} for h, r in st.handles.items()]}
+
+    def events(self, cluster: Any, count: int = 50) -> list[dict[str, Any]]:
+        self.config.spec(cluster)
+        return self.store.events(cluster, count)
+
+    def dead_letters(self) -> DeadLetters:
+        return summary(self.client, self.config.fleet.id)
+
+    def forgotten_clusters(self) -> dict[str, int]:
+        """Clusters with handles in Redis (live, or dead with remains to kill) that the config no
+        longer declares -> handle count. Nothing sweeps or kills them (their provider options left
+        with the config): an operator scales a cluster to 0 before removing it, or puts it back."""
+        return {c: n for c, n in self.store.tracked_clusters().items() if c not in self.config.clusters}

@@ -1,0 +1,182 @@
+"""The sweep: observe a cluster through its provider, then act on what was observed.
+
+Passive step (`observe`): list what the provider holds and ask the status of every handle Redis
+knows (and every one it does not), write the statuses in one script call, clean up the dead, and
+adopt live handles Redis does not know once they have waited `orphan_grace` (at once when the
+desired number was lost).
+
+Active step (`act`): kill handles that outlived `boot_timeout`, ask the cluster's Celery workers
+what they hold (drains, autoscaling), and re-send work that was lost: launches never claimed,
+launches whose run task went quiet, kills not confirmed, and cleanup kills that are due.
+
+Contract: at most one sweep per cluster at a time (a lease); a sweep that finds another at work
+still asks for a reconcile; a provider error skips the passive step's writes, never the active
+step; and every step is idempotent, so a lost or repeated sweep costs nothing but time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fleet.config import ClusterSpec, FleetConfig
+from fleet.control.dispatcher import Dispatcher
+from fleet.control.draining import CeleryWatch
+from fleet.control.epoch import EpochWatch
+from fleet.control.pool import ProviderPool
+from fleet.errors import ProviderError, ProviderTimeout, RateLimited
+from fleet.holds import Holds
+from fleet.lease import Lease
+from fleet.model import ClusterState, EventKind, HandleStatus, LaunchState
+from fleet.provider import WorkerStatus
+from fleet.store import Store
+
+log = logging.getLogger(__name__)
+
+#: A queued launch whose run task has not claimed it after this long gets its task sent again.
+RESEND_QUEUED_AFTER = 30.0
+#: A dead handle's cleanup kill is re-sent this many times (back-off from `kill_retry`, doubling,
+#: at most 5 minutes apart: about 1.5 hours in all) before Fleet gives it up with an event.
+CLEANUP_TRIES = 20
+
+
+def kill_backoff(attempts: int, base: float = 10.0) -> float:
+    """Seconds before a kill is sent again: `base` doubling per attempt, at most 5 minutes."""
+    return min(base * math.pow(2, max(attempts - 1, 0)), 300.0)
+
+
+def after_observe(st: ClusterState, observed: dict[str, str]) -> ClusterState:
+    """The snapshot read before observing, minus the handles just seen stopped (they left Redis,
+    or will), with the live statuses just seen. Stale fields are safe: every transition re-checks
+    the status atomically."""
+    handles = {}
+    for h, r in st.handles.items():
+        s = observed.get(h)
+        if s == WorkerStatus.STOPPED.value:
+            continue
+        if s is not None and s != r.status.value and r.status not in (HandleStatus.STOPPING, HandleStatus.DRAINING):
+            r.status = HandleStatus(s)
+        handles[h] = r
+    return ClusterState(st.desired, handles, st.pending)
+
+
+class Sweeper:
+    def __init__(self, config: FleetConfig, store: Store, holds: Holds, pool: ProviderPool, dispatcher: Dispatcher,
+                 epoch: EpochWatch, celery: CeleryWatch, lease: float,
+                 request_reconcile: Callable[[str], bool]) -> None:
+        self.config = config
+        self.store = store
+        self.holds = holds
+        self.pool = pool
+        self.dispatcher = dispatcher
+        self.epoch = epoch
+        self.celery = celery
+        self.lease = lease
+        self.request_reconcile = request_reconcile
+
+    def sweep_cluster(self, cluster: str) -> dict[str, Any]:
+        """Observe the cluster once, act on it, and ask for a reconcile."""
+        spec = self.config.spec(cluster)
+        self.epoch.check()
+        # A lease: a sweep whose worker died holds up the next ones for `self.lease` at most.
+        lease = Lease(self.store.r, self.store.of(cluster).sweeping, self.lease)
+        if not lease.acquire():
+            # another sweep of this cluster is at work; the reconcile this sweep would ask for is
+            # asked for all the same, so a sweep stuck in a provider call never delays one
+            self.request_reconcile(cluster)
+            return {"cluster": cluster, "skipped": True}
+        try:
+            seen: tuple[ClusterState, dict[str, str]] | None = None
+            try:
+                report, seen = self.observe(cluster, spec)
+            except RateLimited:
+                report = {"cluster": cluster, "rate_limited": True}  # the hold is shared; try next sweep
+            except ProviderTimeout as exc:
+                if not exc.held:  # the first call that hung says so; the held ones after it are quiet
+                    self.store.event(cluster, EventKind.TIMEOUT, op="sweep", message=str(exc)[:300])
+                report = {"cluster": cluster, "timeout": True}
+            except ProviderError as exc:
+                self.store.event(cluster, EventKind.SWEEP_FAILED, error=type(exc).__name__, message=str(exc)[:300])
+                report = {"cluster": cluster, "failed": type(exc).__name__}
+            st = after_observe(*seen) if seen else self.store.read(cluster)
+            report.update(self.act(cluster, spec, st, time.time()))
+        finally:
+            lease.release()
+        self.request_reconcile(cluster)
+        return report
+
+    # -- the passive step --------------------------------------------------------------------
+    def observe(self, cluster: str, spec: ClusterSpec) -> tuple[dict[str, Any], tuple[ClusterState, dict[str, str]]]:
+        """List, ask statuses, write them, clean up the dead, adopt what waited long enough."""
+        st = self.store.read(cluster)
+        ref, provider = self.pool.cluster(cluster), self.pool.of(cluster)
+        listed = provider.list_workers(ref)
+        unknown = {h: int(w) for h, w in (listed or {}).items() if h not in st.handles}
+        asked = list(st.handles) + list(unknown)
+        raw: dict[str, Any] = dict(provider.worker_status(ref, asked)) if asked else {}
+        observed: dict[str, str] = {}
+        for h in asked:
+            s = raw.get(h)
+            if s is None:
+                log.warning("provider %s gave no status for %s; skipped", spec.provider, h)
+                continue
+            observed[h] = WorkerStatus(s).value
+        applied = self.store.apply_status(cluster, {h: observed[h] for h in st.handles if h in observed},
+                                          provider.grace, self.config.fleet.kill_retry)
+        if applied.dead:
+            # Dead is not necessarily gone (an exited container, a stopped VM): clean up, idempotently.
+            self.dispatcher.kill(cluster, applied.dead, spec.provider)
+        live_unknown = {h: w for h, w in unknown.items() if observed.get(h, "stopped") != "stopped"}
+        now = time.time()
+        first_seen = self.store.track_unknown(cluster, live_unknown, now)
+        lost_desired = st.desired is None
+        # a launch in flight may be what made them: wait for it (or for launch_timeout) first
+        timeout = self.config.fleet.launch_timeout
+        in_flight = any(p.state is LaunchState.IN_FLIGHT and now - (p.claimed or now) < timeout
+                        for p in st.pending.values())
+        due = {h: (w, observed[h]) for h, w in live_unknown.items()
+               if lost_desired or (not in_flight and now - first_seen[h] >= self.config.fleet.orphan_grace)}
+        adopted = self.store.adopt(cluster, due, set_desired=lost_desired and bool(st.handles or due)) if due else 0
+        if lost_desired and not due and st.handles:
+            self.store.adopt(cluster, {}, set_desired=True)
+        if applied.gone:
+            self.holds.worker_went_away(cluster)
+        return {"cluster": cluster, "handles": len(st.handles), "pruned": applied.pruned, "changed": applied.changed,
+                "adopted": adopted, "unknown": len(live_unknown) - len(due)}, (st, observed)
+
+    # -- the active step ---------------------------------------------------------------------
+    def act(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> dict[str, Any]:
+        """Boot timeouts, the Celery workers (drains, autoscaling), and lost work re-sent."""
+        self._boot_timeouts(cluster, spec, st, now)
+        report = self.celery.watch(cluster, spec, st, now) if spec.queues else {}
+        self._resend(cluster, spec, st, now)
+        return report
+
+    def _boot_timeouts(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> None:
+        late = [h for h, r in st.handles.items()
+                if r.status is HandleStatus.INITIALIZING and now - r.since > spec.boot_timeout]
+        moved = self.store.transition(cluster, late, [HandleStatus.INITIALIZING], HandleStatus.STOPPING,
+                                      EventKind.BOOT_TIMEOUT) if late else []
+        if moved:
+            self.dispatcher.kill(cluster, moved, spec.provider)
+
+    def _resend(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> None:
+        timeout = self.config.fleet.launch_timeout
+        for launch_id, p in st.pending.items():
+            age = now - (p.claimed or p.at or now)
+            if (p.state is LaunchState.QUEUED and age > min(RESEND_QUEUED_AFTER, timeout)) or (
+                    p.state is not LaunchState.QUEUED and p.claimed and age > timeout):
+                self.dispatcher.run(cluster, launch_id, spec.provider)
+        retry = [h for h, r in st.handles.items()
+                 if r.status is HandleStatus.STOPPING
+                 and now - (r.kill_at if r.kill_at is not None else r.since) > kill_backoff(r.kills,
+                                                                                            self.config.fleet.kill_retry)]
+        if retry:
+            self.dispatcher.kill(cluster, retry, spec.provider)
+        # dead handles whose cleanup kill failed (an exited container, a stopped VM left behind)
+        cleanup = self.store.cleanup_due(cluster, self.config.fleet.kill_retry, CLEANUP_TRIES)
+        if cleanup:
+            self.dispatcher.kill(cluster, cleanup, spec.provider)

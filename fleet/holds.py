@@ -1,0 +1,137 @@
+"""What every control-plane worker must know about the clouds' moods, shared through Redis: the
+holds that stop launches or calls for a while, and why.
+
+| hold (key in `fleet.keys`)       | meaning                                                          |
+|----------------------------------|------------------------------------------------------------------|
+| provider `hold`                  | rate-limited: no call to the provider before this ends           |
+| provider `capacity` (zset)       | instance types with no capacity, scored by when their hold ends  |
+| fleet `recovering`               | Redis lost data under a running control plane: no launches       |
+| cluster `at_quota`               | quota reached: no launches until a worker goes or it expires     |
+| cluster `no_capacity`            | no capacity for any type the cluster may use: no launches        |
+| cluster `error`                  | a permanent error (JSON: message, config fingerprint, at)        |
+| cluster `unresponsive`           | a provider call timed out: the cluster's calls fail at once      |
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from fleet.keys import Keyspace
+
+
+def _left(raw: Any) -> float:
+    """Seconds left of a hold whose key holds the time it ends (0: none, or over)."""
+    return max(float(raw) - time.time(), 0.0) if raw else 0.0
+
+
+class Holds:
+    def __init__(self, client: redis.Redis, fleet_id: str) -> None:
+        self.r = client
+        self.keys = Keyspace(fleet_id)
+
+    def _set(self, key: str, seconds: float) -> None:
+        self.r.set(key, time.time() + seconds, px=max(int(seconds * 1000), 1))
+
+    # -- provider-wide ---------------------------------------------------------------------
+    def hold_provider(self, provider: str, seconds: float) -> None:
+        """No call to `provider` for `seconds` (a later, longer hold wins; a shorter one is ignored)."""
+        key = self.keys.provider_hold(provider)
+        seconds = max(seconds, 0.05)
+        until = time.time() + seconds
+        with self.r.pipeline() as pipe:
+            pipe.set(key, until, px=int(seconds * 1000), nx=True)
+            pipe.get(key)
+            created, current = pipe.execute()
+        if not created and float(current or 0) < until:
+            self.r.set(key, until, px=int(seconds * 1000))
+
+    def provider_hold(self, provider: str) -> float:
+        """Seconds left of a rate-limit hold on `provider` (0: none)."""
+        return _left(self.r.get(self.keys.provider_hold(provider)))
+
+    def call_holds(self, provider: str, cluster: str) -> tuple[float, float]:
+        """(seconds left of a rate-limit hold on `provider`, of an unresponsive hold on `cluster`),
+        in one round trip: what every provider call checks first."""
+        held, unresponsive = self.r.mget(self.keys.provider_hold(provider), self.keys.cluster(cluster).unresponsive)
+        return _left(held), _left(unresponsive)
+
+    def hold_type(self, provider: str, instance_type: str, seconds: float) -> None:
+        self.r.zadd(self.keys.provider_capacity(provider), {instance_type: time.time() + seconds})
+
+    def held_types(self, provider: str) -> frozenset[str]:
+        key = self.keys.provider_capacity(provider)
+        now = time.time()
+        with self.r.pipeline() as pipe:
+            pipe.zremrangebyscore(key, "-inf", now)
+            pipe.zrangebyscore(key, now, "+inf")
+            _, held = pipe.execute()
+        return frozenset(h.decode() for h in held)
+
+    def start_recovery(self, seconds: float) -> None:
+        """Hold every launch of the fleet for `seconds` (Redis lost data under us)."""
+        self.r.set(self.keys.recovering, time.time() + seconds, px=int(seconds * 1000), nx=True)
+
+    def recovering(self) -> float:
+        return _left(self.r.get(self.keys.recovering))
+
+    # -- per cluster -----------------------------------------------------------------------
+    def set_at_quota(self, cluster: str, seconds: float) -> None:
+        self._set(self.keys.cluster(cluster).at_quota, seconds)
+
+    def at_quota(self, cluster: str) -> float:
+        """Seconds left at quota (0: not at quota)."""
+        return _left(self.r.get(self.keys.cluster(cluster).at_quota))
+
+    def set_no_capacity(self, cluster: str, seconds: float) -> None:
+        """No launch for the cluster for a while: the cloud has no capacity for anything it may use."""
+        self._set(self.keys.cluster(cluster).no_capacity, seconds)
+
+    def no_capacity(self, cluster: str) -> float:
+        return _left(self.r.get(self.keys.cluster(cluster).no_capacity))
+
+    def hold_unresponsive(self, cluster: str, seconds: float) -> None:
+        """A provider call of the cluster timed out: fail its next calls at once for `seconds`."""
+        self._set(self.keys.cluster(cluster).unresponsive, seconds)
+
+    def unresponsive(self, cluster: str) -> float:
+        """Seconds left of the hold after a provider call of the cluster timed out (0: none)."""
+        return _left(self.r.get(self.keys.cluster(cluster).unresponsive))
+
+    def worker_went_away(self, cluster: str) -> None:
+        """A worker left: the quota may have room again."""
+        self.r.delete(self.keys.cluster(cluster).at_quota)
+
+    def set_error(self, cluster: str, message: str, fingerprint: str) -> None:
+        record = {"message": message[:1000], "fingerprint": fingerprint, "at": time.time()}
+        self.r.set(self.keys.cluster(cluster).error, json.dumps(record))
+
+    def error(self, cluster: str) -> dict[str, Any] | None:
+        raw = self.r.get(self.keys.cluster(cluster).error)
+        return dict(json.loads(raw)) if raw else None
+
+    def clear(self, cluster: str) -> bool:
+        """An operator's reset: forget the cluster's permanent error, quota and capacity state, and
+        end a fleet-wide recovery hold (the operator vouches that no lost launch is in flight)."""
+        k = self.keys.cluster(cluster)
+        return bool(self.r.delete(k.error, k.at_quota, k.no_capacity, self.keys.recovering))
+
+    def blocked(self, cluster: str, fingerprint: str) -> str | None:
+        """Why the cluster may not launch now, or None. A permanent error recorded under another
+        configuration (its fingerprint differs: the config changed) is forgotten: try again."""
+        error = self.error(cluster)
+        if error and error.get("fingerprint") != fingerprint:
+            self.clear(cluster)
+            error = None
+        if error:
+            return f"error: {error['message']}"
+        if self.at_quota(cluster):
+            return "at quota"
+        if self.no_capacity(cluster):
+            return "no capacity"
+        if self.recovering():
+            return "recovering from a loss of Redis data"
+        return None

@@ -1,0 +1,251 @@
+"""Fleet's vocabulary: the statuses of a handle and of a launch, the kinds of event, the one table
+of allowed handle transitions, and the records the store keeps (no I/O here).
+
+Records are stored as compact JSON (`{"w": 2, "s": "running", ...}`: the Lua scripts read and write
+them too) and shown with readable names (`fleet status --json`). `HandleRecord.decode` also reads
+records written with the readable names, so either spelling found in Redis is understood.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+class HandleStatus(str, enum.Enum):
+    """What Fleet knows of a handle (a container and its workers)."""
+
+    INITIALIZING = "initializing"  # launched, not seen running yet
+    RUNNING = "running"
+    DRAINING = "draining"  # finishing its tasks before it is killed; not live for the planner
+    STOPPING = "stopping"  # killed (or being killed); leaves Redis once the provider says stopped
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: handle statuses whose workers count as live (observed) for the planner
+LIVE: frozenset[HandleStatus] = frozenset({HandleStatus.INITIALIZING, HandleStatus.RUNNING})
+#: handle statuses on their way out: they still count against max_workers
+GOING: frozenset[HandleStatus] = frozenset({HandleStatus.DRAINING, HandleStatus.STOPPING})
+
+#: The one table of allowed handle transitions: status -> the statuses it may move to. `None`
+#: stands for "not in Redis": a handle enters as initializing (launched), stopping (launched by
+#: a launch cancelled meanwhile) or as it was found (adopted), and leaves from any status (seen
+#: stopped, or killed and confirmed). The store's moves and its Lua status script keep to it
+#: (`tests/test_model.py` drives the script through random reports and checks every move).
+TRANSITIONS: dict[HandleStatus | None, frozenset[HandleStatus | None]] = {
+    None: frozenset({HandleStatus.INITIALIZING, HandleStatus.RUNNING, HandleStatus.STOPPING}),
+    HandleStatus.INITIALIZING: frozenset({HandleStatus.RUNNING, HandleStatus.DRAINING, HandleStatus.STOPPING, None}),
+    HandleStatus.RUNNING: frozenset({HandleStatus.INITIALIZING, HandleStatus.DRAINING, HandleStatus.STOPPING, None}),
+    HandleStatus.DRAINING: frozenset({HandleStatus.STOPPING, None}),
+    HandleStatus.STOPPING: frozenset({None}),
+}
+
+
+def may_move(old: HandleStatus | None, new: HandleStatus | None) -> bool:
+    return old == new or new in TRANSITIONS[old]
+
+
+class LaunchState(str, enum.Enum):
+    """Where a pending launch is."""
+
+    QUEUED = "queued"  # recorded by a reconcile; its run task has not taken it yet
+    IN_FLIGHT = "running"  # a run task has taken it (stored as "running", as before)
+    CANCELLED = "cancelled"  # a scale-down no longer wants it; see Store.claim_launch
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EventKind(str, enum.Enum):
+    """Every kind of event in a cluster's stream (`fleet events`)."""
+
+    DESIRED = "desired"
+    LAUNCH = "launch"
+    CANCELLED = "cancelled"
+    KILL = "kill"
+    AT_MAX = "at_max"
+    DRAIN = "drain"
+    DRAINED = "drained"
+    DRAIN_TIMEOUT = "drain_timeout"
+    HELD = "held"
+    RELEASED = "released"
+    LAUNCHED = "launched"
+    SHORT_LAUNCH = "short_launch"
+    RUNNING = "running"
+    KILLED = "killed"
+    STOPPED = "stopped"
+    KILL_FAILED = "kill_failed"
+    CLEANED_UP = "cleaned_up"
+    CLEANUP_ABANDONED = "cleanup_abandoned"
+    BOOT_TIMEOUT = "boot_timeout"
+    ADOPTED = "adopted"
+    AT_QUOTA = "at_quota"
+    NO_CAPACITY = "no_capacity"
+    ERROR = "error"
+    SWEEP_FAILED = "sweep_failed"
+    TIMEOUT = "timeout"
+    CLEARED = "cleared"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: event kinds that count as a failure (fleet_failures_total{cause})
+FAILURE_KINDS: tuple[EventKind, ...] = (
+    EventKind.ERROR, EventKind.AT_QUOTA, EventKind.NO_CAPACITY, EventKind.SHORT_LAUNCH, EventKind.KILL_FAILED,
+    EventKind.SWEEP_FAILED, EventKind.BOOT_TIMEOUT, EventKind.CLEANUP_ABANDONED, EventKind.TIMEOUT,
+)
+#: event kinds that mean "a worker went away and will be replaced"
+REPLACEMENT_KINDS: tuple[EventKind, ...] = (EventKind.STOPPED, EventKind.BOOT_TIMEOUT)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass
+class HandleRecord:
+    """What the store keeps of one handle."""
+
+    workers: int
+    status: HandleStatus
+    since: float = 0.0
+    launch: str = ""  # the launch id, or "adopted"
+    kills: int = 0  # kill attempts so far
+    kill_at: float | None = None  # the last kill attempt (or when it was ordered)
+    requested_at: float | None = None  # the launch request, until the handle first runs
+    busy: int = 0  # tasks its workers held at the last sweep (clusters with queues)
+    hold: bool = False  # an operator's hold: never chosen for a scale-down
+    drain_until: float | None = None
+    kill_failed: bool = False  # its last kill failed (its remains need a kill after it stops)
+    extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know: kept
+
+    #: readable name -> stored name, where they differ
+    STORED: ClassVar[dict[str, str]] = {"workers": "w", "status": "s", "requested_at": "req", "kill_failed": "kfail"}
+    _READ: ClassVar[dict[str, str]] = {v: k for k, v in STORED.items()}
+    _KNOWN: ClassVar[frozenset[str]] = frozenset({"workers", "status", "since", "launch", "kills", "kill_at",
+                                                  "requested_at", "busy", "hold", "drain_until", "kill_failed"})
+
+    @classmethod
+    def decode(cls, raw: bytes | str | Mapping[str, Any]) -> HandleRecord:
+        data = json.loads(raw) if isinstance(raw, (bytes, str)) else dict(raw)
+        named = {cls._READ.get(k, k): v for k, v in data.items()}
+        return cls(
+            workers=int(named.get("workers", 1)), status=HandleStatus(named["status"]),
+            since=float(named.get("since", 0.0)), launch=str(named.get("launch", "")),
+            kills=int(named.get("kills", 0)), kill_at=_float(named.get("kill_at")),
+            requested_at=_float(named.get("requested_at")), busy=int(named.get("busy", 0)),
+            hold=bool(named.get("hold", False)), drain_until=_float(named.get("drain_until")),
+            kill_failed=bool(named.get("kill_failed", False)),
+            extra={k: v for k, v in named.items() if k not in cls._KNOWN})
+
+    def stored(self) -> dict[str, Any]:
+        """The compact form kept in Redis (only the fields that are set)."""
+        out: dict[str, Any] = {"w": self.workers, "s": self.status.value, "since": self.since, "launch": self.launch,
+                               "kills": self.kills, **self.extra}
+        if self.kill_at is not None:
+            out["kill_at"] = self.kill_at
+        if self.requested_at is not None:
+            out["req"] = self.requested_at
+        if self.busy:
+            out["busy"] = self.busy
+        if self.hold:
+            out["hold"] = True
+        if self.drain_until is not None:
+            out["drain_until"] = self.drain_until
+        if self.kill_failed:
+            out["kfail"] = 1
+        return out
+
+    def encode(self) -> str:
+        return json.dumps(self.stored(), separators=(",", ":"))
+
+    def readable(self) -> dict[str, Any]:
+        """The record with readable names (`fleet status --json`)."""
+        out: dict[str, Any] = {"workers": self.workers, "status": self.status.value, "since": self.since,
+                               "launch": self.launch, "kills": self.kills}
+        for name in ("kill_at", "requested_at", "drain_until"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        out.update(busy=self.busy, hold=self.hold, kill_failed=self.kill_failed)
+        return {**out, **self.extra}
+
+
+@dataclass
+class LaunchRecord:
+    """What the store keeps of one pending launch."""
+
+    count: int
+    state: LaunchState
+    at: float = 0.0  # when the reconcile planned it
+    claimed: float | None = None  # when a run task last took it
+
+    @classmethod
+    def decode(cls, raw: bytes | str | Mapping[str, Any]) -> LaunchRecord:
+        data = json.loads(raw) if isinstance(raw, (bytes, str)) else dict(raw)
+        return cls(int(data["count"]), LaunchState(data["state"]), float(data.get("at") or 0.0),
+                   _float(data.get("claimed")))
+
+    def stored(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"count": self.count, "state": self.state.value, "at": self.at}
+        if self.claimed is not None:
+            out["claimed"] = self.claimed
+        return out
+
+    def encode(self) -> str:
+        return json.dumps(self.stored(), separators=(",", ":"))
+
+    def readable(self) -> dict[str, Any]:
+        return self.stored()
+
+
+@dataclass(frozen=True)
+class Desired:
+    n: int
+    version: int
+    at: float
+    floor: int = 0  # autoscaled clusters: the last manual request, a floor for the autoscaler
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """One consistent snapshot of a cluster: its desired number, handles and pending launches."""
+
+    desired: Desired | None
+    handles: dict[str, HandleRecord]
+    pending: dict[str, LaunchRecord]
+
+    def count(self, status: HandleStatus | str) -> int:
+        """Workers of the handles in `status`."""
+        wanted = HandleStatus(status)
+        return sum(r.workers for r in self.handles.values() if r.status is wanted)
+
+    def summary(self, cluster: str) -> dict[str, Any]:
+        """The shape `fleet.status` returns and `fleet status --json` prints."""
+        return {
+            "cluster": cluster,
+            "desired": self.desired.n if self.desired else None,
+            "version": self.desired.version if self.desired else 0,
+            "initializing": self.count(HandleStatus.INITIALIZING),
+            "running": self.count(HandleStatus.RUNNING),
+            "stopping": self.count(HandleStatus.STOPPING),
+            "draining": self.count(HandleStatus.DRAINING),
+            "pending": sum(p.count for p in self.pending.values() if p.state is not LaunchState.CANCELLED),
+            "handles": len(self.handles),
+        }
+
+    @property
+    def converged(self) -> bool:
+        return (
+            self.desired is not None
+            and not self.pending
+            and self.count(HandleStatus.INITIALIZING) == 0
+            and self.count(HandleStatus.STOPPING) == 0
+            and self.count(HandleStatus.DRAINING) == 0
+            and self.count(HandleStatus.RUNNING) == self.desired.n
+        )

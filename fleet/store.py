@@ -1,0 +1,394 @@
+"""Fleet's shared state in Redis: desired numbers, handle and launch records, events, and the
+small markers of the reconcile. The key names come from `fleet.keys`, the records from
+`fleet.model`, the Lua scripts from `fleet/lua/`.
+
+Every change that touches more than one key, or reads before it writes, is one Lua script or one
+WATCH/MULTI transaction. Every event is counted in the metrics hash by the same script or
+transaction that appends it. Safe to share across threads (redis-py pools).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+import redis
+
+from fleet.counters import record_event
+from fleet.keys import ClusterKeys, Keyspace
+from fleet.model import (
+    TRANSITIONS,
+    ClusterState,
+    Desired,
+    EventKind,
+    HandleRecord,
+    HandleStatus,
+    LaunchRecord,
+)
+from fleet.scripts import Scripts
+
+EVENTS_MAXLEN = 1000
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    pruned: int = 0  # workers of handles that died on their own
+    changed: int = 0  # handles whose record changed
+    gone: int = 0  # handles that left Redis (died, or killed and confirmed)
+    dead: list[str] = field(default_factory=list)  # the handles that died on their own
+
+
+@dataclass
+class Writes:
+    """What one reconcile commits, in one MULTI (see `Store.commit`)."""
+
+    dropped: list[str] = field(default_factory=list)  # queued launches cancelled: deleted
+    pending: dict[str, LaunchRecord] = field(default_factory=dict)  # launch records to write
+    handles: dict[str, HandleRecord] = field(default_factory=dict)  # handle records to write
+    events: list[tuple[EventKind, list[dict[str, Any]]]] = field(default_factory=list)  # by kind
+
+    def event(self, kind: EventKind, **fields: Any) -> None:
+        self.events.append((kind, [fields]))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.dropped or self.pending or self.handles or self.events)
+
+
+def _desired(raw: Mapping[bytes, bytes]) -> Desired | None:
+    if not raw or b"n" not in raw:
+        return None
+    return Desired(int(raw[b"n"]), int(raw.get(b"version", 0)), float(raw.get(b"at", 0)), int(raw.get(b"floor", 0)))
+
+
+def _snapshot(d: Mapping[bytes, bytes], h: Mapping[bytes, bytes], p: Mapping[bytes, bytes]) -> ClusterState:
+    return ClusterState(_desired(d), {k.decode(): HandleRecord.decode(v) for k, v in h.items()},
+                        {k.decode(): LaunchRecord.decode(v) for k, v in p.items()})
+
+
+class Store:
+    """Typed access to one fleet's state."""
+
+    def __init__(self, client: redis.Redis, fleet_id: str) -> None:
+        self.r = client
+        self.fleet_id = fleet_id
+        self.keys = Keyspace(fleet_id)
+        self._scripts = Scripts(client)
+
+    def of(self, cluster: str) -> ClusterKeys:
+        return self.keys.cluster(cluster)
+
+    # -- desired ---------------------------------------------------------------------------
+    def set_desired(self, cluster: str, n: int, *, floor: int | None = None, source: str = "request",
+                    queued_ttl: int | None = None) -> tuple[int, bool]:
+        """Store the desired number (and the autoscaler's floor) with its event; with
+        `queued_ttl`, also set the "reconcile queued" marker if it is not set, in the same round
+        trip. Returns (the new version, which only grows; whether this call set the marker)."""
+        k = self.of(cluster)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hincrby(k.desired, "version", 1)
+        pipe.hset(k.desired, mapping={"n": n, "at": time.time(), **({"floor": floor} if floor is not None else {})})
+        self.queue_event(pipe, cluster, EventKind.DESIRED, n=n, source=source)
+        if queued_ttl is not None:
+            pipe.set(k.queued, "1", nx=True, ex=queued_ttl)
+        version, *_, flagged = pipe.execute()
+        return int(version), queued_ttl is not None and bool(flagged)
+
+    def get_desired(self, cluster: str) -> Desired | None:
+        return _desired(self.r.hgetall(self.of(cluster).desired))
+
+    # -- the reconcile's markers -----------------------------------------------------------
+    def mark_queued(self, cluster: str, ttl: int) -> bool:
+        """Set the "reconcile queued" marker unless it is set: True if this call set it."""
+        return bool(self.r.set(self.of(cluster).queued, "1", nx=True, ex=ttl))
+
+    def clear_queued(self, cluster: str) -> None:
+        self.r.delete(self.of(cluster).queued)
+
+    def mark_again(self, cluster: str, ttl: int) -> None:
+        """A reconcile found the lease taken: its holder is to reconcile once more."""
+        self.r.set(self.of(cluster).again, "1", ex=ttl)
+
+    def take_again(self, cluster: str) -> bool:
+        """Clear the "again" marker; True if it was set."""
+        return bool(self.r.delete(self.of(cluster).again))
+
+    # -- snapshots -------------------------------------------------------------------------
+    def read(self, cluster: str) -> ClusterState:
+        """One consistent snapshot of a cluster (MULTI)."""
+        k = self.of(cluster)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hgetall(k.desired)
+        pipe.hgetall(k.handles)
+        pipe.hgetall(k.pending)
+        return _snapshot(*pipe.execute())
+
+    def read_many(self, clusters: Iterable[str]) -> dict[str, ClusterState]:
+        names = list(clusters)
+        pipe = self.r.pipeline(transaction=False)
+        for c in names:
+            k = self.of(c)
+            pipe.hgetall(k.desired)
+            pipe.hgetall(k.handles)
+            pipe.hgetall(k.pending)
+        raw = pipe.execute()
+        return {c: _snapshot(*raw[3 * i:3 * i + 3]) for i, c in enumerate(names)}
+
+    def commit(self, cluster: str, plan: Callable[[ClusterState], tuple[Writes, T]]) -> T:
+        """Read the cluster (WATCHing desired, handles and pending), let `plan` decide what to
+        write, and write it in one MULTI. If a watched key changed meanwhile (a run task recorded
+        its handles, a sweep pruned one), read and plan again: never act twice on one state."""
+        k = self.of(cluster)
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(k.desired, k.handles, k.pending)
+                    # a WATCHing pipeline runs commands at once (until MULTI) and returns their replies
+                    st = _snapshot(*(cast(Mapping[bytes, bytes], pipe.hgetall(key))
+                                     for key in (k.desired, k.handles, k.pending)))
+                    writes, result = plan(st)
+                    if writes.empty:
+                        return result
+                    pipe.multi()
+                    for launch_id in writes.dropped:
+                        pipe.hdel(k.pending, launch_id)
+                    if writes.pending:
+                        pipe.hset(k.pending, mapping={lid: rec.encode() for lid, rec in writes.pending.items()})
+                    if writes.handles:
+                        pipe.hset(k.handles, mapping={h: rec.encode() for h, rec in writes.handles.items()})
+                    for kind, items in writes.events:
+                        self.queue_events(pipe, cluster, kind, items)
+                    pipe.execute()
+                    return result
+                except redis.WatchError:
+                    continue
+
+    def tracked_clusters(self) -> dict[str, int]:
+        """Every cluster name that has handles in Redis, live or dead with remains still to kill
+        (the cleanup hash) -> how many (a SCAN: for start-up and the CLI, not for the sweep)."""
+        names: set[str] = set()
+        for kind in ("handles", "cleanup"):
+            for key in self.r.scan_iter(match=self.keys.pattern(kind), count=1000):
+                if (name := self.keys.cluster_of(key, kind)) is not None:
+                    names.add(name)
+        ordered = sorted(names)
+        pipe = self.r.pipeline(transaction=False)
+        for n in ordered:
+            pipe.hlen(self.of(n).handles)
+            pipe.hlen(self.of(n).cleanup)
+        counts = pipe.execute()
+        totals = {n: int(counts[2 * i]) + int(counts[2 * i + 1]) for i, n in enumerate(ordered)}
+        return {n: c for n, c in totals.items() if c}
+
+    def cleanup_count(self, cluster: str) -> int:
+        """Dead handles whose remains still wait for a successful kill."""
+        return int(self.r.hlen(self.of(cluster).cleanup))
+
+    # -- launches --------------------------------------------------------------------------
+    def claim_launch(self, cluster: str, launch_id: str) -> tuple[str, int]:
+        """Mark a pending launch as taken by a run task: ('claimed', count); ('settle', count) for
+        a launch cancelled after a run task had taken it (it may have made workers); or
+        ('cancelled'|'missing', 0)."""
+        state, count = self._scripts["claim"](keys=[self.of(cluster).pending], args=[launch_id, time.time()])
+        return state.decode(), int(count)
+
+    def drop_launch(self, cluster: str, launch_id: str) -> None:
+        """Forget a pending launch (it failed for good)."""
+        self.r.hdel(self.of(cluster).pending, launch_id)
+
+    def _script(self, name: str, cluster: str, keys: list[str], args: list[Any]) -> Any:
+        """Run one of the event-writing scripts (see lua/prelude.lua for the leading keys and args)."""
+        return self._scripts[name](keys=[self.of(cluster).events, self.keys.metrics, *keys],
+                                   args=[cluster, EVENTS_MAXLEN, time.time(), *args])
+
+    def record_launch(self, cluster: str, launch_id: str, handles: list[str]) -> str:
+        """Move a launch's handles into the cluster (initializing, or stopping if it was cancelled
+        meanwhile) and drop the pending entry, atomically. Returns the launch's previous state."""
+        counts: dict[str, int] = {}
+        for h in handles:
+            counts[h] = counts.get(h, 0) + 1
+        args: list[Any] = [launch_id]
+        for h, w in counts.items():
+            args += [h, w]
+        k = self.of(cluster)
+        return str(self._script("record", cluster, [k.pending, k.handles], args).decode())
+
+    # -- sweep and kills -------------------------------------------------------------------
+    def apply_status(self, cluster: str, status: Mapping[str, str], grace: float = 0.0,
+                     cleanup_retry: float = 10.0) -> StatusResult:
+        """Write observed statuses in one script call; drops stopped handles. Dead ones (and
+        stopping ones whose last kill failed) enter the cleanup hash: see `cleanup_due`."""
+        if not status:
+            return StatusResult()
+        args: list[Any] = [grace, cleanup_retry]
+        for h, s in status.items():
+            args += [h, s]
+        k = self.of(cluster)
+        pruned, changed, gone, dead = self._script("status", cluster, [k.handles, k.cleanup], args)
+        return StatusResult(int(pruned), int(changed), int(gone), [h.decode() for h in dead])
+
+    def record_kills(self, cluster: str, results: Mapping[str, bool], cleanup_retry: float = 10.0) -> None:
+        """Count a kill attempt on each handle (they stay stopping until the provider no longer
+        reports them; see apply_status); a failed one is an event. A failed kill of a handle that
+        already left Redis enters the cleanup hash; a successful one ends a cleanup."""
+        if not results:
+            return
+        args: list[Any] = [cleanup_retry]
+        for h, ok in results.items():
+            args += [h, "1" if ok else "0"]
+        k = self.of(cluster)
+        self._script("killed", cluster, [k.handles, k.cleanup], args)
+
+    def cleanup_due(self, cluster: str, retry: float, most: int) -> list[str]:
+        """Dead handles whose cleanup kill should be sent (again) now; one script call. A
+        successful kill (`record_kills`) ends a handle's cleanup."""
+        due = self._script("cleanup_due", cluster, [self.of(cluster).cleanup], [retry, most])
+        return [h.decode() for h in due]
+
+    def transition(self, cluster: str, handles: Iterable[str], allowed: Iterable[HandleStatus], to: HandleStatus,
+                   event: EventKind, *, event_fields: Mapping[str, Any] | None = None,
+                   drain_until: float | None = None) -> list[str]:
+        """Move handles whose status is in `allowed` to `to` (since = kill_at = now, and
+        `drain_until` if given), with one event each (plus `event_fields`), atomically
+        (WATCH/MULTI). Every move must be one of fleet.model.TRANSITIONS. Returns the handles moved."""
+        ok = set(allowed)
+        if bad := [s for s in ok if to not in TRANSITIONS[s]]:
+            raise ValueError(f"{', '.join(map(str, bad))} -> {to} is not an allowed handle transition")
+        key, wanted = self.of(cluster).handles, list(dict.fromkeys(handles))
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = cast(list[bytes | None], pipe.hmget(key, wanted)) if wanted else []
+                    records = {h: HandleRecord.decode(v) for h, v in zip(wanted, raw, strict=True) if v}
+                    moved = [h for h, r in records.items() if r.status in ok]
+                    if not moved:
+                        return []
+                    now = time.time()
+                    pipe.multi()
+                    events = []
+                    for h in moved:
+                        rec = records[h]
+                        was = rec.status
+                        rec.status, rec.since, rec.kill_at = to, now, now
+                        if drain_until is not None:
+                            rec.drain_until = drain_until
+                        pipe.hset(key, h, rec.encode())
+                        events.append({"handle": h, "workers": rec.workers, "was": was, **(event_fields or {})})
+                    self.queue_events(pipe, cluster, event, events)
+                    pipe.execute()
+                    return moved
+                except redis.WatchError:
+                    continue
+
+    def set_busy(self, cluster: str, busy: Mapping[str, int]) -> int:
+        """Store the tasks each handle's workers hold (the probe's answer); returns # changed."""
+        return self._patch(cluster, "busy", busy)
+
+    def set_hold(self, cluster: str, handle: str, hold: bool) -> bool:
+        """An operator's hold on one handle; False if the handle is unknown. Writes on change only."""
+        if not self.r.hexists(self.of(cluster).handles, handle):
+            return False
+        self._patch(cluster, "hold", {handle: hold})
+        return True
+
+    def _patch(self, cluster: str, name: str, values: Mapping[str, Any]) -> int:
+        """Set field `name` of existing handle records (handle -> value) in one WATCH/MULTI,
+        writing only the records it changes. Returns how many it wrote."""
+        key = self.of(cluster).handles
+        wanted = list(values)
+        if not wanted:
+            return 0
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = cast(list[bytes | None], pipe.hmget(key, wanted))
+                    changed: dict[str, HandleRecord] = {}
+                    for h, v in zip(wanted, raw, strict=True):
+                        if v and getattr(rec := HandleRecord.decode(v), name) != values[h]:
+                            setattr(rec, name, values[h])
+                            changed[h] = rec
+                    if not changed:
+                        return 0
+                    pipe.multi()
+                    pipe.hset(key, mapping={h: rec.encode() for h, rec in changed.items()})
+                    pipe.execute()
+                    return len(changed)
+                except redis.WatchError:
+                    continue
+
+    # -- recovery --------------------------------------------------------------------------
+    def track_unknown(self, cluster: str, listed: Mapping[str, int], now: float) -> dict[str, float]:
+        """Remember when each live handle the provider lists but Redis does not know was first
+        seen; forget the ones no longer in that set. Returns handle -> first seen."""
+        key = self.of(cluster).unknown
+        old = {k.decode(): json.loads(v) for k, v in self.r.hgetall(key).items()}
+        keep = {h: {"w": w, "first": old.get(h, {}).get("first", now)} for h, w in listed.items()}
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(key)
+        if keep:
+            pipe.hset(key, mapping={h: json.dumps(v) for h, v in keep.items()})
+        pipe.execute()
+        return {h: float(v["first"]) for h, v in keep.items()}
+
+    def unknown_workers(self, cluster: str) -> int:
+        return sum(int(json.loads(v)["w"]) for v in self.r.hvals(self.of(cluster).unknown))
+
+    def adopt(self, cluster: str, found: Mapping[str, tuple[int, str]], set_desired: bool) -> int:
+        """Record handles found at the provider (handle -> (workers, status)); with set_desired
+        and no desired number stored, desired := the cluster's live workers (the seed's reconnect)."""
+        args: list[Any] = ["1" if set_desired else "0"]
+        for h, (w, s) in found.items():
+            args += [h, w, s]
+        k = self.of(cluster)
+        return int(self._script("adopt", cluster, [k.handles, k.unknown, k.desired, k.cleanup], args))
+
+    def epoch(self) -> bytes | None:
+        """The fleet's epoch, written (SET NX, so by one writer) if it is missing."""
+        current = self.r.get(self.keys.epoch)
+        if current is None:
+            self.r.set(self.keys.epoch, uuid.uuid4().hex, nx=True)
+            current = self.r.get(self.keys.epoch)
+        return current
+
+    # -- autoscaler memory -----------------------------------------------------------------
+    def autoscale_memory(self, cluster: str) -> dict[str, Any] | None:
+        raw = self.r.get(self.of(cluster).autoscale)
+        return dict(json.loads(raw)) if raw else None
+
+    def set_autoscale_memory(self, cluster: str, memory: Mapping[str, Any], ttl: int = 86400) -> None:
+        self.r.set(self.of(cluster).autoscale, json.dumps(dict(memory)), ex=ttl)
+
+    # -- events ----------------------------------------------------------------------------
+    def queue_event(self, pipe: Any, cluster: str, kind: EventKind, **fields: Any) -> None:
+        """Append an event on `pipe` (a pipeline or the client) and count it, as emit() does."""
+        self.queue_events(pipe, cluster, kind, [fields])
+
+    def queue_events(self, pipe: Any, cluster: str, kind: EventKind, items: Iterable[Mapping[str, Any]]) -> None:
+        """Append one `kind` event per item on `pipe`, counted with one HINCRBY for them all."""
+        key, n = self.of(cluster).events, 0
+        for fields in items:
+            pipe.xadd(key, {"kind": str(kind), **{k: str(v) for k, v in fields.items()}}, maxlen=EVENTS_MAXLEN,
+                      approximate=True)
+            n += 1
+        if n:
+            record_event(pipe, self.keys, cluster, kind, n)
+
+    def event(self, cluster: str, kind: EventKind, **fields: Any) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        self.queue_event(pipe, cluster, kind, **fields)
+        pipe.execute()
+
+    def events(self, cluster: str, count: int = 50) -> list[dict[str, Any]]:
+        """The newest `count` events, oldest first."""
+        out = []
+        for eid, data in reversed(self.r.xrevrange(self.of(cluster).events, count=count)):
+            ms = int(eid.split(b"-")[0])
+            out.append({"at": ms / 1000.0, **{k.decode(): v.decode() for k, v in data.items()}})
+        return out

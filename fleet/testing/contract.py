@@ -1,0 +1,118 @@
+"""The provider contract suite (`fleet.provider`'s assumptions, as tests): subclass
+`ProviderContract` in a test module and give it a `kit` fixture that yields a `Kit` for your
+provider; pytest collects the tests below on your class. Fleet's own providers run it exactly so
+(`tests/test_provider_contract.py`)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from fleet.provider import WorkerStatus
+from fleet.testing.kits import Kit
+
+LIVE = (WorkerStatus.INITIALIZING, WorkerStatus.RUNNING)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll until `predicate()` is truthy and return it; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@pytest.mark.fleet_contract
+class ProviderContract:
+    """The seed's provider semantics, run against the provider of `kit`."""
+
+    def test_run_returns_one_handle_per_worker_shared_by_container(self, kit: Kit) -> None:
+        handles = kit.provider.run_workers(kit.cluster, kit.container, kit.hardware, 7, launch_id=uuid.uuid4().hex)
+        assert len(handles) == 7
+        counts = sorted(handles.count(h) for h in set(handles))
+        assert counts == [1, 3, 3]  # full containers and at most one partial one
+
+    def test_status_is_keyed_by_unique_handle_and_unknown_is_stopped(self, kit: Kit) -> None:
+        handles = kit.provider.run_workers(kit.cluster, kit.container, kit.hardware, 4, launch_id=uuid.uuid4().hex)
+        unique = list(dict.fromkeys(handles))
+        asked = ["nope-0"] + unique[::-1]
+        status = kit.provider.worker_status(kit.cluster, asked)
+        assert set(status) == set(asked)
+        assert status["nope-0"] == WorkerStatus.STOPPED
+        assert all(status[h] in LIVE for h in unique)
+
+    def test_is_defaults_follow_worker_status(self, kit: Kit) -> None:
+        provider, cluster = kit.provider, kit.cluster
+        handles = list(dict.fromkeys(provider.run_workers(cluster, kit.container, kit.hardware, 2,
+                                                          launch_id=uuid.uuid4().hex)))
+        asked = handles + ["nope-1"]
+        running, stopped, init = (provider.is_running(cluster, asked), provider.is_stopped(cluster, asked),
+                                  provider.is_initializing(cluster, asked))
+        status = provider.worker_status(cluster, asked)
+        for h in asked:
+            assert running[h] == (status[h] == WorkerStatus.RUNNING)
+            assert stopped[h] == (status[h] == WorkerStatus.STOPPED)
+            assert init[h] == (status[h] == WorkerStatus.INITIALIZING)
+        assert stopped["nope-1"] and not stopped[handles[0]]
+
+    def test_kill_is_idempotent_and_accepts_unknown_handles(self, kit: Kit) -> None:
+        provider, cluster = kit.provider, kit.cluster
+        handles = list(dict.fromkeys(provider.run_workers(cluster, kit.container, kit.hardware, 6,
+                                                          launch_id=uuid.uuid4().hex)))
+        assert provider.kill_workers(cluster, handles[:1] + ["nope-2"]) == {handles[0]: True, "nope-2": True}
+        wait_for(lambda: provider.worker_status(cluster, handles[:1]) == {handles[0]: WorkerStatus.STOPPED},
+                 timeout=15, what="the killed handle to stop")
+        assert provider.worker_status(cluster, handles[1:])[handles[1]] in LIVE  # its neighbour lives on
+        assert provider.kill_workers(cluster, handles) == dict.fromkeys(handles, True)  # again: still a success
+        wait_for(lambda: set(provider.worker_status(cluster, handles).values()) == {WorkerStatus.STOPPED},
+                 timeout=15, what="every handle to stop")
+
+    def test_find_launch_finds_what_a_launch_made_and_never_launches(self, kit: Kit) -> None:
+        provider, cluster = kit.provider, kit.cluster
+        launch_id = uuid.uuid4().hex
+        made = provider.run_workers(cluster, kit.container, kit.hardware, 4, launch_id=launch_id)
+        if provider.find_launch(cluster, launch_id) is None:
+            pytest.skip("this provider cannot look a launch up (find_launch returns None)")
+        wait_for(lambda: sorted(provider.find_launch(cluster, launch_id) or []) == sorted(made), timeout=15,
+                 what="the launch found by its launch id")
+        before = provider.list_workers(cluster)
+        assert provider.find_launch(cluster, uuid.uuid4().hex) == []  # a launch that made nothing
+        assert provider.find_launch(kit.other, launch_id) == []  # another fleet's cluster of that name
+        assert provider.list_workers(cluster) == before  # and asking launched nothing
+
+    def test_same_launch_id_launches_nothing_new(self, kit: Kit) -> None:
+        provider, cluster = kit.provider, kit.cluster
+        launch_id = uuid.uuid4().hex
+        first = provider.run_workers(cluster, kit.container, kit.hardware, 5, launch_id=launch_id)
+        second = provider.run_workers(cluster, kit.container, kit.hardware, 5, launch_id=launch_id)
+        assert sorted(first) == sorted(second)
+        assert provider.list_workers(cluster) == {h: first.count(h) for h in set(first)}
+
+    def test_list_workers_finds_exactly_this_fleet_and_cluster(self, kit: Kit) -> None:
+        provider, cluster, other = kit.provider, kit.cluster, kit.other
+        mine = provider.run_workers(cluster, kit.container, kit.hardware, 4, launch_id=uuid.uuid4().hex)
+        theirs = provider.run_workers(other, kit.container, kit.hardware, 2, launch_id=uuid.uuid4().hex)
+        # a fresh instance (a restarted control plane) must find them from the provider's side
+        fresh = type(provider)(provider.context)
+        assert fresh.list_workers(cluster) == {h: mine.count(h) for h in set(mine)}
+        assert fresh.list_workers(other) == {h: theirs.count(h) for h in set(theirs)}
+        # killing one fleet's workers leaves the other's alone
+        fresh.kill_workers(cluster, list(set(mine)))
+        wait_for(lambda: fresh.list_workers(cluster) == {}, timeout=15, what="an empty list")
+        assert set(fresh.list_workers(other) or {}) == set(theirs)
+
+    def test_bad_provider_options_are_rejected_clearly(self, kit: Kit) -> None:
+        with pytest.raises(ValidationError) as info:
+            type(kit.provider).validate_options({**kit.bad_options})
+        assert kit.bad_field in str(info.value)
+        with pytest.raises(ValidationError, match="no_such_option"):
+            type(kit.provider).validate_options({"no_such_option": 1})
