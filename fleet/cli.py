@@ -95,12 +95,16 @@ def main(ctx: click.Context, config_file: str | None) -> None:
 
 
 @main.command()
-def up() -> None:
-    """Run the control plane: embedded Redis (unless configured), one worker and one beat."""
+@click.option("--control-workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="processes serving the public and control queues (a solo pool each; one per core at most)")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="processes serving the provider queues (a threads pool each, for slow cloud calls)")
+def up(control_workers: int, workers: int) -> None:
+    """Run the control plane: embedded Redis (unless configured), its workers and one beat."""
     from fleet.stack import Stack
 
     config = _config()
-    stack = Stack(config, _config_path())
+    stack = Stack(config, _config_path(), control_workers=control_workers, workers=workers)
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:

@@ -40,6 +40,9 @@ class FleetSettings(BaseModel):
     quota_hold: float = Field(default=60.0, gt=0, le=3600)
     #: seconds an instance type the cloud had no capacity for is avoided
     capacity_hold: float = Field(default=60.0, gt=0, le=3600)
+    #: Celery task events (what Flower shows live); off by default: they cost a Redis PUBLISH per
+    #: task and state change. Flower turns them on in the workers it sees whatever this says.
+    task_events: bool = False
 
 
 class ProviderLimits(BaseModel):

@@ -31,7 +31,7 @@ READY_BUCKETS: tuple[str, ...] = ("1", "2", "5", "10", "30", "60", "120", "300",
 #: upper bounds (seconds) of the provider operation buckets, as stored in `op|{provider}|{op}|{le}`
 OP_BUCKETS: tuple[str, ...] = ("0.01", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "+Inf")
 #: the provider operations the instrumentation times
-OPS: tuple[str, ...] = ("run", "status", "kill", "list", "find")
+OPS: tuple[str, ...] = ("run", "status", "kill", "list", "find", "observe")
 
 
 def bucket_for(seconds: float, buckets: Sequence[str]) -> str:

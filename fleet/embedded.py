@@ -60,7 +60,7 @@ def running_url(state_dir: Path) -> str | None:
     return url
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: ask Linux to SIGTERM us when the parent exits (prctl PR_SET_PDEATHSIG)."""
     import ctypes
     import signal
@@ -97,7 +97,7 @@ class EmbeddedRedis:
         args += ["--appendonly", "yes", "--save", "60 1"] if self.persist else ["--appendonly", "no", "--save", ""]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=_die_with_parent if self.die_with_parent else None)
+                                     preexec_fn=die_with_parent if self.die_with_parent else None)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         while True:

@@ -26,7 +26,10 @@ CLUSTER_KEYS: tuple[KeyInfo, ...] = (
     KeyInfo("desired", "hash",
             "the desired number `n`, its `version` (only grows), `at`, and the autoscaler's `floor`"),
     KeyInfo("handles", "hash", "handle -> its record (`fleet.model.HandleRecord`)"),
+    KeyInfo("index", "hash", "handle -> its status: what the sweep compares the provider's answer with"),
+    KeyInfo("counts", "hash", "workers and handles by status (`<status>`, `<status>:h`), and `v` once built whole"),
     KeyInfo("pending", "hash", "launch id -> its record (`fleet.model.LaunchRecord`)"),
+    KeyInfo("check", "string", "set while a follow-up check of new handles is queued; expires with its delay"),
     KeyInfo("unknown", "hash",
             "live handles the provider lists that Redis does not know, with when each was first seen"),
     KeyInfo("cleanup", "hash", "dead handles whose remains still wait for a kill that succeeds"),
@@ -80,6 +83,14 @@ class ClusterKeys:
         return self._k("pending")
 
     @property
+    def index(self) -> str:
+        return self._k("index")
+
+    @property
+    def counts(self) -> str:
+        return self._k("counts")
+
+    @property
     def unknown(self) -> str:
         return self._k("unknown")
 
@@ -106,6 +117,10 @@ class ClusterKeys:
     @property
     def sweeping(self) -> str:
         return self._k("sweeping")
+
+    @property
+    def check(self) -> str:
+        return self._k("check")
 
     def launch(self, launch_id: str) -> str:
         return self._k(f"launch:{launch_id}")

@@ -16,6 +16,7 @@ from fleet.control.api import FleetAPI
 from fleet.control.dispatcher import Dispatcher
 from fleet.control.draining import CeleryWatch
 from fleet.control.epoch import EpochWatch
+from fleet.control.followup import FollowUps
 from fleet.control.launcher import Launcher
 from fleet.control.pool import ProviderPool
 from fleet.control.queries import Queries
@@ -49,10 +50,13 @@ class Manager:
         self.pool = ProviderPool(config, client, self.holds, self.limits, self.lease)
         self.epoch = EpochWatch(self.store, self.holds, config.fleet.launch_timeout)
         self.queries = Queries(config, client, self.store, self.holds)
-        self.reconciler = Reconciler(config, self.store, self.holds, dispatcher, self.epoch, self.lease)
+        self.reconciler = Reconciler(config, self.store, self.holds, dispatcher, self.epoch, self.lease,
+                                     self.pool.launch_batch)
         request = self.reconciler.request
         self.api = FleetAPI(config, self.store, self.holds, self.queries, dispatcher, self.lease, request)
-        self.launcher = Launcher(config, self.store, self.holds, self.pool, dispatcher, self.lease, request)
         self.celery = CeleryWatch(config, self.store, dispatcher, self.url)
         self.sweeper = Sweeper(config, self.store, self.holds, self.pool, dispatcher, self.epoch, self.celery,
                                self.lease, request)
+        self.followups = FollowUps(config, self.store, self.pool, dispatcher, self.sweeper)
+        self.launcher = Launcher(config, self.store, self.holds, self.pool, dispatcher, self.lease, request,
+                                 self.followups.after_launch)

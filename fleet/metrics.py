@@ -3,8 +3,9 @@ any process (`fleet metrics --port`, a control-plane worker) can serve them.
 
 Counters and histograms are the fields of the fleet's metrics hash (`fleet.counters` writes and
 names them). Gauges (workers by state, desired, pending, at quota, rate-limited...) are not
-stored: the collector reads them at scrape time from the cluster keys (`fleet.keys`), in one
-pipelined round trip whatever the number of clusters, handles or launches.
+stored: the collector reads them at scrape time from the cluster keys (`fleet.keys`; workers and
+handles by state from the counts the store keeps, never the records), in one pipelined round
+trip whatever the number of clusters, handles or launches.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from prometheus_client.utils import floatToGoString
 from fleet.config import FleetConfig
 from fleet.counters import OP_BUCKETS, OPS, READY_BUCKETS
 from fleet.keys import Keyspace
-from fleet.model import FAILURE_KINDS, REPLACEMENT_KINDS, HandleStatus, LaunchState
+from fleet.model import FAILURE_KINDS, REPLACEMENT_KINDS, Counts, HandleStatus, LaunchState
+from fleet.store import Store
 
 log = logging.getLogger(__name__)
 
-#: worker / handle states always reported (others found in Redis are reported too)
+#: worker / handle states reported, each always
 STATES: tuple[str, ...] = tuple(s.value for s in HandleStatus)
 #: event kinds that count as a failure, reported as fleet_failures_total{cause}
 FAILURE_CAUSES: tuple[str, ...] = tuple(k.value for k in FAILURE_KINDS)
@@ -90,12 +92,13 @@ def _records(values: Iterable[bytes], what: str) -> Iterator[dict[str, Any]]:
 class FleetCollector(Collector):
     """Reads a fleet's metrics from Redis at scrape time (one pipelined round trip)."""
 
-    PER_CLUSTER = ("desired", "handles", "pending", "at_quota", "no_capacity", "error")
+    PER_CLUSTER = ("desired", "handles", "pending", "at_quota", "no_capacity", "error")  # handles: the counts
 
     def __init__(self, config: FleetConfig, client: redis.Redis) -> None:
         self.config = config
         self.r = client
         self.keys = Keyspace(config.fleet.id)
+        self._store = Store(client, config.fleet.id)
 
     def providers(self) -> list[str]:
         return sorted({spec.provider for spec in self.config.clusters.values()} | set(self.config.providers))
@@ -113,7 +116,7 @@ class FleetCollector(Collector):
         for c in clusters:
             k = self.keys.cluster(c)
             pipe.hget(k.desired, "n")
-            pipe.hvals(k.handles)
+            pipe.hgetall(k.counts)
             pipe.hvals(k.pending)
             pipe.get(k.at_quota)
             pipe.get(k.no_capacity)
@@ -124,6 +127,10 @@ class FleetCollector(Collector):
         metrics, recovering, rest = raw[0], raw[1], raw[2:]
         n = len(self.PER_CLUSTER)
         per_cluster = {c: dict(zip(self.PER_CLUSTER, rest[i * n:(i + 1) * n])) for i, c in enumerate(clusters)}
+        for c, raw_c in per_cluster.items():
+            if not Counts.decode(raw_c["handles"]).whole:  # never built, or deleted: two more round trips
+                self._store.rebuild_counts(c)
+                raw_c["handles"] = self.r.hgetall(self.keys.cluster(c).counts)
         holds = dict(zip(providers, rest[len(clusters) * n:]))
         return {
             "metrics": {k.decode(): v.decode() for k, v in metrics.items()},
@@ -168,15 +175,10 @@ class FleetCollector(Collector):
                                   labels=["cluster"])
         for cluster, raw in data["clusters"].items():
             spec = self.config.clusters[cluster]
-            by_workers: dict[str, float] = dict.fromkeys(STATES, 0)
-            by_handles: dict[str, float] = dict.fromkeys(STATES, 0)
-            for r in _records(raw["handles"], "handle"):
-                state = str(r.get("s", "unknown"))
-                by_workers[state] = by_workers.get(state, 0) + _num(r.get("w", 0))
-                by_handles[state] = by_handles.get(state, 0) + 1
-            for state, n in by_workers.items():
-                workers.add_metric([cluster, state], n)
-                handles.add_metric([cluster, state], by_handles[state])
+            counts = Counts.decode(raw["handles"])
+            for state in STATES:
+                workers.add_metric([cluster, state], counts.of(state))
+                handles.add_metric([cluster, state], counts.handles.get(HandleStatus(state), 0))
             if raw["desired"] is not None:
                 desired.add_metric([cluster], _num(raw["desired"]))
             max_w.add_metric([cluster], spec.max_workers)

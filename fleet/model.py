@@ -213,6 +213,75 @@ class Desired:
 
 
 @dataclass(frozen=True)
+class Counts:
+    """Workers and handles by status, as the store keeps them (no record read)."""
+
+    workers: dict[HandleStatus, int] = field(default_factory=dict)
+    handles: dict[HandleStatus, int] = field(default_factory=dict)
+    whole: bool = True  # False: the stored counts lack `v` (never built, or deleted): rebuild them
+
+    @classmethod
+    def decode(cls, raw: Mapping[bytes, bytes] | list[bytes]) -> Counts:
+        """From HGETALL (a dict, or the flat list a script returns); unknown fields are ignored."""
+        items = raw.items() if isinstance(raw, Mapping) else zip(raw[::2], raw[1::2], strict=True)
+        workers: dict[HandleStatus, int] = {}
+        handles: dict[HandleStatus, int] = {}
+        whole = False
+        for key, value in items:
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            status, _, kind = name.partition(":")
+            if status in _STATUS_VALUES:
+                (handles if kind == "h" else workers)[HandleStatus(status)] = int(value)
+            elif name == "v":
+                whole = True
+        return cls(workers, handles, whole)
+
+    def of(self, status: HandleStatus | str) -> int:
+        return self.workers.get(HandleStatus(status), 0)
+
+    @property
+    def live(self) -> int:
+        return sum(self.of(s) for s in LIVE)
+
+    @property
+    def going(self) -> int:
+        return sum(self.of(s) for s in GOING)
+
+
+_STATUS_VALUES = frozenset(s.value for s in HandleStatus)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A cluster at a glance, from its counts, desired number and pending launches."""
+
+    desired: Desired | None
+    counts: Counts
+    pending: dict[str, LaunchRecord]
+
+    def as_dict(self, cluster: str) -> dict[str, Any]:
+        """The shape `fleet.status` returns (without the holds)."""
+        return {
+            "cluster": cluster,
+            "desired": self.desired.n if self.desired else None,
+            "version": self.desired.version if self.desired else 0,
+            "initializing": self.counts.of(HandleStatus.INITIALIZING),
+            "running": self.counts.of(HandleStatus.RUNNING),
+            "stopping": self.counts.of(HandleStatus.STOPPING),
+            "draining": self.counts.of(HandleStatus.DRAINING),
+            "pending": sum(p.count for p in self.pending.values() if p.state is not LaunchState.CANCELLED),
+            "handles": sum(self.counts.handles.values()),
+        }
+
+    @property
+    def converged(self) -> bool:
+        c = self.counts
+        return (self.desired is not None and not self.pending and c.of(HandleStatus.INITIALIZING) == 0
+                and c.of(HandleStatus.STOPPING) == 0 and c.of(HandleStatus.DRAINING) == 0
+                and c.of(HandleStatus.RUNNING) == self.desired.n)
+
+
+@dataclass(frozen=True)
 class ClusterState:
     """One consistent snapshot of a cluster: its desired number, handles and pending launches."""
 
@@ -220,32 +289,23 @@ class ClusterState:
     handles: dict[str, HandleRecord]
     pending: dict[str, LaunchRecord]
 
+    @property
+    def counts(self) -> Counts:
+        workers: dict[HandleStatus, int] = {}
+        handles: dict[HandleStatus, int] = {}
+        for r in self.handles.values():
+            workers[r.status] = workers.get(r.status, 0) + r.workers
+            handles[r.status] = handles.get(r.status, 0) + 1
+        return Counts(workers, handles)
+
     def count(self, status: HandleStatus | str) -> int:
         """Workers of the handles in `status`."""
-        wanted = HandleStatus(status)
-        return sum(r.workers for r in self.handles.values() if r.status is wanted)
+        return self.counts.of(status)
 
     def summary(self, cluster: str) -> dict[str, Any]:
         """The shape `fleet.status` returns and `fleet status --json` prints."""
-        return {
-            "cluster": cluster,
-            "desired": self.desired.n if self.desired else None,
-            "version": self.desired.version if self.desired else 0,
-            "initializing": self.count(HandleStatus.INITIALIZING),
-            "running": self.count(HandleStatus.RUNNING),
-            "stopping": self.count(HandleStatus.STOPPING),
-            "draining": self.count(HandleStatus.DRAINING),
-            "pending": sum(p.count for p in self.pending.values() if p.state is not LaunchState.CANCELLED),
-            "handles": len(self.handles),
-        }
+        return Summary(self.desired, self.counts, self.pending).as_dict(cluster)
 
     @property
     def converged(self) -> bool:
-        return (
-            self.desired is not None
-            and not self.pending
-            and self.count(HandleStatus.INITIALIZING) == 0
-            and self.count(HandleStatus.STOPPING) == 0
-            and self.count(HandleStatus.DRAINING) == 0
-            and self.count(HandleStatus.RUNNING) == self.desired.n
-        )
+        return Summary(self.desired, self.counts, self.pending).converged

@@ -8,12 +8,14 @@ No I/O here, so the rules can be tested exhaustively (see tests/test_planner.py)
   still covers the excess, so it never kills more than needed;
 * when shared handles make an exact cut impossible it goes *below* the target and launches the
   difference (4+4 -> 5 kills one 4 and launches 1), never staying above it;
-* launches never push the committed total (live + stopping + in-flight) past `max_workers`.
+* launches never push the committed total (live + stopping + in-flight) past `max_workers`;
+* it needs the handles one by one only to choose which to kill: given the totals, it asks for
+  them (a callable) only when the pending launches do not cover the excess.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -101,27 +103,52 @@ def choose_at_least(items: Sequence[tuple[K, int]], need: int) -> list[K]:
     return chosen
 
 
+@dataclass(frozen=True)
+class Totals:
+    """Workers of the live (initializing + running) and going (draining + stopping) handles."""
+
+    live: int
+    going: int
+
+    @classmethod
+    def of(cls, handles: Sequence[HandleView]) -> Totals:
+        return cls(sum(h.workers for h in handles if h.status in LIVE),
+                   sum(h.workers for h in handles if h.status in GOING))
+
+
 def plan(
     desired: int,
     max_workers: int,
-    handles: Sequence[HandleView],
+    handles: Sequence[HandleView] | Callable[[], Sequence[HandleView]],
     pending: Sequence[PendingView],
     *,
+    totals: Totals | None = None,
     unknown: int = 0,
     may_launch: bool = True,
 ) -> Plan:
     """What one reconcile does to move from what exists towards `desired`.
 
-    `unknown`: workers the provider lists that Redis does not know yet (they count against
-    max_workers until adopted). `may_launch=False` (at quota, a permanent error) plans no launch.
+    `handles`: the cluster's handles, or a callable that reads them (called at most once, and
+    only if the plan kills; then `totals` must agree with what it returns). `totals`: the
+    handles' totals, if known without reading them. `unknown`: workers the provider lists that
+    Redis does not know yet (they count against max_workers until adopted). `may_launch=False`
+    (at quota, a permanent error) plans no launch.
     """
-    live = [h for h in handles if h.status in LIVE]
-    stopping = sum(h.workers for h in handles if h.status in GOING)
+    read: list[Sequence[HandleView]] = []
+
+    def all_handles() -> Sequence[HandleView]:
+        if not read:
+            read.append(handles() if callable(handles) else handles)
+        return read[0]
+
+    if totals is None:
+        totals = Totals.of(all_handles())
+    stopping = totals.going
     open_pending = [p for p in pending if p.state is not LaunchState.CANCELLED]
     # Cancelled launches already claimed by a run task may still materialise: they count
     # against max_workers until their run task records (and kills) them.
     ghost = sum(p.count for p in pending if p.state is LaunchState.CANCELLED)
-    observed = sum(h.workers for h in live) + sum(p.count for p in open_pending)
+    observed = totals.live + sum(p.count for p in open_pending)
     result = Plan(observed=observed)
 
     excess = observed - desired
@@ -129,22 +156,27 @@ def plan(
         def newest(xs: list[PendingView]) -> list[PendingView]:
             return sorted(xs, key=lambda p: -p.created)
 
-        def idlest(status: HandleStatus) -> list[tuple[str, int]]:  # idle first, then the newest
-            chosen = sorted((h for h in live if h.status == status and not h.hold), key=lambda h: (h.busy, -h.since))
-            return [(h.handle, h.workers) for h in chosen]
+        def idlest(status: HandleStatus) -> Callable[[], list[tuple[str, int]]]:  # idle first, then the newest
+            def items() -> list[tuple[str, int]]:
+                chosen = sorted((h for h in all_handles() if h.status is status and not h.hold),
+                                key=lambda h: (h.busy, -h.since))
+                return [(h.handle, h.workers) for h in chosen]
+            return items
 
-        tiers: list[tuple[str, list[tuple[str, int]]]] = [
-            ("cancel", [(p.launch_id, p.count) for p in newest([p for p in open_pending
-                                                                 if p.state is LaunchState.QUEUED])]),
-            ("cancel", [(p.launch_id, p.count) for p in newest([p for p in open_pending
-                                                                 if p.state is LaunchState.IN_FLIGHT])]),
+        def launches(state: LaunchState) -> Callable[[], list[tuple[str, int]]]:
+            return lambda: [(p.launch_id, p.count) for p in newest([p for p in open_pending if p.state is state])]
+
+        tiers: list[tuple[str, Callable[[], list[tuple[str, int]]]]] = [
+            ("cancel", launches(LaunchState.QUEUED)),
+            ("cancel", launches(LaunchState.IN_FLIGHT)),
             ("kill", idlest(HandleStatus.INITIALIZING)),
             ("kill", idlest(HandleStatus.RUNNING)),
         ]
         chosen: list[tuple[int, str, str, int]] = []  # (tier, action, key, workers)
-        for tier, (action, items) in enumerate(tiers):
+        for tier, (action, listed) in enumerate(tiers):
             if excess <= 0:
                 break
+            items = listed()
             weights = dict(items)
             for key in choose_at_least(items, excess):
                 chosen.append((tier, action, key, weights[key]))
@@ -162,7 +194,7 @@ def plan(
     cancelled = {p.launch_id for p in pending if p.launch_id in cancel_set}
     removed = sum(p.count for p in pending if p.launch_id in cancelled)
     kill_set = set(result.kill)  # once: built per handle, it made large scale-downs quadratic
-    killed = sum(h.workers for h in live if h.handle in kill_set)
+    killed = sum(h.workers for h in all_handles() if h.handle in kill_set) if kill_set else 0
     remaining = observed - removed - killed
     want = max(desired - remaining, 0)
     in_flight_cancelled = sum(p.count for p in pending if p.launch_id in cancelled and p.state is LaunchState.IN_FLIGHT)

@@ -24,8 +24,8 @@ def wait_converged(store: Store, cluster: str, timeout: float, console: Console,
         while True:
             if check is not None:
                 check()
-            st = store.read(cluster)
-            s = st.summary(cluster)
+            st = store.summary(cluster)
+            s = st.as_dict(cluster)
             desired = s["desired"] or 0
             progress.update(bar, total=max(desired, 1), completed=min(s["running"], desired) if desired else 1,
                             detail=f"running {s['running']}/{desired}  initializing {s['initializing']}  "

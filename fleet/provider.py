@@ -18,6 +18,9 @@ Assumptions every provider may rely on, and every caller must honour:
   that it launched no more (a capacity or quota answer, an all-or-nothing call that failed).
 * **Asking by launch id.** `find_launch` tells which workers a launch made, without launching;
   Fleet asks it before it gives up a launch that was cancelled after a run task had started it.
+* **First attempts.** `cluster.first_attempt` is True only when no earlier run task took this
+  launch: a provider may then skip its look-up of what an earlier attempt made. Whenever Fleet
+  cannot be sure (a retry, a redelivery, a re-sent launch), it is False.
 * **Eventual consistency.** `worker_status` may lag behind `run_workers` and `kill_workers`. Fleet
   re-asks on every sweep; a provider must not invent a state it has not observed.
 * **Unknown means stopped.** A handle the provider cannot find is `STOPPED`, in `worker_status`
@@ -99,6 +102,8 @@ class Cluster(Generic[O]):
     #: instance types the cloud recently had no capacity for: a provider that picks types from a
     #: catalogue must pick the next eligible one instead (see fleet.catalogue.cheapest_fit)
     excluded_types: frozenset[str] = frozenset()
+    #: True only on the first attempt of a launch (see the module's "First attempts")
+    first_attempt: bool = False
 
     def identity_env(self, handle: str, workers: int) -> dict[str, str]:
         """The FLEET_* environment every worker of `handle` must get."""
@@ -114,6 +119,15 @@ class Cluster(Generic[O]):
         per = self.workers_per_container
         full, rest = divmod(count, per)
         return [per] * full + ([rest] if rest else [])
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One look at a cluster, for a sweep: `listed` is what `list_workers` says (None: this
+    provider cannot list), `status` the status of every handle asked and every handle listed."""
+
+    listed: dict[str, int] | None
+    status: dict[str, WorkerStatus]
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,11 @@ class Provider(ABC, Generic[O]):
     #: may set another per provider (`[providers.<name>] call_timeout`). Make it exceed the
     #: longest call this provider makes on purpose (its own waits and retries included).
     call_timeout: ClassVar[float] = 30.0
+    #: Seconds after a launch at which its workers may be running. Fleet asks the new handles'
+    #: status then, and again at twice the delay while any is initializing, until the delay
+    #: reaches `sweep_interval` (the sweep takes over): fast providers' workers are seen running
+    #: at once without a shorter sweep interval for everybody. Slow ones leave it above it.
+    first_check: ClassVar[float] = 30.0
 
     def __init__(self, context: ProviderContext) -> None:
         self.context = context
@@ -183,11 +202,14 @@ class Provider(ABC, Generic[O]):
         """Status of each of the unique `handles`, keyed by handle; unknown handles are STOPPED."""
 
     @abstractmethod
-    def kill_workers(self, cluster: Cluster[O], handles: Sequence[str]) -> dict[str, bool]:
+    def kill_workers(self, cluster: Cluster[O], handles: Sequence[str]) -> Mapping[str, bool | WorkerStatus]:
         """Kill every worker of each handle; True per handle once it is dead or going away.
 
         Idempotent: a handle that is already dead or was never known is a success (True). False
         (or an exception) means try again later; Fleet keeps such a handle as stopping.
+        Instead of True, a provider whose kill answer says where each handle now is may return
+        that `WorkerStatus` (STOPPED: gone): Fleet then takes it as `worker_status`'s answer and
+        does not ask. True: Fleet asks `worker_status` at once.
         """
 
     def is_initializing(self, cluster: Cluster[O], handles: Sequence[str]) -> dict[str, bool]:
@@ -198,6 +220,20 @@ class Provider(ABC, Generic[O]):
 
     def is_stopped(self, cluster: Cluster[O], handles: Sequence[str]) -> dict[str, bool]:
         return self._is(cluster, handles, WorkerStatus.STOPPED)
+
+    def observe(self, cluster: Cluster[O], handles: Sequence[str]) -> Observation:
+        """What `list_workers` says, and the status of `handles` and of every listed handle: the
+        sweep's look at a cluster. Override when one cloud call answers both (EC2: one
+        DescribeInstances)."""
+        listed = self.list_workers(cluster)
+        asked = list(dict.fromkeys([*handles, *(listed or {})]))
+        return Observation(listed, dict(self.worker_status(cluster, asked)) if asked else {})
+
+    def launch_batch(self, cluster: Cluster[O]) -> int:
+        """Containers one cloud call launches at most (0: no such limit, or one per call). Fleet
+        sizes each launch as a multiple of it, so that no call of a large scale-up is left part
+        filled (EC2's `batch_size`)."""
+        return 0
 
     def list_workers(self, cluster: Cluster[O]) -> dict[str, int] | None:
         """Every live handle this provider holds for `cluster.fleet_id` and `cluster.name`, with

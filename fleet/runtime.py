@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from fleet.config import FleetConfig
 from fleet.embedded import running_url
-from fleet.errors import NoRedis
+from fleet.errors import ConfigError, NoRedis
+
+#: What a control-plane worker process serves (FLEET_ROLE): `control`, the public and control
+#: queues (cheap tasks: a solo pool, no thread contention); `provider`, the provider queues (slow
+#: cloud calls: a threads pool); `all`, every queue (one process that does everything).
+ROLES = ("all", "control", "provider")
 
 
 def resolve_redis_url(config: FleetConfig) -> str:
@@ -24,5 +31,21 @@ def control_queue(fleet_id: str) -> str:
 
 
 def provider_queue(fleet_id: str, provider: str) -> str:
-    """Queue of the run/kill tasks of one provider of one fleet."""
+    """Queue of the tasks that call one provider of one fleet (run, kill, sweep, check, drain)."""
     return f"fleet.{fleet_id}.provider.{provider}"
+
+
+def worker_role() -> str:
+    """This process's FLEET_ROLE (default `all`)."""
+    role = os.environ.get("FLEET_ROLE", "all") or "all"
+    if role not in ROLES:
+        raise ConfigError(f"FLEET_ROLE={role!r}: expected one of {', '.join(ROLES)}")
+    return role
+
+
+def queues_for(role: str, config: FleetConfig) -> list[str]:
+    """The queues a worker of `role` consumes."""
+    fid = config.fleet.id
+    providers = [provider_queue(fid, p) for p in sorted({s.provider for s in config.clusters.values()})]
+    control = ["celery", control_queue(fid)]
+    return {"control": control, "provider": providers, "all": control + providers}[role]

@@ -3,7 +3,8 @@ process and registered once per Redis client (redis-py's `Script`: EVALSHA, with
 NOSCRIPT after a Redis restart).
 
 Scripts that write events start with `lua/prelude.lua` (its KEYS and ARGV conventions are at its
-top), preceded by the time-to-running buckets from `fleet.counters`.
+top), preceded by the time-to-running buckets from `fleet.counters`; scripts that add, move or
+remove handles also get `lua/index.lua` (the status index and the counts).
 """
 
 from __future__ import annotations
@@ -16,19 +17,29 @@ import redis
 
 from fleet.counters import lua_constants
 
-#: script name -> whether it starts with the event prelude
-SCRIPTS: dict[str, bool] = {
-    "claim": False, "record": True, "status": True, "killed": True, "cleanup_due": True, "adopt": True,
+#: script name -> the shared parts it starts with, in order
+SCRIPTS: dict[str, tuple[str, ...]] = {
+    "claim": (),
+    "desired": ("prelude",),
+    "counts": ("index",),
+    "record": ("prelude", "index"),
+    "status": ("prelude", "index"),
+    "killed": ("prelude", "index"),
+    "cleanup_due": ("prelude",),
+    "adopt": ("prelude", "index"),
 }
+
+
+def _read(name: str) -> str:
+    return files("fleet").joinpath("lua", f"{name}.lua").read_text()
 
 
 @cache
 def source(name: str) -> str:
-    """The full text of script `name` (prelude included where it needs one)."""
-    body = files("fleet").joinpath("lua", f"{name}.lua").read_text()
-    if not SCRIPTS[name]:
-        return body
-    return lua_constants() + files("fleet").joinpath("lua", "prelude.lua").read_text() + body
+    """The full text of script `name`, its shared parts first."""
+    parts = SCRIPTS[name]
+    head = lua_constants() if "prelude" in parts else ""
+    return head + "".join(_read(p) for p in parts) + _read(name)
 
 
 class Scripts:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fleet.config import FleetConfig
-from fleet.embedded import EmbeddedRedis, free_port
+from fleet.embedded import EmbeddedRedis, die_with_parent, free_port
 from fleet.errors import FleetError
 
 
@@ -47,8 +47,10 @@ def _stable_port(state_dir: Path) -> int:
 class Stack:
     """Start with `start()`, stop with `stop()` (or use as a context manager).
 
-    `workers` control-plane worker processes (roles `worker`, `worker-2`, ...), each a threads
-    pool of `concurrency`, and (with `beat`) one beat. `persist=False` runs the embedded Redis
+    `control_workers` processes for the public and control queues (roles `control`, `control-2`,
+    ...; a solo pool each: these tasks are short, and threads would only contend for the GIL),
+    `workers` processes for the provider queues (roles `worker`, `worker-2`, ...; a threads pool
+    of `concurrency` each, for slow cloud calls), and (with `beat`) one beat. `persist=False` runs the embedded Redis
     without an append-only file (what a Redis without persistence loses on a restart).
     `redis_url` and `state_dir` override the configuration's (and so FLEET_REDIS_URL and
     FLEET_STATE_DIR); `redis_url=""` asks for an embedded Redis whatever the environment says.
@@ -56,31 +58,46 @@ class Stack:
     `tasks` (configured from this process's environment, which the stack sets)."""
 
     def __init__(self, config: FleetConfig, config_path: Path, *, log: IO[bytes] | None = None,
-                 concurrency: int = 8, workers: int = 1, beat: bool = True, persist: bool = True,
+                 concurrency: int = 8, workers: int = 1, control_workers: int = 1, beat: bool = True,
+                 persist: bool = True,
                  worker_args: Sequence[str] = (), redis_url: str | None = None,
-                 state_dir: Path | None = None, in_process: bool = False) -> None:
+                 state_dir: Path | None = None, in_process: bool = False, die_with_parent: bool = False) -> None:
         self.config = config
         self.config_path = config_path.resolve()
         self.state_dir = (state_dir or config.state_dir).resolve()
         self.log = log
         self.concurrency = concurrency
-        self.roles = ["worker"] + [f"worker-{i}" for i in range(2, workers + 1)] + (["beat"] if beat else [])
+        self.roles = (["control"] + [f"control-{i}" for i in range(2, control_workers + 1)]
+                      + ["worker"] + [f"worker-{i}" for i in range(2, workers + 1)] + (["beat"] if beat else []))
         self.persist = persist
         self.worker_args = list(worker_args)
         self.redis: EmbeddedRedis | None = None
         self.url = (config.redis_url or "") if redis_url is None else redis_url
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.in_process = in_process
+        self.die_with_parent = die_with_parent  # every process started ends with this one (tests, bench)
         self._threads: list[Any] = []  # what an in-process stack stops: (worker context, beat)
 
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "FLEET_CONFIG": str(self.config_path), "FLEET_REDIS_URL": self.url,
-                "FLEET_STATE_DIR": str(self.state_dir)}
+    def env(self, role: str = "") -> dict[str, str]:
+        env = {**os.environ, "FLEET_CONFIG": str(self.config_path), "FLEET_REDIS_URL": self.url,
+               "FLEET_STATE_DIR": str(self.state_dir)}
+        env.pop("FLEET_ROLE", None)
+        if role.startswith(("control", "worker")):
+            # glibc gives each thread that allocates its own malloc arena and seldom hands freed
+            # arena memory back: with a threads pool that was 40 MiB of a provider worker's peak
+            # RSS at 50,000 handles (docs/benchmarks.md). Two arenas keep it near the live size.
+            env.setdefault("MALLOC_ARENA_MAX", "2")
+        if role.startswith("control"):
+            env["FLEET_ROLE"] = "control"
+        elif role.startswith("worker"):
+            env["FLEET_ROLE"] = "provider"
+        return env
 
     def start(self) -> Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.url:
-            self.redis = EmbeddedRedis(self.state_dir, port=_stable_port(self.state_dir), persist=self.persist)
+            self.redis = EmbeddedRedis(self.state_dir, port=_stable_port(self.state_dir), persist=self.persist,
+                                       die_with_parent=self.die_with_parent)
             self.url = self.redis.start()
         if self.in_process:
             self._start_threads()
@@ -113,15 +130,20 @@ class Stack:
         if role == "beat":
             return celery + ["beat", "--loglevel", "INFO", "--schedule", str(self.state_dir / "beat-schedule")]
         name = f"fleet-{self.config.fleet.id}-{role}-{os.getpid()}@%h"
-        return celery + ["worker", "--pool", "threads", "--concurrency", str(self.concurrency), "--hostname", name,
-                         "--loglevel", "INFO", "--without-gossip", "--without-mingle", *self.worker_args]
+        # a solo pool takes a few messages at a time (one round trip for several); a threads
+        # pool takes one per thread, so a slow cloud call never holds others back
+        pool = (["--pool", "solo", "--prefetch-multiplier", "4"] if role.startswith("control")
+                else ["--pool", "threads", "--concurrency", str(self.concurrency)])
+        return celery + ["worker", *pool, "--hostname", name, "--loglevel", "INFO", "--without-gossip",
+                         "--without-mingle", *self.worker_args]
 
     def start_role(self, role: str) -> None:
         """Start (or start again) one control-plane process."""
         out = self.log if self.log is not None else None
-        self.procs[role] = subprocess.Popen(self.argv(role), env=self.env(), stdin=subprocess.DEVNULL, stdout=out,
+        self.procs[role] = subprocess.Popen(self.argv(role), env=self.env(role), stdin=subprocess.DEVNULL, stdout=out,
                                             stderr=subprocess.STDOUT if out is not None else None,
-                                            start_new_session=True)
+                                            start_new_session=True,
+                                            preexec_fn=die_with_parent if self.die_with_parent else None)
 
     def kill(self, role: str, sig: int = signal.SIGKILL, timeout: float = 30.0) -> None:
         """Send `sig` to one process (its whole group) and wait for it to exit."""

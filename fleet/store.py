@@ -2,9 +2,15 @@
 small markers of the reconcile. The key names come from `fleet.keys`, the records from
 `fleet.model`, the Lua scripts from `fleet/lua/`.
 
+Beside the handle records the store keeps a status index (handle -> status) and the counts by
+status, so that the work of a reconcile and a sweep follows what changed, not the fleet's size:
+a reconcile reads the counts, and the handle records only when it kills; a sweep compares the
+provider's answer with the index and writes only what differs. Events about many handles are
+one event per batch (`count`, `workers`, and up to 50 `handles` named).
+
 Every change that touches more than one key, or reads before it writes, is one Lua script or one
-WATCH/MULTI transaction. Every event is counted in the metrics hash by the same script or
-transaction that appends it. Safe to share across threads (redis-py pools).
+WATCH/MULTI transaction. Every event is counted in the metrics hash, once per handle, by the same
+script or transaction that appends it. Safe to share across threads (redis-py pools).
 """
 
 from __future__ import annotations
@@ -21,17 +27,22 @@ import redis
 from fleet.counters import record_event
 from fleet.keys import ClusterKeys, Keyspace
 from fleet.model import (
+    LIVE,
     TRANSITIONS,
     ClusterState,
+    Counts,
     Desired,
     EventKind,
     HandleRecord,
     HandleStatus,
     LaunchRecord,
+    Summary,
 )
 from fleet.scripts import Scripts
 
 EVENTS_MAXLEN = 1000
+#: handles named in one batch event; `count` says how many there were (as lua/prelude.lua)
+SAMPLE = 50
 T = TypeVar("T")
 
 
@@ -49,7 +60,8 @@ class Writes:
 
     dropped: list[str] = field(default_factory=list)  # queued launches cancelled: deleted
     pending: dict[str, LaunchRecord] = field(default_factory=dict)  # launch records to write
-    handles: dict[str, HandleRecord] = field(default_factory=dict)  # handle records to write
+    #: handle -> (its new record, its old status)
+    moves: dict[str, tuple[HandleRecord, HandleStatus]] = field(default_factory=dict)
     events: list[tuple[EventKind, list[dict[str, Any]]]] = field(default_factory=list)  # by kind
 
     def event(self, kind: EventKind, **fields: Any) -> None:
@@ -57,7 +69,54 @@ class Writes:
 
     @property
     def empty(self) -> bool:
-        return not (self.dropped or self.pending or self.handles or self.events)
+        return not (self.dropped or self.pending or self.moves or self.events)
+
+
+@dataclass
+class PlanView:
+    """What a reconcile plans from: the desired number, the pending launches and the counts; the
+    live handles' records are read (and WATCHed) only if the plan asks for them."""
+
+    desired: Desired | None
+    pending: dict[str, LaunchRecord]
+    counts: Counts
+    live_records: Callable[[], dict[str, HandleRecord]]
+
+
+@dataclass(frozen=True)
+class SweepView:
+    """What a sweep starts from: the desired number, the pending launches, and every handle's
+    status (the index), without its record."""
+
+    desired: Desired | None
+    pending: dict[str, LaunchRecord]
+    index: dict[str, HandleStatus]
+
+
+#: An index value as stored (bytes) -> its status: one dict look-up per handle on a read.
+_INDEXED: dict[bytes, HandleStatus] = {s.value.encode(): s for s in HandleStatus}
+
+
+def event_handles(event: Mapping[str, str]) -> list[str]:
+    """The handles an event names (a batch event's `handles`, a single one's `handle`)."""
+    if "handles" in event:
+        return [h for h in event["handles"].split(",") if h and h != "..."]
+    return [event["handle"]] if "handle" in event else []
+
+
+def per_handle(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The events with a batch event split into one per handle it names (each with `handle`,
+    and `workers` only when the batch is of one handle), for readers that follow handles."""
+    out: list[dict[str, Any]] = []
+    for e in events:
+        if "handles" not in e:
+            out.append(dict(e))
+            continue
+        rest = {k: v for k, v in e.items() if k not in ("handles", "count", "workers")}
+        named = event_handles(e)
+        for h in named:
+            out.append({**rest, "handle": h, **({"workers": e["workers"]} if len(named) == 1 else {})})
+    return out
 
 
 def _desired(raw: Mapping[bytes, bytes]) -> Desired | None:
@@ -66,9 +125,12 @@ def _desired(raw: Mapping[bytes, bytes]) -> Desired | None:
     return Desired(int(raw[b"n"]), int(raw.get(b"version", 0)), float(raw.get(b"at", 0)), int(raw.get(b"floor", 0)))
 
 
+def _pending(raw: Mapping[bytes, bytes]) -> dict[str, LaunchRecord]:
+    return {k.decode(): LaunchRecord.decode(v) for k, v in raw.items()}
+
+
 def _snapshot(d: Mapping[bytes, bytes], h: Mapping[bytes, bytes], p: Mapping[bytes, bytes]) -> ClusterState:
-    return ClusterState(_desired(d), {k.decode(): HandleRecord.decode(v) for k, v in h.items()},
-                        {k.decode(): LaunchRecord.decode(v) for k, v in p.items()})
+    return ClusterState(_desired(d), {k.decode(): HandleRecord.decode(v) for k, v in h.items()}, _pending(p))
 
 
 class Store:
@@ -90,17 +152,12 @@ class Store:
         `queued_ttl`, also set the "reconcile queued" marker if it is not set, in the same round
         trip. Returns (the new version, which only grows; whether this call set the marker)."""
         k = self.of(cluster)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hincrby(k.desired, "version", 1)
-        pipe.hset(k.desired, mapping={"n": n, "at": time.time(), **({"floor": floor} if floor is not None else {})})
-        self.queue_event(pipe, cluster, EventKind.DESIRED, n=n, source=source)
-        if queued_ttl is not None:
-            pipe.set(k.queued, "1", nx=True, ex=queued_ttl)
-        version, *_, flagged = pipe.execute()
-        return int(version), queued_ttl is not None and bool(flagged)
+        version, flagged = self._script("desired", cluster, [k.desired, k.queued], [
+            n, "" if floor is None else floor, source, "" if queued_ttl is None else queued_ttl])
+        return int(version), bool(flagged)
 
     def get_desired(self, cluster: str) -> Desired | None:
-        return _desired(self.r.hgetall(self.of(cluster).desired))
+        return _desired(cast("Mapping[bytes, bytes]", self.r.hgetall(self.of(cluster).desired)))
 
     # -- the reconcile's markers -----------------------------------------------------------
     def mark_queued(self, cluster: str, ttl: int) -> bool:
@@ -113,6 +170,18 @@ class Store:
     def mark_again(self, cluster: str, ttl: int) -> None:
         """A reconcile found the lease taken: its holder is to reconcile once more."""
         self.r.set(self.of(cluster).again, "1", ex=ttl)
+
+    def mark_check(self, cluster: str, delay: float) -> bool:
+        """Set the "follow-up check queued" marker for `delay` seconds unless it is set: True if
+        this call set it."""
+        return bool(self.r.set(self.of(cluster).check, "1", nx=True, px=max(int(delay * 1000), 1)))
+
+    def clear_check(self, cluster: str) -> None:
+        self.r.delete(self.of(cluster).check)
+
+    def index(self, cluster: str) -> dict[str, HandleStatus]:
+        """Every handle's status (the index; built first if need be)."""
+        return self.sweep_view(cluster).index
 
     def take_again(self, cluster: str) -> bool:
         """Clear the "again" marker; True if it was set."""
@@ -139,19 +208,90 @@ class Store:
         raw = pipe.execute()
         return {c: _snapshot(*raw[3 * i:3 * i + 3]) for i, c in enumerate(names)}
 
-    def commit(self, cluster: str, plan: Callable[[ClusterState], tuple[Writes, T]]) -> T:
-        """Read the cluster (WATCHing desired, handles and pending), let `plan` decide what to
-        write, and write it in one MULTI. If a watched key changed meanwhile (a run task recorded
-        its handles, a sweep pruned one), read and plan again: never act twice on one state."""
+    def rebuild_counts(self, cluster: str) -> None:
+        """Build the counts and the index from the records if `v` is missing (one script call;
+        the readers below call it when they find the counts not whole)."""
+        k = self.of(cluster)
+        self._scripts["counts"](keys=[k.handles, k.index, k.counts])
+
+    def counts(self, cluster: str) -> Counts:
+        """Workers and handles by status."""
+        return self.summary(cluster).counts
+
+    def summaries(self, clusters: Iterable[str]) -> dict[str, Summary]:
+        """Each cluster's counts, desired number and pending launches, in one round trip (two
+        more for any cluster whose counts must be built first)."""
+        names = list(clusters)
+        while True:
+            pipe = self.r.pipeline(transaction=False)
+            for c in names:
+                k = self.of(c)
+                pipe.hgetall(k.counts)
+                pipe.hgetall(k.desired)
+                pipe.hgetall(k.pending)
+            raw = pipe.execute()
+            out = {c: Summary(_desired(raw[3 * i + 1]), Counts.decode(raw[3 * i]), _pending(raw[3 * i + 2]))
+                   for i, c in enumerate(names)}
+            stale = [c for c, s in out.items() if not s.counts.whole]
+            if not stale:
+                return out
+            for c in stale:
+                self.rebuild_counts(c)
+
+    def summary(self, cluster: str) -> Summary:
+        return self.summaries([cluster])[cluster]
+
+    def sweep_view(self, cluster: str) -> SweepView:
+        """Desired, pending and the status index, in one round trip (two more if the counts and
+        the index must be built first)."""
+        k = self.of(cluster)
+        while True:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hexists(k.counts, "v")
+            pipe.hgetall(k.desired)
+            pipe.hgetall(k.pending)
+            pipe.hgetall(k.index)
+            whole, d, p, index = pipe.execute()
+            if whole:
+                return SweepView(_desired(d), _pending(p),
+                                 {h.decode(): _INDEXED[s] for h, s in index.items()})
+            self.rebuild_counts(cluster)
+
+    def records(self, cluster: str, handles: Iterable[str]) -> dict[str, HandleRecord]:
+        """The records of these handles (those that exist)."""
+        wanted = list(handles)
+        if not wanted:
+            return {}
+        raw = self.r.hmget(self.of(cluster).handles, wanted)
+        return {h: HandleRecord.decode(v) for h, v in zip(wanted, raw, strict=True) if v}
+
+    def commit(self, cluster: str, plan: Callable[[PlanView], tuple[Writes, T]]) -> T:
+        """Read the cluster's plan view (WATCHing desired, pending and counts; and the handles if
+        the plan reads their records), let `plan` decide what to write, and write it in one MULTI.
+        If a watched key changed meanwhile (a run task recorded its handles, a sweep pruned one),
+        read and plan again: never act twice on one state."""
         k = self.of(cluster)
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(k.desired, k.handles, k.pending)
+                    pipe.watch(k.desired, k.pending, k.counts)
                     # a WATCHing pipeline runs commands at once (until MULTI) and returns their replies
-                    st = _snapshot(*(cast(Mapping[bytes, bytes], pipe.hgetall(key))
-                                     for key in (k.desired, k.handles, k.pending)))
-                    writes, result = plan(st)
+                    counts = Counts.decode(cast(Mapping[bytes, bytes], pipe.hgetall(k.counts)))
+                    if not counts.whole:
+                        pipe.unwatch()
+                        self.rebuild_counts(cluster)
+                        continue
+                    desired = _desired(cast(Mapping[bytes, bytes], pipe.hgetall(k.desired)))
+                    pending = _pending(cast(Mapping[bytes, bytes], pipe.hgetall(k.pending)))
+
+                    def live_records() -> dict[str, HandleRecord]:
+                        pipe.watch(k.handles)
+                        index = cast(Mapping[bytes, bytes], pipe.hgetall(k.index))
+                        live = [h.decode() for h, st in index.items() if st.decode() in LIVE]
+                        raw = cast(list[bytes | None], pipe.hmget(k.handles, live)) if live else []
+                        return {h: HandleRecord.decode(v) for h, v in zip(live, raw, strict=True) if v}
+
+                    writes, result = plan(PlanView(desired, pending, counts, live_records))
                     if writes.empty:
                         return result
                     pipe.multi()
@@ -159,14 +299,31 @@ class Store:
                         pipe.hdel(k.pending, launch_id)
                     if writes.pending:
                         pipe.hset(k.pending, mapping={lid: rec.encode() for lid, rec in writes.pending.items()})
-                    if writes.handles:
-                        pipe.hset(k.handles, mapping={h: rec.encode() for h, rec in writes.handles.items()})
+                    self._queue_moves(pipe, cluster, writes.moves)
                     for kind, items in writes.events:
                         self.queue_events(pipe, cluster, kind, items)
                     pipe.execute()
                     return result
                 except redis.WatchError:
                     continue
+
+    def _queue_moves(self, pipe: Any, cluster: str, moves: Mapping[str, tuple[HandleRecord, HandleStatus]]) -> None:
+        """Write changed handle records, with their index entries and the counts, on `pipe`."""
+        if not moves:
+            return
+        k = self.of(cluster)
+        pipe.hset(k.handles, mapping={h: rec.encode() for h, (rec, _) in moves.items()})
+        pipe.hset(k.index, mapping={h: rec.status.value for h, (rec, _) in moves.items()})
+        delta: dict[str, int] = {}
+        for rec, old in moves.values():
+            if rec.status is old:
+                continue
+            for status, sign in ((old, -1), (rec.status, 1)):
+                delta[status.value] = delta.get(status.value, 0) + sign * rec.workers
+                delta[f"{status.value}:h"] = delta.get(f"{status.value}:h", 0) + sign
+        for name, n in delta.items():
+            if n:
+                pipe.hincrby(k.counts, name, n)
 
     def tracked_clusters(self) -> dict[str, int]:
         """Every cluster name that has handles in Redis, live or dead with remains still to kill
@@ -190,12 +347,12 @@ class Store:
         return int(self.r.hlen(self.of(cluster).cleanup))
 
     # -- launches --------------------------------------------------------------------------
-    def claim_launch(self, cluster: str, launch_id: str) -> tuple[str, int]:
-        """Mark a pending launch as taken by a run task: ('claimed', count); ('settle', count) for
-        a launch cancelled after a run task had taken it (it may have made workers); or
-        ('cancelled'|'missing', 0)."""
-        state, count = self._scripts["claim"](keys=[self.of(cluster).pending], args=[launch_id, time.time()])
-        return state.decode(), int(count)
+    def claim_launch(self, cluster: str, launch_id: str) -> tuple[str, int, bool]:
+        """Mark a pending launch as taken by a run task: ('claimed', count, first: no run task
+        had taken it before); ('settle', count, False) for a launch cancelled after a run task
+        had taken it (it may have made workers); or ('cancelled'|'missing', 0, False)."""
+        state, count, first = self._scripts["claim"](keys=[self.of(cluster).pending], args=[launch_id, time.time()])
+        return state.decode(), int(count), bool(int(first))
 
     def drop_launch(self, cluster: str, launch_id: str) -> None:
         """Forget a pending launch (it failed for good)."""
@@ -216,7 +373,7 @@ class Store:
         for h, w in counts.items():
             args += [h, w]
         k = self.of(cluster)
-        return str(self._script("record", cluster, [k.pending, k.handles], args).decode())
+        return str(self._script("record", cluster, [k.pending, k.handles, k.index, k.counts], args).decode())
 
     # -- sweep and kills -------------------------------------------------------------------
     def apply_status(self, cluster: str, status: Mapping[str, str], grace: float = 0.0,
@@ -229,7 +386,7 @@ class Store:
         for h, s in status.items():
             args += [h, s]
         k = self.of(cluster)
-        pruned, changed, gone, dead = self._script("status", cluster, [k.handles, k.cleanup], args)
+        pruned, changed, gone, dead = self._script("status", cluster, [k.handles, k.cleanup, k.index, k.counts], args)
         return StatusResult(int(pruned), int(changed), int(gone), [h.decode() for h in dead])
 
     def record_kills(self, cluster: str, results: Mapping[str, bool], cleanup_retry: float = 10.0) -> None:
@@ -271,15 +428,16 @@ class Store:
                         return []
                     now = time.time()
                     pipe.multi()
-                    events = []
+                    events, moves = [], {}
                     for h in moved:
                         rec = records[h]
                         was = rec.status
                         rec.status, rec.since, rec.kill_at = to, now, now
                         if drain_until is not None:
                             rec.drain_until = drain_until
-                        pipe.hset(key, h, rec.encode())
+                        moves[h] = (rec, was)
                         events.append({"handle": h, "workers": rec.workers, "was": was, **(event_fields or {})})
+                    self._queue_moves(pipe, cluster, moves)
                     self.queue_events(pipe, cluster, event, events)
                     pipe.execute()
                     return moved
@@ -328,7 +486,8 @@ class Store:
         """Remember when each live handle the provider lists but Redis does not know was first
         seen; forget the ones no longer in that set. Returns handle -> first seen."""
         key = self.of(cluster).unknown
-        old = {k.decode(): json.loads(v) for k, v in self.r.hgetall(key).items()}
+        raw = cast("Mapping[bytes, bytes]", self.r.hgetall(key))
+        old = {k.decode(): json.loads(v) for k, v in raw.items()}
         keep = {h: {"w": w, "first": old.get(h, {}).get("first", now)} for h, w in listed.items()}
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(key)
@@ -347,7 +506,8 @@ class Store:
         for h, (w, s) in found.items():
             args += [h, w, s]
         k = self.of(cluster)
-        return int(self._script("adopt", cluster, [k.handles, k.unknown, k.desired, k.cleanup], args))
+        return int(self._script("adopt", cluster, [k.handles, k.unknown, k.desired, k.cleanup, k.index, k.counts],
+                                args))
 
     def epoch(self) -> bytes | None:
         """The fleet's epoch, written (SET NX, so by one writer) if it is missing."""
@@ -355,7 +515,7 @@ class Store:
         if current is None:
             self.r.set(self.keys.epoch, uuid.uuid4().hex, nx=True)
             current = self.r.get(self.keys.epoch)
-        return current
+        return cast("bytes | None", current)
 
     # -- autoscaler memory -----------------------------------------------------------------
     def autoscale_memory(self, cluster: str) -> dict[str, Any] | None:
@@ -371,12 +531,25 @@ class Store:
         self.queue_events(pipe, cluster, kind, [fields])
 
     def queue_events(self, pipe: Any, cluster: str, kind: EventKind, items: Iterable[Mapping[str, Any]]) -> None:
-        """Append one `kind` event per item on `pipe`, counted with one HINCRBY for them all."""
+        """Append the `kind` events of `items` on `pipe`. Items about handles (with `handle` and
+        `workers`) become one event per group of equal other fields, with `count`, `workers` (the
+        sum) and `handles` (up to SAMPLE named); others are one event each. Each item counts once
+        in the metrics hash, with one HINCRBY for them all."""
         key, n = self.of(cluster).events, 0
+        groups: dict[tuple[tuple[str, str], ...], list[Mapping[str, Any]]] = {}
         for fields in items:
-            pipe.xadd(key, {"kind": str(kind), **{k: str(v) for k, v in fields.items()}}, maxlen=EVENTS_MAXLEN,
-                      approximate=True)
             n += 1
+            if "handle" not in fields:
+                pipe.xadd(key, {"kind": str(kind), **{k: str(v) for k, v in fields.items()}}, maxlen=EVENTS_MAXLEN,
+                          approximate=True)
+                continue
+            rest = tuple(sorted((k, str(v)) for k, v in fields.items() if k not in ("handle", "workers")))
+            groups.setdefault(rest, []).append(fields)
+        for rest, members in groups.items():
+            names = ",".join(str(m["handle"]) for m in members[:SAMPLE]) + (",..." if len(members) > SAMPLE else "")
+            pipe.xadd(key, {"kind": str(kind), "count": len(members), "workers": sum(int(m.get("workers", 0))
+                                                                                  for m in members),
+                            "handles": names, **dict(rest)}, maxlen=EVENTS_MAXLEN, approximate=True)
         if n:
             record_event(pipe, self.keys, cluster, kind, n)
 
@@ -388,7 +561,9 @@ class Store:
     def events(self, cluster: str, count: int = 50) -> list[dict[str, Any]]:
         """The newest `count` events, oldest first."""
         out = []
-        for eid, data in reversed(self.r.xrevrange(self.of(cluster).events, count=count)):
+        rows = cast("list[tuple[bytes, dict[bytes, bytes]]]",
+                    self.r.xrevrange(self.of(cluster).events, count=count))
+        for eid, data in reversed(rows):
             ms = int(eid.split(b"-")[0])
             out.append({"at": ms / 1000.0, **{k.decode(): v.decode() for k, v in data.items()}})
         return out

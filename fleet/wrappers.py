@@ -18,7 +18,7 @@ method through its `_call`; `raw` is the provider they wrap, all the way down.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -30,7 +30,7 @@ from fleet.errors import PermanentProviderError, ProviderError, ProviderTimeout,
 from fleet.holds import Holds
 from fleet.keys import Keyspace
 from fleet.limits import Limits
-from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, WorkerStatus
+from fleet.provider import Cluster, ContainerSpec, Hardware, Observation, Provider, WorkerStatus
 
 
 class ProviderWrapper(Provider[Any]):
@@ -61,8 +61,19 @@ class ProviderWrapper(Provider[Any]):
     def worker_status(self, cluster: Cluster[Any], handles: Sequence[str]) -> dict[str, WorkerStatus]:
         return dict(self._call("status", cluster, self.inner.worker_status, handles))
 
-    def kill_workers(self, cluster: Cluster[Any], handles: Sequence[str]) -> dict[str, bool]:
+    def kill_workers(self, cluster: Cluster[Any], handles: Sequence[str]) -> dict[str, bool | WorkerStatus]:
         return dict(self._call("kill", cluster, self.inner.kill_workers, handles))
+
+    def observe(self, cluster: Cluster[Any], handles: Sequence[str]) -> Observation:
+        if type(self.raw).observe is Provider.observe:
+            # the provider's own observe is list + status: two calls, so each goes through the
+            # wrappers as itself (two tokens, two timings), never as one "observe"
+            return Provider.observe(self, cluster, handles)
+        result: Observation = self._call("observe", cluster, self.inner.observe, handles)
+        return result
+
+    def launch_batch(self, cluster: Cluster[Any]) -> int:
+        return self.inner.launch_batch(cluster)  # a property of the cloud, not a call to it
 
     def list_workers(self, cluster: Cluster[Any]) -> dict[str, int] | None:
         listed = self._call("list", cluster, self.inner.list_workers)
@@ -89,10 +100,24 @@ class Normalized(ProviderWrapper):
                 isinstance(result, list) and all(isinstance(h, str) and h for h in result)):
             raise PermanentProviderError(f"provider {self.name!r} returned {type(result).__name__} from {op}, "
                                          "not a list of handles")
-        if op in ("status", "kill") and not isinstance(result, dict):
+        if op in ("status", "kill") and not isinstance(result, Mapping):
             raise PermanentProviderError(f"provider {self.name!r} returned {type(result).__name__} from {op}, "
                                          "not a dict by handle")
+        if op == "kill":
+            return {h: self._kill_answer(h, v) for h, v in result.items()}
+        if op == "observe" and not isinstance(result, Observation):
+            raise PermanentProviderError(f"provider {self.name!r} returned {type(result).__name__} from observe, "
+                                         "not an Observation")
         return result
+
+    def _kill_answer(self, handle: str, value: Any) -> bool | WorkerStatus:
+        if isinstance(value, bool):
+            return value
+        try:
+            return WorkerStatus(value)
+        except ValueError:
+            raise PermanentProviderError(f"provider {self.name!r} answered {value!r} for {handle} from kill, "
+                                         "not True, False or a WorkerStatus") from None
 
 
 class Deadlined(ProviderWrapper):

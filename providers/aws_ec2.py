@@ -23,10 +23,14 @@ leaks nothing. Fleet puts no credential in user data (anyone allowed DescribeIns
 can read it): do not put secrets in `container.env` either; give the instance a role instead.
 
 Idempotency: every RunInstances call carries a ClientToken derived from the launch id, the call
-index and the subnet; and before launching, the instances tagged with the launch id are looked
-up (in any state) and calls already made are adopted, so a retried launch never launches twice,
-even where ClientToken is not honoured. Status is one paginated DescribeInstances filtered by
-the fleet's tags (never by an id list, which could be empty: that means every instance).
+index and the subnet; and on any attempt but a launch's first (`Cluster.first_attempt`), the
+instances tagged with the launch id are looked up (in any state) and calls already made are
+adopted, so a retried launch never launches twice, even where ClientToken is not honoured.
+
+Calls at the floor: Fleet sizes launches in whole `batch_size` calls (`launch_batch`); a sweep is
+one paginated DescribeInstances filtered by the fleet's tags (`observe`: the listing and every
+status; never by an id list, which could be empty: that means every instance); a kill is
+TerminateInstances alone, its answer giving each instance's state (no describe to confirm).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from pydantic import Field
 
 from fleet.catalogue import InstanceType, cheapest_fit
 from fleet.errors import PermanentProviderError, ProviderError, TransientProviderError
-from fleet.provider import Cluster, ContainerSpec, Hardware, WorkerStatus
+from fleet.provider import Cluster, ContainerSpec, Hardware, Observation, WorkerStatus
 from providers._aws import (
     AwsOptions,
     AwsProvider,
@@ -72,6 +76,8 @@ DEFAULT_CATALOGUE: tuple[InstanceType, ...] = tuple(InstanceType(name=n, cpu=c, 
 INSTANCE_ID = re.compile(r"i-[0-9a-f]{8}(?:[0-9a-f]{9})?")
 NOT_FOUND = ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed")
 LIVE = ("pending", "running")
+#: the states `list_workers` lists: everything that still exists and may run again
+LISTED = ("pending", "running", "stopping", "stopped")
 STATUS = {"pending": WorkerStatus.INITIALIZING, "running": WorkerStatus.RUNNING}  # anything else: stopped
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 USER_DATA_LIMIT = 16 * 1024
@@ -135,6 +141,7 @@ def user_data(cluster: Cluster[EC2Options], container: ContainerSpec, launch_id:
 
 class EC2Provider(AwsProvider[EC2Options]):
     options_model = EC2Options
+    first_check = 20.0  # an instance is pending for 10-40 s
     listing_grace = 10.0  # DescribeInstances may not list a fresh instance for a few seconds
 
     service = "ec2"
@@ -155,7 +162,10 @@ class EC2Provider(AwsProvider[EC2Options]):
             return []
         client = self.client(cluster)
         done: dict[int, list[tuple[str, int]]] = {}
-        for inst in self._describe(cluster, [{"Name": "tag:fleet:launch", "Values": [launch_id]}]):
+        # what an earlier attempt of this launch made (none on a first attempt: no look-up)
+        earlier = [] if cluster.first_attempt else self._describe(
+            cluster, [{"Name": "tag:fleet:launch", "Values": [launch_id]}])
+        for inst in earlier:
             tags = tag_dict(inst.get("Tags"))
             if tags.get("fleet:batch", "").isdigit():
                 done.setdefault(int(tags["fleet:batch"]), []).append(
@@ -212,6 +222,17 @@ class EC2Provider(AwsProvider[EC2Options]):
             resp = client.run_instances(**params)
         return [(i["InstanceId"], workers) for i in resp.get("Instances", [])]
 
+    def launch_batch(self, cluster: Cluster[EC2Options]) -> int:
+        return cluster.options.batch_size
+
+    def observe(self, cluster: Cluster[EC2Options], handles: Sequence[str]) -> Observation:
+        """The listing and every status from one DescribeInstances (all pages)."""
+        found = self._describe(cluster, [{"Name": "instance-state-name", "Values": list(LISTED)}])
+        listed = {i["InstanceId"]: int(tag_dict(i.get("Tags")).get("fleet:workers", "1")) for i in found}
+        state = {i["InstanceId"]: i["State"]["Name"] for i in found}
+        asked = list(dict.fromkeys([*handles, *listed]))
+        return Observation(listed, {h: STATUS.get(state.get(h, ""), WorkerStatus.STOPPED) for h in asked})
+
     def worker_status(self, cluster: Cluster[EC2Options], handles: Sequence[str]) -> dict[str, WorkerStatus]:
         unique = list(dict.fromkeys(handles))
         if not any(INSTANCE_ID.fullmatch(h) for h in unique):
@@ -220,39 +241,44 @@ class EC2Provider(AwsProvider[EC2Options]):
                 for i in self._describe(cluster, [{"Name": "instance-state-name", "Values": list(LIVE)}])}
         return {h: STATUS.get(seen.get(h, ""), WorkerStatus.STOPPED) for h in unique}
 
-    def kill_workers(self, cluster: Cluster[EC2Options], handles: Sequence[str]) -> dict[str, bool]:
+    def kill_workers(self, cluster: Cluster[EC2Options], handles: Sequence[str]) -> dict[str, bool | WorkerStatus]:
+        """TerminateInstances (1000 ids a call). Its answer gives each instance's state now
+        (shutting-down or terminated: stopped), so Fleet needs no DescribeInstances to confirm."""
         unique = list(dict.fromkeys(handles))
         ids = [h for h in unique if INSTANCE_ID.fullmatch(h)]  # anything else cannot exist: dead already
+        states: dict[str, str] = {}
         if ids:
             client = self.client(cluster)
             for chunk in chunks(ids, 1000):
-                self._terminate(client, list(chunk))
-        return dict.fromkeys(unique, True)
+                states.update(self._terminate(client, list(chunk)))
+        return {h: STATUS.get(states[h], WorkerStatus.STOPPED) if h in states else True if h in ids
+                else WorkerStatus.STOPPED for h in unique}
 
-    def _terminate(self, client: Any, ids: list[str]) -> None:
-        """TerminateInstances; one unknown id fails the whole call, so split until it is alone."""
+    def _terminate(self, client: Any, ids: list[str]) -> dict[str, str]:
+        """TerminateInstances; one unknown id fails the whole call, so split until it is alone.
+        Returns the current state of each instance the answer names."""
         try:
-            client.terminate_instances(InstanceIds=ids)
+            resp = client.terminate_instances(InstanceIds=ids)
         except Exception as exc:  # noqa: BLE001 - raise_mapped re-raises anything not from AWS
             if error_code(exc) not in NOT_FOUND:
                 raise_mapped(exc, "ec2:TerminateInstances", hints=HINTS)
             if len(ids) > 1:
                 mid = len(ids) // 2
-                self._terminate(client, ids[:mid])
-                self._terminate(client, ids[mid:])
+                return {**self._terminate(client, ids[:mid]), **self._terminate(client, ids[mid:])}
             # a single unknown id: never existed or long gone, which is what we wanted
+            return {ids[0]: "terminated"}
+        return {i["InstanceId"]: str((i.get("CurrentState") or {}).get("Name", ""))
+                for i in resp.get("TerminatingInstances", []) if "InstanceId" in i}
 
     def find_launch(self, cluster: Cluster[EC2Options], launch_id: str) -> list[str]:
-        states = ["pending", "running", "stopping", "stopped"]
         found = self._describe(cluster, [{"Name": "tag:fleet:launch", "Values": [launch_id]},
-                                         {"Name": "instance-state-name", "Values": states}])
+                                         {"Name": "instance-state-name", "Values": list(LISTED)}])
         return [i["InstanceId"] for i in sorted(found, key=lambda i: i["InstanceId"])
                 for _ in range(int(tag_dict(i.get("Tags")).get("fleet:workers", "1")))]
 
     def list_workers(self, cluster: Cluster[EC2Options]) -> dict[str, int]:
-        states = ["pending", "running", "stopping", "stopped"]
         return {i["InstanceId"]: int(tag_dict(i.get("Tags")).get("fleet:workers", "1"))
-                for i in self._describe(cluster, [{"Name": "instance-state-name", "Values": states}])}
+                for i in self._describe(cluster, [{"Name": "instance-state-name", "Values": list(LISTED)}])}
 
     # -- describe --------------------------------------------------------------------------
     def _describe(self, cluster: Cluster[EC2Options], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,6 +9,8 @@ Options (`provider_options`):
                               `container.command` as its command and `container.env` plus the
                               identity as environment overrides.
   subnets (required, >= 1), security_groups, assign_public_ip (false)   the awsvpc network.
+  stop_concurrency (10, 1..50)   StopTask calls in flight at once (ECS has no batch stop; AWS
+                              throttles StopTask per account, and botocore's retries absorb that).
   region, endpoint_url, retry_mode (standard | adaptive), max_attempts   see providers/_aws.py.
 
 Task size: the cluster's `hardware` rounded up to the cheapest valid Fargate CPU/memory pair
@@ -22,12 +24,13 @@ tasks with the same overrides, before their ARNs exist. A worker that needs its 
 ECS provides to every Fargate container).
 
 Idempotency: every launch carries `startedBy` = "fleet-" + 30 hex characters derived from the
-fleet id, cluster and launch id (and a `clientToken` per call). Before launching, ListTasks on
-that `startedBy` (running and stopped tasks) finds calls an earlier attempt already made, which
-are adopted rather than repeated: a retry never launches twice, even where clientToken is not
-honoured. RunTask starts at most 10 tasks a call; containers of another size (the one partial
-container) get their own call because their FLEET_WORKERS differs. DescribeTasks is called in
-chunks of 100; a task it does not return (or lists under `failures`) is stopped.
+fleet id, cluster and launch id (and a `clientToken` per call). Before launching (except on a
+launch's first attempt, `Cluster.first_attempt`), ListTasks on that `startedBy` (running and
+stopped tasks) finds calls an earlier attempt already made, which are adopted rather than
+repeated: a retry never launches twice, even where clientToken is not honoured. RunTask starts
+at most 10 tasks a call (`launch_batch`); containers of another size (the one partial container)
+get their own call because their FLEET_WORKERS differs. DescribeTasks is called in chunks of
+100; a task it does not return (or lists under `failures`) is stopped.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import Field
@@ -85,6 +89,7 @@ class ECSOptions(AwsOptions):
     subnets: tuple[str, ...] = Field(min_length=1, max_length=16, description="awsvpc subnets (at least one)")
     security_groups: tuple[str, ...] = Field(default=(), max_length=5, description="awsvpc security groups")
     assign_public_ip: bool = Field(default=False, description="give tasks a public IP (needed without NAT)")
+    stop_concurrency: int = Field(default=10, ge=1, le=50, description="StopTask calls in flight at once")
 
 
 def fargate_size(cpu: float, memory_mb: int) -> tuple[int, int]:
@@ -111,6 +116,7 @@ def _is_task_arn(handle: str) -> bool:
 
 class ECSProvider(AwsProvider[ECSOptions]):
     options_model = ECSOptions
+    first_check = 10.0  # a task is provisioning, then pending, while its image is pulled
     listing_grace = 5.0
 
     service = "ecs"
@@ -127,7 +133,8 @@ class ECSProvider(AwsProvider[ECSOptions]):
             return []
         marker = started_by(cluster, launch_id)
         done: dict[int, list[tuple[str, int]]] = {}
-        for task in self._launched(cluster, marker):
+        # what an earlier attempt of this launch started (none on a first attempt: no look-up)
+        for task in [] if cluster.first_attempt else self._launched(cluster, marker):
             tags = tag_dict(task.get("tags"))
             if tags.get("fleet:batch", "").isdigit():
                 done.setdefault(int(tags["fleet:batch"]), []).append(
@@ -192,6 +199,9 @@ class ECSProvider(AwsProvider[ECSOptions]):
             return QuotaExceeded(text)
         return TransientProviderError(text)
 
+    def launch_batch(self, cluster: Cluster[ECSOptions]) -> int:
+        return PER_RUN_TASK
+
     def worker_status(self, cluster: Cluster[ECSOptions], handles: Sequence[str]) -> dict[str, WorkerStatus]:
         unique = list(dict.fromkeys(handles))
         seen = {t["taskArn"]: t for t in self._describe(cluster, [h for h in unique if _is_task_arn(h)])}
@@ -206,21 +216,28 @@ class ECSProvider(AwsProvider[ECSOptions]):
             return WorkerStatus.INITIALIZING
         return WorkerStatus.RUNNING if last == "RUNNING" else WorkerStatus.STOPPED
 
-    def kill_workers(self, cluster: Cluster[ECSOptions], handles: Sequence[str]) -> dict[str, bool]:
+    def kill_workers(self, cluster: Cluster[ECSOptions], handles: Sequence[str]) -> dict[str, bool | WorkerStatus]:
+        """StopTask for each live task, `stop_concurrency` at a time (ECS has no batch stop).
+        A stopped task's desired status is STOPPED at once, so each answer is its status."""
         unique = list(dict.fromkeys(handles))
-        opts = cluster.options
         # Only tasks ECS knows and that are not stopping already get a StopTask: unknown is dead.
         live = [t["taskArn"] for t in self._describe(cluster, [h for h in unique if _is_task_arn(h)])
                 if t.get("desiredStatus") != "STOPPED" and t.get("lastStatus") != "STOPPED"]
-        client = self.client(cluster)
-        for arn in live:
-            try:
-                client.stop_task(cluster=opts.cluster, task=arn, reason="stopped by Fleet")
-            except Exception as exc:  # noqa: BLE001 - raise_mapped re-raises anything not from AWS
-                if error_code(exc) in ("InvalidParameterException", "ClientException") and "not found" in str(exc):
-                    continue  # gone between DescribeTasks and StopTask
-                raise_mapped(exc, "ecs:StopTask", hints=HINTS)
-        return dict.fromkeys(unique, True)
+        result: dict[str, bool | WorkerStatus] = dict.fromkeys(unique, WorkerStatus.STOPPED)
+        if live:
+            workers = min(cluster.options.stop_concurrency, len(live))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet-ecs-stop") as pool:
+                # list(): the first error (mapped) propagates, after every call has finished
+                list(pool.map(lambda arn: self._stop(cluster, arn), live))
+        return result
+
+    def _stop(self, cluster: Cluster[ECSOptions], arn: str) -> None:
+        try:
+            self.client(cluster).stop_task(cluster=cluster.options.cluster, task=arn, reason="stopped by Fleet")
+        except Exception as exc:  # noqa: BLE001 - raise_mapped re-raises anything not from AWS
+            if error_code(exc) in ("InvalidParameterException", "ClientException") and "not found" in str(exc):
+                return  # gone between DescribeTasks and StopTask
+            raise_mapped(exc, "ecs:StopTask", hints=HINTS)
 
     def find_launch(self, cluster: Cluster[ECSOptions], launch_id: str) -> list[str]:
         live = [t for t in self._launched(cluster, started_by(cluster, launch_id))

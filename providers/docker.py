@@ -108,6 +108,7 @@ def container_name(launch_id: str, index: int) -> str:
 
 
 class DockerProvider(Provider[DockerOptions]):
+    first_check = 0.25  # a container started by the Engine API is running once the call returns
     call_timeout = 120.0  # a launch makes several Engine API calls per container
     options_model = DockerOptions
 

@@ -155,7 +155,7 @@ class FaultyProvider(Provider[FaultyOptions]):
         with self._journal("status", cluster.options):
             return self._worker_status(cluster, handles)
 
-    def kill_workers(self, cluster: Cluster[FaultyOptions], handles: Sequence[str]) -> dict[str, bool]:
+    def kill_workers(self, cluster: Cluster[FaultyOptions], handles: Sequence[str]) -> dict[str, bool | WorkerStatus]:
         with self._journal("kill", cluster.options):
             return self._kill_workers(cluster, handles)
 
@@ -196,10 +196,10 @@ class FaultyProvider(Provider[FaultyOptions]):
             return {h: WorkerStatus.INITIALIZING if h in self._never_boot and s == WorkerStatus.RUNNING else s
                     for h, s in status.items()}
 
-    def _kill_workers(self, cluster: Cluster[FaultyOptions], handles: Sequence[str]) -> dict[str, bool]:
+    def _kill_workers(self, cluster: Cluster[FaultyOptions], handles: Sequence[str]) -> dict[str, bool | WorkerStatus]:
         inner, ref, opts = self._parts(cluster)
         self._before("kill", opts, opts.kill_error_rate)
-        killed = inner.kill_workers(ref, handles)
+        killed = dict(inner.kill_workers(ref, handles))
         self._after("kill", opts)
         return killed
 

@@ -13,19 +13,28 @@ Options (`provider_options`):
 * `api_endpoint`: another Compute endpoint, scheme included (tests: `http://127.0.0.1:PORT`).
 * `anonymous`: use anonymous credentials (only for a local fake server). Otherwise credentials
   come from application default credentials (the SDK's chain), never from options.
-* `page_size` (list page size), `operation_timeout` (the bounded wait for insert/delete
-  operations, seconds), `retry_deadline` (how long api_core retries transient errors, seconds).
+* `page_size` (list page size), `operation_timeout` (the bounded wait for the bulkInsert
+  operations of a launch, seconds; deletes are not waited for), `retry_deadline` (how long
+  api_core retries transient errors, seconds).
 
 Identity: the instance name is the handle, `fleet-<launch id>-<index>` (deterministic, so a
-retried launch finds its instances, with a `requestId` derived from launch id and index on each
-insert; a 409 "already exists" of our own instance is adopted). Labels `fleet-id`,
-`fleet-cluster`, `fleet-launch` and `fleet-workers` mark every instance (values lowercased and
-hashed when GCE would refuse them). The `startup-script` metadata exports FLEET_ID,
-FLEET_CLUSTER, FLEET_HANDLE, FLEET_WORKERS, FLEET_LAUNCH_ID and the container's env, runs the
-worker (`docker run --network host` of `container.image`, or the command itself) and then
-`shutdown -h now`: a worker that exits stops its VM (TERMINATED counts as stopped and
-`kill_workers` deletes it), so a dead control plane leaks no running VMs. No secrets go into
-metadata: the worker gets its broker credentials the way the image/VM is set up to.
+retried launch finds its instances by name). Labels `fleet-id`, `fleet-cluster`, `fleet-launch`
+and `fleet-workers` mark every instance (values lowercased and hashed when GCE would refuse
+them). The `startup-script` metadata exports FLEET_ID, FLEET_CLUSTER, FLEET_WORKERS,
+FLEET_LAUNCH_ID and the container's env, and FLEET_HANDLE (the VM's name, read from the metadata
+server), runs the worker (`docker run --network host` of `container.image`, or the command
+itself, `${VAR}` expanded) and then `shutdown -h now`: a worker that exits stops its VM
+(TERMINATED counts as stopped and `kill_workers` deletes it), so a dead control plane leaks no
+running VMs. No secrets go into metadata: the worker gets its broker credentials the way the
+image/VM is set up to.
+
+Calls: a launch is one `bulkInsert` per container size (every full container, and at most one
+partial one), naming each instance (`perInstanceProperties`), with a `requestId` derived from the
+launch and the names, and one wait for its operation. A 409 "already exists" of our own instance
+is adopted and the rest inserted again. On any attempt but a launch's first
+(`Cluster.first_attempt`) one list by the launch label first finds what an earlier attempt made.
+A kill is one delete per instance (GCE has no bulk delete), not waited one by one: Fleet reads
+their effect back in one list.
 """
 
 from __future__ import annotations
@@ -50,7 +59,16 @@ from fleet.errors import (
     RateLimited,
     TransientProviderError,
 )
-from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus, import_sdk
+from fleet.provider import (
+    Cluster,
+    ContainerSpec,
+    Hardware,
+    Observation,
+    Provider,
+    ProviderContext,
+    WorkerStatus,
+    import_sdk,
+)
 
 T = TypeVar("T")
 
@@ -73,6 +91,8 @@ _STATUS = {"PROVISIONING": WorkerStatus.INITIALIZING, "STAGING": WorkerStatus.IN
            "RUNNING": WorkerStatus.RUNNING}  # everything else (STOPPING, TERMINATED, ...) is stopped
 _RATE_REASONS = {"ratelimitexceeded", "userratelimitexceeded", "rate_limit_exceeded"}
 MAX_REQUEST_HOPS = 4
+#: instances one bulkInsert creates at most
+BULK_MAX = 1000
 _CAPACITY_CODES = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS")
 
 
@@ -126,22 +146,36 @@ def instance_name(launch_id: str, index: int) -> str:
     return f"fleet-{slug[:20]}-{index}"
 
 
-def request_id(launch_id: str, index: int, zone: str) -> str:
-    """The insert `requestId`: a UUID fixed by launch id, index and zone."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fleet-gce:{zone}:{launch_id}:{index}"))
+def request_id(launch_id: str, names: Sequence[str], zone: str) -> str:
+    """The bulkInsert `requestId`: a UUID fixed by launch id, the instance names and the zone."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fleet-gce:{zone}:{launch_id}:{','.join(names)}"))
+
+
+METADATA_NAME = "http://metadata.google.internal/computeMetadata/v1/instance/name"
+_HANDLE_REF = re.compile(r"\$\{FLEET_HANDLE\}|\$FLEET_HANDLE(?![A-Za-z0-9_])")
+
+
+def _shell_word(arg: str) -> str:
+    """`arg` quoted for the shell, except that ${FLEET_HANDLE} in it stays a (quoted) expansion:
+    the handle is known only on the VM, which reads its name from the metadata server."""
+    pieces = _HANDLE_REF.split(arg)
+    return '"${FLEET_HANDLE}"'.join(shlex.quote(p) if p else "" for p in pieces) or "''"
 
 
 def startup_script(container: ContainerSpec, env: dict[str, str]) -> str:
-    """The VM's startup script: export identity + env, run the worker, power off when it exits."""
+    """The VM's startup script: export identity + env, run the worker, power off when it exits.
+    `env` holds everything but FLEET_HANDLE, which every VM of one bulkInsert sets for itself."""
     argv = [string.Template(arg).safe_substitute(env) for arg in container.command]
     lines = ["#!/bin/bash", "# Generated by Fleet: runs one worker container, then powers the VM off.", "cd /"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    lines += [f'FLEET_HANDLE="$(curl -fsS -m 10 -H "Metadata-Flavor: Google" {METADATA_NAME})"',
+              "export FLEET_HANDLE"]
     if container.image:
-        passed = " ".join(f"-e {k}" for k in env)
+        passed = " ".join(f"-e {k}" for k in [*env, "FLEET_HANDLE"])
         run = f"docker run --rm --network host --name fleet-worker {passed} {shlex.quote(container.image)} "
     else:
         run = ""
-    lines += [run + " ".join(shlex.quote(a) for a in argv),
+    lines += [run + " ".join(_shell_word(a) for a in argv),
               'echo "fleet worker exited with status $?; powering off"',
               "shutdown -h now", ""]
     return "\n".join(lines)
@@ -149,8 +183,9 @@ def startup_script(container: ContainerSpec, env: dict[str, str]) -> str:
 
 class GCEProvider(Provider[GCEOptions]):
     options_model = GCEOptions
+    first_check = 15.0  # an instance is provisioning, then staging, for 10-30 s
     listing_grace = 5.0
-    call_timeout = 150.0  # an insert or delete waits up to operation_timeout (60 s) plus api_core retries
+    call_timeout = 150.0  # a launch waits up to operation_timeout (60 s) plus api_core retries
 
     def __init__(self, context: ProviderContext) -> None:
         super().__init__(context)
@@ -225,38 +260,62 @@ class GCEProvider(Provider[GCEOptions]):
         machine_type = opts.machine_type or cheapest_fit(opts.catalogue, hardware, cluster.excluded_types).name
         gpus = next((t.gpus for t in opts.catalogue if t.name == machine_type), 0)
         compute, _, _ = self._sdk(opts)
-        api_errors = import_sdk("google.api_core.exceptions", "gce")
         sizes = cluster.containers_for(count)
         names = [instance_name(launch_id, i) for i in range(len(sizes))]
-        existing = {i.name for i in self._list(opts, **self._ours(cluster), **{LABEL_LAUNCH: label_value(launch_id)})}
+        # what an earlier attempt of this launch made (none on a first attempt: no look-up)
+        existing = set() if cluster.first_attempt else {
+            i.name for i in self._list(opts, **self._ours(cluster), **{LABEL_LAUNCH: label_value(launch_id)})}
         launched = set(existing)
-        ops: dict[str, Any] = {}
+        groups: dict[int, list[str]] = {}  # container size -> names still to make
+        for name, size in zip(names, sizes, strict=True):
+            if name not in existing:
+                groups.setdefault(size, []).append(name)
+        ops: dict[str, tuple[list[str], Any]] = {}
         failure: ProviderError | None = None
-        for index, (name, size) in enumerate(zip(names, sizes)):
-            if name in existing:
-                continue
-            body = self._instance(compute, opts, cluster, container, machine_type, gpus, name, size, launch_id)
+        for size, group in groups.items():
+            props = self._properties(compute, opts, cluster, container, machine_type, gpus, size, launch_id)
             try:
-                ops[name] = self._insert(opts, body, request_id(launch_id, index, opts.zone), machine_type)
+                made, op = self._bulk_insert(opts, cluster, props, launch_id, group, machine_type)
             except ProviderError as exc:
                 failure = exc
-                break  # quota, capacity, throttling, bad config: the next inserts would fail alike
-            except api_errors.Conflict as exc:  # the name is taken
-                self._adopt(opts, cluster, name, exc)
-                launched.add(name)
-        for name, op in self._wait(opts, ops, time.monotonic() + opts.operation_timeout).items():
+                break  # quota, capacity, throttling, bad config: the next call would fail alike
+            launched |= made
+            if op is not None:
+                ops[op.name] = ([n for n in group if n not in made], op)
+        done = self._wait(opts, {key: op for key, (_, op) in ops.items()}, time.monotonic() + opts.operation_timeout)
+        for key, op in done.items():
             error = _operation_error(op, opts, machine_type)
-            if error is None:
-                continue
-            ops.pop(name)
-            failure = failure or error
-        launched |= set(ops)  # accepted, and done or still going: eventual consistency covers the rest
+            if error is not None:
+                ops.pop(key)
+                failure = failure or error
+        for group, _ in ops.values():  # accepted, and done or still going: eventual consistency covers the rest
+            launched |= set(group)
         if failure is not None and (not launched or isinstance(failure, (RateLimited, TransientProviderError))):
             raise failure  # a retry with this launch id resumes where this call stopped
-        return [h for name, size in zip(names, sizes) if name in launched for h in [name] * size]
+        return [h for name, size in zip(names, sizes, strict=True) if name in launched for h in [name] * size]
 
-    def _insert(self, opts: GCEOptions, body: Any, rid: str, machine_type: str) -> Any:
-        """Insert with request id `rid`; returns the operation (409 Conflict propagates).
+    def _bulk_insert(self, opts: GCEOptions, cluster: Cluster[GCEOptions], props: Any, launch_id: str,
+                     names: list[str], machine_type: str) -> tuple[set[str], Any]:
+        """One bulkInsert of `names` (all or nothing: `minCount` is their number). A 409 means a
+        name is taken: our own instances (an earlier attempt the look-up did not show) are
+        adopted and the rest inserted again; a foreign one is refused. Returns (the names found
+        made already, the operation of the insert, if any was needed)."""
+        api_errors = import_sdk("google.api_core.exceptions", "gce")
+        try:
+            return set(), self._insert(opts, props, names, request_id(launch_id, names, opts.zone), machine_type)
+        except api_errors.Conflict as exc:
+            taken = {n for n in names if self._taken(opts, cluster, n, exc)}
+            rest = [n for n in names if n not in taken]
+            if not rest:
+                return taken, None
+            try:
+                return taken, self._insert(opts, props, rest, request_id(launch_id, rest, opts.zone), machine_type)
+            except api_errors.Conflict as again:
+                raise TransientProviderError(f"instance names of launch {launch_id} are being taken while it runs",
+                                             str(again)) from again
+
+    def _insert(self, opts: GCEOptions, props: Any, names: list[str], rid: str, machine_type: str) -> Any:
+        """bulkInsert with request id `rid`; returns the operation (409 Conflict propagates).
 
         GCE answers a repeated request id with the original operation. When that one failed
         (an insert answered with an operation already DONE with an error is such a replay: a
@@ -264,29 +323,41 @@ class GCEProvider(Provider[GCEOptions]):
         derived from the failed operation, so every delivery of a launch walks the same chain.
         """
         compute, instances, _ = self._sdk(opts)
+        resource = compute.BulkInsertInstanceResource(
+            count=len(names), min_count=len(names), instance_properties=props,
+            per_instance_properties={n: compute.BulkInsertInstanceResourcePerInstanceProperties(name=n) for n in names})
         op = None
         for _ in range(MAX_REQUEST_HOPS):
-            request = compute.InsertInstanceRequest(project=opts.project, zone=opts.zone, instance_resource=body,
-                                                    request_id=rid)
-            op = self._call(opts, instances.insert_unary, request=request, allow=(409,), machine_type=machine_type)
+            request = compute.BulkInsertInstanceRequest(project=opts.project, zone=opts.zone, request_id=rid,
+                                                        bulk_insert_instance_resource_resource=resource)
+            op = self._call(opts, instances.bulk_insert_unary, request=request, allow=(409,),
+                            machine_type=machine_type)
             if not (_done(op) and op.error and op.error.errors):
                 return op
             rid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"fleet-gce-retry:{rid}:{op.name}"))
         return op
 
-    def _adopt(self, opts: GCEOptions, cluster: Cluster[GCEOptions], name: str, exc: Exception) -> None:
-        """A 409 on insert: the name exists. Adopt it if it is this fleet's and cluster's."""
+    def _taken(self, opts: GCEOptions, cluster: Cluster[GCEOptions], name: str, exc: Exception) -> bool:
+        """After a 409: whether `name` exists as this fleet's and cluster's instance (adopt it);
+        raises if another's instance holds the name."""
         _, instances, _ = self._sdk(opts)
-        found = self._call(opts, instances.get, project=opts.project, zone=opts.zone, instance=name)
+        not_found = import_sdk("google.api_core.exceptions", "gce").NotFound
+        try:
+            found = self._call(opts, instances.get, project=opts.project, zone=opts.zone, instance=name, allow=(404,))
+        except not_found:
+            return False
         labels = dict(found.labels)
         if any(labels.get(k) != v for k, v in self._ours(cluster).items()):
             raise PermanentProviderError(
                 f"instance name {name} in {opts.project}/{opts.zone} is taken by an instance not labelled for "
                 f"fleet {cluster.fleet_id!r} cluster {cluster.name!r}: delete or rename it", str(exc))
+        return True
 
-    def _instance(self, compute: Any, opts: GCEOptions, cluster: Cluster[GCEOptions], container: ContainerSpec,
-                  machine_type: str, gpus: int, name: str, size: int, launch_id: str) -> Any:
-        env = {**container.env, **cluster.identity_env(name, size), "FLEET_LAUNCH_ID": launch_id}
+    def _properties(self, compute: Any, opts: GCEOptions, cluster: Cluster[GCEOptions], container: ContainerSpec,
+                    machine_type: str, gpus: int, size: int, launch_id: str) -> Any:
+        """What every instance of one bulkInsert shares (all but its name)."""
+        identity = {k: v for k, v in cluster.identity_env("", size).items() if k != "FLEET_HANDLE"}
+        env = {**container.env, **identity, "FLEET_LAUNCH_ID": launch_id}
         nic = compute.NetworkInterface(network=opts.network)
         if opts.subnetwork:
             nic.subnetwork = opts.subnetwork
@@ -299,9 +370,8 @@ class GCEProvider(Provider[GCEOptions]):
             scheduling = compute.Scheduling(preemptible=True, automatic_restart=False, on_host_maintenance="TERMINATE")
         elif gpus:
             scheduling = compute.Scheduling(on_host_maintenance="TERMINATE")
-        body = compute.Instance(
-            name=name,
-            machine_type=f"zones/{opts.zone}/machineTypes/{machine_type}",
+        body = compute.InstanceProperties(
+            machine_type=machine_type,
             labels={**self._ours(cluster), LABEL_LAUNCH: label_value(launch_id), LABEL_WORKERS: str(size)},
             metadata=compute.Metadata(items=[compute.Items(key="startup-script",
                                                            value=startup_script(container, env))]),
@@ -322,31 +392,42 @@ class GCEProvider(Provider[GCEOptions]):
         seen = {i.name: _STATUS.get(i.status, WorkerStatus.STOPPED) for i in self._list(opts, **self._ours(cluster))}
         return {h: seen.get(h, WorkerStatus.STOPPED) for h in handles}
 
-    def kill_workers(self, cluster: Cluster[GCEOptions], handles: Sequence[str]) -> dict[str, bool]:
+    def kill_workers(self, cluster: Cluster[GCEOptions], handles: Sequence[str]) -> dict[str, bool | WorkerStatus]:
         """Delete each handle's instance. Only instances labelled for this fleet and cluster are
         touched (one list finds them); a handle not among them is unknown, so already stopped.
-        An operation still running at the bounded wait's end counts as going away (True); a typed
-        error (throttled, refused) propagates and Fleet asks again: deletes are idempotent."""
+        A delete whose answer is an operation is going away (True: Fleet reads back its effect
+        in one list, and sends the kill again while the instance stays); one whose operation is
+        already DONE with an error failed (False). A typed error (throttled, refused) propagates
+        and Fleet asks again: deletes are idempotent."""
         opts = cluster.options
         if not handles:
             return {}
         _, instances, _ = self._sdk(opts)
         not_found = import_sdk("google.api_core.exceptions", "gce").NotFound
         ours = {i.name for i in self._list(opts, **self._ours(cluster))}
-        result = dict.fromkeys(handles, True)
-        ops: dict[str, Any] = {}
+        result: dict[str, bool | WorkerStatus] = dict.fromkeys(handles, WorkerStatus.STOPPED)
         for h in dict.fromkeys(handles):
-            if h in ours:
-                try:
-                    ops[h] = self._call(opts, instances.delete_unary, project=opts.project, zone=opts.zone,
-                                        instance=h, allow=(404,))
-                except not_found:
-                    continue  # gone between the list and the delete
-        for h, op in self._wait(opts, ops, time.monotonic() + opts.operation_timeout).items():
-            errors = list(op.error.errors) if op.error else []
-            if errors and not all("NOT_FOUND" in e.code for e in errors):
-                result[h] = False
+            if h not in ours:
+                continue
+            try:
+                op = self._call(opts, instances.delete_unary, project=opts.project, zone=opts.zone,
+                                instance=h, allow=(404,))
+            except not_found:
+                continue  # gone between the list and the delete
+            errors = list(op.error.errors) if _done(op) and op.error else []
+            result[h] = not errors or all("NOT_FOUND" in e.code for e in errors)
         return result
+
+    def observe(self, cluster: Cluster[GCEOptions], handles: Sequence[str]) -> Observation:
+        """The listing and every status from one list."""
+        found = {i.name: (_STATUS.get(i.status, WorkerStatus.STOPPED), int(dict(i.labels).get(LABEL_WORKERS, "1")))
+                 for i in self._list(cluster.options, **self._ours(cluster))}
+        listed = {name: w for name, (st, w) in found.items() if st is not WorkerStatus.STOPPED}
+        asked = list(dict.fromkeys([*handles, *listed]))
+        return Observation(listed, {h: found[h][0] if h in found else WorkerStatus.STOPPED for h in asked})
+
+    def launch_batch(self, cluster: Cluster[GCEOptions]) -> int:
+        return BULK_MAX
 
     def find_launch(self, cluster: Cluster[GCEOptions], launch_id: str) -> list[str]:
         opts = cluster.options

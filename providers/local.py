@@ -63,6 +63,7 @@ def _alive(pid: int) -> bool:
 
 class LocalProvider(Provider[LocalOptions]):
     options_model = LocalOptions
+    first_check = 0.1  # a process runs as soon as it is spawned
     call_timeout = 60.0  # a kill waits kill_grace (default 10 s), then up to 5 s after SIGKILL
 
     def __init__(self, context: ProviderContext) -> None:

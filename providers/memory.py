@@ -70,6 +70,7 @@ class World:
 
 class MemoryProvider(Provider[MemoryOptions]):
     options_model = MemoryOptions
+    first_check = 0.05  # a worker runs once `boot_seconds` (default 0) have passed
     _worlds: ClassVar[dict[str, World]] = {}
     _worlds_lock: ClassVar[threading.Lock] = threading.Lock()
 

@@ -20,7 +20,7 @@ from kombu import Queue
 
 from fleet.config import FleetConfig, load_config
 from fleet.manager import Manager
-from fleet.runtime import control_queue, provider_queue, resolve_redis_url
+from fleet.runtime import control_queue, provider_queue, queues_for, resolve_redis_url, worker_role
 from tasks.transport import broker_transport
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ def celery_settings() -> dict[str, Any]:
     cfg = config()
     url = resolve_redis_url(cfg)
     fid = cfg.fleet.id
-    providers = sorted({spec.provider for spec in cfg.clusters.values()})
     return {
         "broker_url": url,
         "broker_transport": broker_transport(url),
@@ -67,9 +66,10 @@ def celery_settings() -> dict[str, Any]:
         "broker_channel_error_retry": True,
         # Celery's consumer, but a message it refuses goes to the dead-letter list (tasks.consumer)
         "worker_consumer": "tasks.consumer:Consumer",
-        # for Flower (`celery -A tasks flower`): task events, with names and JSON arguments only
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events cost a Redis PUBLISH per task and state: off unless `fleet.task_events`.
+        # Flower (`celery -A tasks flower`) switches them on in every worker it sees anyway.
+        "worker_send_task_events": cfg.fleet.task_events,
+        "task_send_sent_event": cfg.fleet.task_events,
         # Redelivery of an unacked task after a worker died; the sweep re-sends lost launches and
         # kills much sooner (launch_timeout, kill back-off), so this only needs to be long.
         # `fleet_id` names the dead-letter list of the transport (tasks.transport).
@@ -77,8 +77,8 @@ def celery_settings() -> dict[str, Any]:
         "result_expires": 3600,
         "task_default_queue": "celery",
         # Public tasks arrive on the default queue ("celery"), so a plain send_task reaches us.
-        "task_queues": [Queue("celery"), Queue(control_queue(fid))]
-        + [Queue(provider_queue(fid, p)) for p in providers],
+        # The queues this process consumes follow its role (FLEET_ROLE, fleet.runtime).
+        "task_queues": [Queue(q) for q in queues_for(worker_role(), cfg)],
         "beat_schedule": {
             "fleet-sweep": {
                 "task": "fleet.sweep",
@@ -110,8 +110,13 @@ class CeleryDispatcher:
         # marker stays set and further requests send nothing (see Manager.request_reconcile).
         app.send_task("fleet.reconcile", (cluster,), queue=control_queue(self.fleet_id), countdown=RECONCILE_DELAY)
 
-    def drain(self, cluster: str, handles: Sequence[str]) -> None:
-        app.send_task("fleet.drain", (cluster, list(handles)), queue=control_queue(self.fleet_id))
+    def drain(self, cluster: str, handles: Sequence[str], provider: str) -> None:
+        # on the provider's queue: it waits for the cluster's workers to answer a broadcast
+        app.send_task("fleet.drain", (cluster, list(handles)), queue=provider_queue(self.fleet_id, provider))
+
+    def check(self, cluster: str, delay: float, provider: str) -> None:
+        app.send_task("fleet.check", (cluster, delay), queue=provider_queue(self.fleet_id, provider),
+                      countdown=delay)
 
 
 @worker_ready.connect

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task
 
 from fleet.errors import RateLimited, TransientProviderError
-from fleet.runtime import control_queue
+from fleet.runtime import provider_queue
 from tasks.app import app, config, manager
 
 PROVIDER_TASK: dict[str, Any] = {
@@ -59,9 +59,10 @@ def drain(cluster: str, handles: list[str]) -> dict[str, Any]:
 def sweep() -> int:
     """Beat's entry point: one sweep task per cluster, each expiring with the interval."""
     cfg = config()
-    for cluster in cfg.clusters:
+    for cluster, spec in cfg.clusters.items():
+        # on the provider's queue: a sweep calls the provider, and may wait for it
         sweep_cluster.apply_async(
-            (cluster,), queue=control_queue(cfg.fleet.id), expires=cfg.fleet.sweep_interval
+            (cluster,), queue=provider_queue(cfg.fleet.id, spec.provider), expires=cfg.fleet.sweep_interval
         )
     return len(cfg.clusters)
 
@@ -69,6 +70,12 @@ def sweep() -> int:
 @app.task(name="fleet.sweep_cluster", ignore_result=True, acks_late=True)
 def sweep_cluster(cluster: str) -> dict[str, Any]:
     return manager().sweeper.sweep_cluster(cluster)
+
+
+@app.task(name="fleet.check", ignore_result=True)
+def check(cluster: str, delay: float) -> int:
+    """A follow-up after a launch: the new handles' status (fleet.control.followup)."""
+    return manager().followups.check(cluster, float(delay))
 
 
 @app.task(name="fleet.noop")

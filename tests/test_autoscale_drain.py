@@ -12,6 +12,7 @@ from celery import Celery
 from click.testing import CliRunner
 
 from fleet.cli import main
+from fleet.store import per_handle
 from providers.memory import MemoryProvider
 from tests.conftest import FLEET_ID, REDIS_URL, converged, wait_for
 
@@ -84,7 +85,7 @@ def test_a_busy_worker_is_drained_not_killed(fleet: Any, control_plane: Any, job
              timeout=10, what="draining")
     assert long.get(timeout=30)["handle"] == handle  # the job ended on that worker
     wait_for(lambda: any(e["kind"] == "drained" for e in fleet.store.events("auto", 1000)), what="drained")
-    events = fleet.store.events("auto", 1000)
+    events = per_handle(fleet.store.events("auto", 1000))
     finished = next(e["at"] for e in events if e["kind"] == "drained" and e["handle"] == handle)
     drain = next(e["at"] for e in events if e["kind"] == "drain" and e["handle"] == handle)
     assert finished - drain >= 3.0  # it waited for the job
@@ -127,7 +128,7 @@ def test_operator_hold_drain_and_kill_per_handle(fleet: Any, control_plane: Any)
     assert out.exit_code == 0, out.output
     wait_for(converged(fleet, "single", 0), what="gone")
     assert MemoryProvider.world(FLEET_ID).live("single") == 0
-    kills = [e for e in fleet.store.events("single", 200) if e["kind"] == "kill"]
+    kills = [e for e in per_handle(fleet.store.events("single", 200)) if e["kind"] == "kill"]
     assert [e["handle"] for e in kills if e.get("by") == "operator"] == [held]  # the story names who
     # drain needs a cluster whose workers consume known queues
     out = runner.invoke(main, ["drain", "single", "nope"])

@@ -7,10 +7,13 @@ botocore's retries and parsing run for real.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
 import subprocess
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -177,7 +180,8 @@ def test_ec2_scale_0_to_250_to_0_makes_a_bounded_number_of_calls(ec2: Any) -> No
     assert len(handles) == len(set(handles)) == 250
     assert provider.list_workers(cluster) == dict.fromkeys(handles, 1)
     up = dict(calls)
-    assert provider.kill_workers(cluster, handles) == dict.fromkeys(handles, True)
+    # the terminate's answer says where each instance is: shutting down, so stopped for Fleet
+    assert provider.kill_workers(cluster, handles) == dict.fromkeys(handles, WorkerStatus.STOPPED)
     assert provider.list_workers(cluster) == {}
     print(f"\nEC2 0->250->0: launch {up}, total {dict(calls)}")
     assert calls["RunInstances"] == 3 and calls["TerminateInstances"] == 1
@@ -230,7 +234,7 @@ def test_ec2_terminate_splits_a_chunk_that_one_unknown_id_fails(ec2: Any) -> Non
     calls = Calls(provider.client(cluster))
     bogus = "i-0123456789abcdef0"
     asked = [handles[0], bogus, *handles[1:], "not-an-instance"]
-    assert provider.kill_workers(cluster, asked) == dict.fromkeys(asked, True)
+    assert provider.kill_workers(cluster, asked) == dict.fromkeys(asked, WorkerStatus.STOPPED)
     assert calls["TerminateInstances"] > 1  # the first call failed whole and was split
     assert set(provider.worker_status(cluster, handles).values()) == {WorkerStatus.STOPPED}
     assert provider.list_workers(cluster) == {}
@@ -246,6 +250,25 @@ def test_ec2_retried_launch_adopts_instead_of_launching_again(ec2: Any) -> None:
     assert sorted(second) == sorted(first)
     assert calls["RunInstances"] == 0  # moto ignores ClientToken: the launch-tag lookup did this
     assert again.list_workers(cluster) == {h: first.count(h) for h in set(first)}
+
+
+def test_ec2_first_attempt_launches_without_a_look_up_and_a_sweep_is_one_describe(ec2: Any) -> None:
+    provider, cluster = ec2(batch_size=100)
+    calls = Calls(provider.client(cluster))
+    handles = provider.run_workers(dataclasses.replace(cluster, first_attempt=True), CMD, SMALL, 200,
+                                   launch_id=launch())
+    assert dict(calls) == {"RunInstances": 2}  # a first attempt: nothing an earlier one made to look up
+    assert provider.launch_batch(cluster) == 100
+    calls.clear()
+    seen = provider.observe(cluster, handles[:5] + ["i-0123456789abcdef0"])
+    assert dict(calls) == {"DescribeInstances": 1}  # the listing and every status, together
+    assert seen.listed == dict.fromkeys(handles, 1)
+    assert set(seen.status) == {*handles, "i-0123456789abcdef0"}
+    assert seen.status["i-0123456789abcdef0"] == WorkerStatus.STOPPED
+    assert {seen.status[h] for h in handles} <= {WorkerStatus.INITIALIZING, WorkerStatus.RUNNING}
+    calls.clear()
+    assert provider.kill_workers(cluster, handles) == dict.fromkeys(handles, WorkerStatus.STOPPED)
+    assert dict(calls) == {"TerminateInstances": 1}  # its answer is the status: no describe to confirm
 
 
 def test_ec2_retry_after_a_partial_launch_makes_only_the_missing_call(ec2: Any) -> None:
@@ -411,7 +434,7 @@ def test_ecs_scale_0_to_25_to_0_uses_ceil_n_over_10_run_task_calls(ecs: Any) -> 
     assert len(handles) == len(set(handles)) == 25
     assert calls["RunTask"] == 3
     assert provider.list_workers(cluster) == dict.fromkeys(handles, 1)
-    assert provider.kill_workers(cluster, handles) == dict.fromkeys(handles, True)
+    assert provider.kill_workers(cluster, handles) == dict.fromkeys(handles, WorkerStatus.STOPPED)
     assert provider.list_workers(cluster) == {}
     print(f"\nECS 0->25->0: {dict(calls)}")
     assert calls["StopTask"] == 25 and calls["DescribeTasks"] <= 6
@@ -449,6 +472,42 @@ def test_ecs_retried_launch_adopts_instead_of_launching_again(ecs: Any) -> None:
     assert calls["RunTask"] == 0  # moto ignores clientToken: the startedBy lookup did this
 
 
+def test_ecs_first_attempt_launches_without_a_look_up(ecs: Any) -> None:
+    provider, cluster = ecs()
+    calls = Calls(provider.client(cluster))
+    handles = provider.run_workers(dataclasses.replace(cluster, first_attempt=True), CMD, SMALL, 12,
+                                   launch_id=launch())
+    assert len(handles) == 12 and dict(calls) == {"RunTask": 2}
+    assert provider.launch_batch(cluster) == 10
+
+
+def test_ecs_stop_task_calls_run_concurrently_within_stop_concurrency(ecs: Any) -> None:
+    provider, cluster = ecs(stop_concurrency=4)
+    handles = provider.run_workers(cluster, CMD, SMALL, 16, launch_id=launch())
+    client = provider.client(cluster)
+    lock, now, most = threading.Lock(), [0], [0]
+
+    def started(model: Any, **_: Any) -> None:
+        if model.name == "StopTask":
+            with lock:
+                now[0] += 1
+                most[0] = max(most[0], now[0])
+            time.sleep(0.05)  # keep it in flight long enough for the others to overlap
+
+    def ended(model: Any, **_: Any) -> None:
+        if model.name == "StopTask":
+            with lock:
+                now[0] -= 1
+
+    client.meta.events.register("before-call", started)
+    client.meta.events.register("after-call", ended)
+    calls = Calls(client)
+    assert provider.kill_workers(cluster, handles) == dict.fromkeys(handles, WorkerStatus.STOPPED)
+    assert calls["StopTask"] == 16
+    assert most[0] == 4  # concurrent, and never more than stop_concurrency at once
+    assert provider.list_workers(cluster) == {}
+
+
 def test_ecs_describe_tasks_is_chunked_by_100_and_unknown_is_stopped(ecs: Any, aws_world: AwsWorld) -> None:
     provider, cluster = ecs()
     real = provider.run_workers(cluster, CMD, SMALL, 5, launch_id=launch())
@@ -460,7 +519,7 @@ def test_ecs_describe_tasks_is_chunked_by_100_and_unknown_is_stopped(ecs: Any, a
     assert all(status[h] == WorkerStatus.STOPPED for h in [*unknown, "nope"])
     assert calls["DescribeTasks"] == 2
     calls.clear()
-    assert provider.kill_workers(cluster, unknown + real) == dict.fromkeys(unknown + real, True)
+    assert provider.kill_workers(cluster, unknown + real) == dict.fromkeys(unknown + real, WorkerStatus.STOPPED)
     assert calls["StopTask"] == 5  # unknown tasks are dead already: no StopTask for them
 
 
@@ -470,7 +529,7 @@ def test_ecs_tasks_listed_as_failures_are_stopped(ecs: Any) -> None:
     body = json.dumps({"tasks": [], "failures": [{"arn": arn, "reason": "MISSING"}]})
     inject(provider.client(cluster), "DescribeTasks", 200, body, ECS_HEADERS)
     assert provider.worker_status(cluster, [arn]) == {arn: WorkerStatus.STOPPED}
-    assert provider.kill_workers(cluster, [arn]) == {arn: True}
+    assert provider.kill_workers(cluster, [arn]) == {arn: WorkerStatus.STOPPED}
 
 
 @pytest.mark.parametrize("last,desired,expected", [

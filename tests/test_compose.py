@@ -25,7 +25,9 @@ COMPOSE = ROOT / "compose"
 COMPOSE_FILE = COMPOSE / "docker-compose.yml"
 DOCKERFILE = COMPOSE / "Dockerfile"
 
-FLEET_SERVICES = ("control-plane", "beat", "flower")
+FLEET_SERVICES = ("control-plane", "provider-workers", "beat", "flower")
+#: the worker services: (name, FLEET_ROLE, pool, node name prefix)
+WORKERS = (("control-plane", "control", "solo", "control"), ("provider-workers", "provider", "threads", "provider"))
 REQUIRED_SERVICES = ("redis", *FLEET_SERVICES)
 #: the env file given with --env-file: the source of every ${VARIABLE} of the compose file
 INTERPOLATION_ENV_FILE = "fleet.env"
@@ -196,15 +198,22 @@ def check_services(doc: Doc) -> list[str]:
 def check_commands(doc: Doc) -> list[str]:
     svcs = services(doc)
     problems = []
-    worker = words(svcs.get("control-plane", {}).get("command"))
-    if worker[:4] != ["celery", "-A", "tasks", "worker"]:
-        problems.append(f"control-plane must run `celery -A tasks worker`, runs {worker}")
-    if flag_value(worker, "--pool") != "threads":
-        problems.append("control-plane must use --pool threads (one Manager and provider per process)")
-    if not (flag_value(worker, "--hostname") or "").endswith("@%h"):
-        problems.append("control-plane --hostname must end in @%h so that every replica has its own node name")
-    if flag_value(worker, "-Q") is not None or flag_value(worker, "--queues") is not None:
-        problems.append("control-plane must not restrict its queues: the app declares every queue it consumes")
+    for name, role, pool, node in WORKERS:
+        svc = svcs.get(name, {})
+        worker = words(svc.get("command"))
+        if worker[:4] != ["celery", "-A", "tasks", "worker"]:
+            problems.append(f"{name} must run `celery -A tasks worker`, runs {worker}")
+        if flag_value(worker, "--pool") != pool:
+            problems.append(f"{name} must use --pool {pool}")
+        if environment(svc).get("FLEET_ROLE") != role:
+            problems.append(f"{name} must set FLEET_ROLE={role} (the app picks its queues from it)")
+        if flag_value(worker, "--hostname") != f"{node}@%h":
+            problems.append(f"{name} --hostname must be {node}@%h so that every replica has its own node name")
+        if flag_value(worker, "-Q") is not None or flag_value(worker, "--queues") is not None:
+            problems.append(f"{name} must not restrict its queues with -Q: FLEET_ROLE chooses them")
+    cloud = {str(e.get("path") if isinstance(e, dict) else e) for e in svcs.get("control-plane", {}).get("env_file") or []}
+    if cloud & {"aws.env", "gcp.env"}:
+        problems.append("control-plane must not get cloud credentials: it never calls a provider")
     beat_svc = svcs.get("beat", {})
     beat = words(beat_svc.get("command"))
     if beat[:4] != ["celery", "-A", "tasks", "beat"]:
@@ -281,7 +290,7 @@ def published_problems(svc: dict[str, Any]) -> list[str]:
 
 def check_healthchecks(doc: Doc) -> list[str]:
     svcs = services(doc)
-    problems = [f"{name} has no healthcheck" for name in ("redis", "control-plane", "flower", "beat")
+    problems = [f"{name} has no healthcheck" for name in ("redis", "control-plane", "provider-workers", "flower", "beat")
                 if not healthcheck_test(svcs.get(name, {}))]
     beat_test = healthcheck_test(svcs.get("beat", {}))
     schedule = flag_value(words(svcs.get("beat", {}).get("command")), "--schedule") or ""
@@ -295,9 +304,10 @@ def check_healthchecks(doc: Doc) -> list[str]:
     auth = environment(svcs.get("redis", {})).get("REDISCLI_AUTH", "")
     if not INTERPOLATED.match(auth):
         problems.append(f"redis REDISCLI_AUTH must be a ${{VARIABLE}}, is {auth!r}")
-    cp_test = healthcheck_test(svcs.get("control-plane", {}))
-    if cp_test and not ("inspect ping" in cp_test and "control@$$HOSTNAME" in cp_test):
-        problems.append("control-plane healthcheck must ping its own node (control@$$HOSTNAME)")
+    for name, _, _, node in WORKERS:
+        test = healthcheck_test(svcs.get(name, {}))
+        if test and not ("inspect ping" in test and f"{node}@$$HOSTNAME" in test):
+            problems.append(f"{name} healthcheck must ping its own node ({node}@$$HOSTNAME)")
     return problems
 
 
@@ -310,15 +320,16 @@ def check_scaling(doc: Doc) -> list[str]:
         problems.append(f"beat must have exactly one replica, has {replicas}")
     if "scale" in beat:
         problems.append("beat must not set scale")
-    cp = svcs.get("control-plane", {})
-    for key in ("container_name", "hostname"):
-        if key in cp:
-            problems.append(f"control-plane sets {key}: replicas would collide")
-    if cp.get("ports"):
-        problems.append("control-plane publishes ports: replicas would collide on the host")
-    if str(cp.get("restart", "")) not in ("always", "unless-stopped", "on-failure"):
-        problems.append("control-plane needs a restart policy")
-    for name in ("control-plane", "beat"):
+    for name, _, _, _ in WORKERS:
+        cp = svcs.get(name, {})
+        for key in ("container_name", "hostname"):
+            if key in cp:
+                problems.append(f"{name} sets {key}: replicas would collide")
+        if cp.get("ports"):
+            problems.append(f"{name} publishes ports: replicas would collide on the host")
+        if str(cp.get("restart", "")) not in ("always", "unless-stopped", "on-failure"):
+            problems.append(f"{name} needs a restart policy")
+    for name in ("control-plane", "provider-workers", "beat"):
         dep = (svcs.get(name, {}).get("depends_on") or {})
         if not isinstance(dep, dict) or (dep.get("redis") or {}).get("condition") != "service_healthy":
             problems.append(f"{name} must depend on redis being healthy")
@@ -520,10 +531,13 @@ BREAKAGES: list[tuple[str, str, Callable[[Doc], None]]] = [
     ("services", "no flower", lambda d: d["services"].pop("flower")),
     ("services", "no x-fleet", lambda d: d.pop("x-fleet")),
     ("services", "beat built elsewhere", lambda d: _svc(d, "beat").__setitem__("build", {"context": "."})),
-    ("commands", "worker without -A tasks", _set_command("control-plane", "celery worker --pool threads --hostname control@%h")),
-    ("commands", "worker with prefork", _set_command("control-plane", "celery -A tasks worker --hostname control@%h")),
-    ("commands", "worker with a fixed node name", _set_command("control-plane", "celery -A tasks worker --pool threads --hostname control")),
-    ("commands", "worker with -Q", _set_command("control-plane", "celery -A tasks worker --pool threads --hostname c@%h -Q celery")),
+    ("commands", "worker without -A tasks", _set_command("control-plane", "celery worker --pool solo --hostname control@%h")),
+    ("commands", "control-plane with threads", _set_command("control-plane", "celery -A tasks worker --pool threads --hostname control@%h")),
+    ("commands", "provider workers with prefork", _set_command("provider-workers", "celery -A tasks worker --hostname provider@%h")),
+    ("commands", "worker with a fixed node name", _set_command("control-plane", "celery -A tasks worker --pool solo --hostname control")),
+    ("commands", "worker with -Q", _set_command("provider-workers", "celery -A tasks worker --pool threads --hostname provider@%h -Q celery")),
+    ("commands", "provider workers without a role", _set_env("provider-workers", FLEET_ROLE="all")),
+    ("commands", "cloud credentials on the control plane", lambda d: _svc(d, "control-plane").__setitem__("env_file", ["aws.env"])),
     ("commands", "beat runs a worker", _set_command("beat", "celery -A tasks worker --schedule /var/lib/fleet/s")),
     ("commands", "beat schedule off the volume", _set_command("beat", "celery -A tasks beat --schedule /tmp/s")),
     ("commands", "flower without basic auth", _set_command("flower", "celery -A tasks flower --port=5555 --persistent=True --db=/var/lib/flower/flower.db")),
@@ -549,12 +563,14 @@ BREAKAGES: list[tuple[str, str, Callable[[Doc], None]]] = [
     ("healthchecks", "redis ping trusts the exit code", lambda d: _svc(d, "redis")["healthcheck"].__setitem__("test", ["CMD", "redis-cli", "ping"])),
     ("healthchecks", "redis healthcheck password on argv", lambda d: _svc(d, "redis")["healthcheck"].__setitem__("test", ["CMD-SHELL", "redis-cli -a $$P ping | grep PONG"])),
     ("healthchecks", "control-plane pings everybody", lambda d: _svc(d, "control-plane")["healthcheck"].__setitem__("test", ["CMD-SHELL", "celery -A tasks inspect ping"])),
+    ("healthchecks", "provider workers ping the control plane", lambda d: _svc(d, "provider-workers")["healthcheck"].__setitem__("test", ["CMD-SHELL", "celery -A tasks inspect ping --destination control@$$HOSTNAME"])),
     ("scaling", "two beats", lambda d: _svc(d, "beat")["deploy"].__setitem__("replicas", 2)),
     ("scaling", "beat with scale", lambda d: _svc(d, "beat").__setitem__("scale", 1)),
     ("scaling", "control-plane named", lambda d: _svc(d, "control-plane").__setitem__("container_name", "cp")),
     ("scaling", "control-plane hostname", lambda d: _svc(d, "control-plane").__setitem__("hostname", "cp")),
     ("scaling", "control-plane on a host port", lambda d: _svc(d, "control-plane").__setitem__("ports", ["8000:8000"])),
     ("scaling", "control-plane never restarts", lambda d: _svc(d, "control-plane").__setitem__("restart", "no")),
+    ("scaling", "provider workers named", lambda d: _svc(d, "provider-workers").__setitem__("container_name", "pw")),
     ("scaling", "beat starts before redis is healthy", lambda d: _svc(d, "beat").__setitem__("depends_on", ["redis"])),
     ("scaling", "flower without redis", lambda d: _svc(d, "flower").pop("depends_on")),
     ("config_and_env", "config not read-only", _config_writable),

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+from fleet.store import per_handle
 from providers.memory import MemoryProvider
 from tests.conftest import FLEET_ID, REDIS_URL, converged, wait_for, workers_by_handle
 
@@ -73,7 +74,8 @@ def test_scale_down_kills_initializing_before_running(fleet: Any, control_plane:
     scale(control_plane, "booting", 2)
     wait_for(lambda: len(fleet.store.read("booting").handles) == 2, what="2 left")
     assert sorted(fleet.store.read("booting").handles) == running
-    kinds = [(e["kind"], e.get("was")) for e in fleet.store.events("booting", 100) if e["kind"] == "kill"]
+    kinds = [(e["kind"], e.get("was")) for e in per_handle(fleet.store.events("booting", 100))
+             if e["kind"] == "kill"]
     assert kinds == [("kill", "initializing"), ("kill", "initializing")]
 
 
@@ -87,7 +89,7 @@ def test_dead_workers_are_pruned_and_replaced_by_the_sweep(fleet: Any, control_p
              what="replacement")
     after = set(fleet.store.read("shared").handles)
     assert victim not in after and len(after - before) == 1
-    assert any(e["kind"] == "stopped" and e["handle"] == victim for e in fleet.store.events("shared"))
+    assert any(e["kind"] == "stopped" and e["handle"] == victim for e in per_handle(fleet.store.events("shared")))
 
 
 def test_a_run_task_delivered_twice_launches_once(fleet: Any, control_plane: Any, r: redis.Redis) -> None:

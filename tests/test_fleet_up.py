@@ -1,4 +1,4 @@
-"""`fleet up` as a person runs it, in a process of its own: it starts Redis, a worker and a beat,
+"""`fleet up` as a person runs it, in a process of its own: it starts Redis, its workers and a beat,
 serves scale requests, brings its embedded Redis back after a SIGKILL (or exits with a clear
 error when it cannot), prints no password, refuses requests clearly while its disk is full and
 serves again when there is room, and Ctrl-C stops everything it started."""
@@ -53,7 +53,7 @@ class Up:
                               capture_output=True, text=True, timeout=timeout)
 
     def ours(self) -> list[int]:
-        """PIDs of the control-plane processes this `fleet up` started (Redis, worker, beat)."""
+        """PIDs of the control-plane processes this `fleet up` started (Redis, workers, beat)."""
         port = (self.state / "redis.port").read_text().strip() if (self.state / "redis.port").exists() else "-"
         redis_title = f"127.0.0.1:{port}".encode()  # redis-server shows its address as its title
         pids = []
@@ -125,7 +125,7 @@ def test_fleet_up_serves_keeps_its_redis_alive_and_ctrl_c_stops_what_it_started(
         scaled = up.fleet("scale", "web", "2", "--wait", "--timeout", "60")
         assert scaled.returncode == 0, scaled.stdout + scaled.stderr
         started = up.ours()
-        assert len(started) == 3  # redis-server, worker, beat
+        assert len(started) == 4  # redis-server, the control worker, the provider worker, beat
         # SIGKILL its embedded Redis: fleet up says so, starts it again with the same data
         (redis_pid,) = [pid for pid in started if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         time.sleep(1.5)  # the append-only file has the desired number (fsync every second)
@@ -226,7 +226,7 @@ def test_a_full_disk_refuses_requests_clearly_and_service_resumes_when_freed(tmp
             assert refused.returncode == 2 and "Redis refuses writes" in refused.stderr, refused.stderr
             assert "disk" in refused.stderr and "Traceback" not in refused.stderr
             time.sleep(3.0)
-            assert up.proc.poll() is None and len(up.ours()) == 3  # nothing died
+            assert up.proc.poll() is None and len(up.ours()) == 4  # nothing died
             filler.unlink()
             deadline = time.monotonic() + 60
             while (result := up.fleet("scale", "web", "2", "--wait", "--timeout", "60")).returncode != 0:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from fleet.errors import CapacityError, PermanentProviderError, QuotaExceeded, RateLimited, TransientProviderError
 from fleet.provider import Cluster, ContainerSpec, Hardware, ProviderContext, WorkerStatus
 from fleet.testing.backends.gce import FakeGCE, parse_filter
-from providers.gce import GCEProvider, instance_name, request_id
+from providers.gce import METADATA_NAME, GCEProvider, instance_name, request_id
 from tests.kits.gce import PROJECT, ZONE, gce_options
 
 CMD = ContainerSpec(command=("celery", "-A", "tasks", "worker", "--concurrency", "${FLEET_WORKERS}"),
@@ -69,11 +70,11 @@ def labels_of(cluster: Cluster, launch_id: str | None = None, **more: str) -> di
 def test_a_retried_insert_reuses_its_request_id(make: Make, fake: FakeGCE) -> None:
     provider, cluster = make()
     launch = uuid.uuid4().hex
-    fake.fail("insert", 503, processed=True)  # the instance is created, the answer is lost
+    fake.fail("bulk_insert", 503, processed=True)  # the instance is created, the answer is lost
     handles = provider.run_workers(cluster, CMD, SMALL, 1, launch_id=launch)
     assert handles == [instance_name(launch, 0)]
-    inserts = [q for kind, _, q in fake.log if kind == "insert"]
-    assert [q["requestId"] for q in inserts] == [[request_id(launch, 0, ZONE)]] * 2  # api_core retried
+    inserts = [q for kind, _, q in fake.log if kind == "bulk_insert"]
+    assert [q["requestId"] for q in inserts] == [[request_id(launch, handles, ZONE)]] * 2  # api_core retried
     assert str(uuid.UUID(inserts[0]["requestId"][0])) == inserts[0]["requestId"][0]
     assert provider.list_workers(cluster) == {handles[0]: 1}
 
@@ -81,15 +82,18 @@ def test_a_retried_insert_reuses_its_request_id(make: Make, fake: FakeGCE) -> No
 def test_the_same_launch_twice_inserts_nothing_new(make: Make, fake: FakeGCE) -> None:
     provider, cluster = make(per=2)
     launch = uuid.uuid4().hex
-    first = provider.run_workers(cluster, CMD, SMALL, 5, launch_id=launch)
-    ids = {q["requestId"][0] for kind, _, q in fake.log if kind == "insert"}
-    assert len(ids) == 3 and ids == {request_id(launch, i, ZONE) for i in range(3)}
+    first = provider.run_workers(dataclasses.replace(cluster, first_attempt=True), CMD, SMALL, 5, launch_id=launch)
+    assert fake.calls == {"bulk_insert": 2, "operation": 2}  # full and partial containers; no look-up first
+    names = [instance_name(launch, i) for i in range(3)]
+    ids = {q["requestId"][0] for kind, _, q in fake.log if kind == "bulk_insert"}
+    assert ids == {request_id(launch, names[:2], ZONE), request_id(launch, names[2:], ZONE)}
+    assert first == [names[0]] * 2 + [names[1]] * 2 + [names[2]]
     fake.reset_counters()
-    assert provider.run_workers(cluster, CMD, SMALL, 5, launch_id=launch) == first
-    assert fake.calls["insert"] == 0 and fake.calls["list"] == 1
+    assert provider.run_workers(cluster, CMD, SMALL, 5, launch_id=launch) == first  # a retry: looks first
+    assert fake.calls == {"list": 1}
     # a restarted control plane (fresh provider) finds them too
     again = GCEProvider(provider.context).run_workers(cluster, CMD, SMALL, 5, launch_id=launch)
-    assert again == first and fake.calls["insert"] == 0
+    assert again == first and fake.calls["bulk_insert"] == 0
 
 
 def test_a_name_conflict_with_our_instance_is_adopted(make: Make, fake: FakeGCE) -> None:
@@ -100,7 +104,7 @@ def test_a_name_conflict_with_our_instance_is_adopted(make: Make, fake: FakeGCE)
     fake.add_instance(PROJECT, ZONE, name, labels_of(cluster))
     before = fake.names(PROJECT, ZONE)
     assert provider.run_workers(cluster, CMD, SMALL, 2, launch_id=launch) == [name, instance_name(launch, 1)]
-    assert fake.calls["insert"] == 2 and fake.calls["get"] == 1  # one 409, checked by a get
+    assert fake.calls["bulk_insert"] == 2 and fake.calls["get"] == 2  # a 409: each name checked, the rest again
     assert fake.names(PROJECT, ZONE) - before == {instance_name(launch, 1)}
 
 
@@ -159,7 +163,8 @@ def test_status_follows_the_instance_lifecycle(make: Make, fake: FakeGCE) -> Non
 def test_labels_metadata_and_startup_script(make: Make, fake: FakeGCE, tmp_path: Path) -> None:
     provider, cluster = make(per=3)
     launch = uuid.uuid4().hex
-    handles = provider.run_workers(cluster, CMD, SMALL, 4, launch_id=launch)
+    command = ContainerSpec(command=(*CMD.command, "--hostname", "${FLEET_HANDLE}@%h"), env=CMD.env)
+    handles = provider.run_workers(cluster, command, SMALL, 4, launch_id=launch)
     name = handles[-1]  # the partial container: one worker
     body = fake.get(PROJECT, ZONE, name)
     assert body is not None
@@ -169,9 +174,9 @@ def test_labels_metadata_and_startup_script(make: Make, fake: FakeGCE, tmp_path:
     items = {i["key"]: i["value"] for i in body["metadata"]["items"]}
     assert set(items) == {"startup-script"}  # nothing else, and so no credentials
     script = items["startup-script"]
-    for needle in (f"export FLEET_ID={cluster.fleet_id}", "export FLEET_CLUSTER=gce", f"export FLEET_HANDLE={name}",
-                   "export FLEET_WORKERS=1", f"export FLEET_LAUNCH_ID={launch}", "export BROKER_HOST=10.0.0.5",
-                   "celery -A tasks worker --concurrency 1"):
+    for needle in (f"export FLEET_ID={cluster.fleet_id}", "export FLEET_CLUSTER=gce", METADATA_NAME,
+                   "export FLEET_HANDLE", "export FLEET_WORKERS=1", f"export FLEET_LAUNCH_ID={launch}",
+                   "export BROKER_HOST=10.0.0.5", "celery -A tasks worker --concurrency 1"):
         assert needle in script
     assert script.index("celery -A") < script.index("shutdown -h now")
     assert not any(w in script.lower() for w in ("token", "secret", "password", "private_key"))
@@ -182,13 +187,16 @@ def test_labels_metadata_and_startup_script(make: Make, fake: FakeGCE, tmp_path:
     bin_dir.mkdir()
     (bin_dir / "shutdown").write_text(f"#!/bin/sh\necho \"$@\" >> {out}.shutdown\n")
     (bin_dir / "celery").write_text(f"#!/bin/sh\nenv > {out}\necho \"$@\" >> {out}\nexit 3\n")
+    # the VM's name comes from the metadata server (every VM of one bulkInsert has the same script)
+    (bin_dir / "curl").write_text(f"#!/bin/sh\ncase \"$*\" in *Metadata-Flavor*{METADATA_NAME}*) echo {name};; "
+                                  "*) exit 22;; esac\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     subprocess.run(["bash", "-c", script], env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
                    check=True, timeout=30)
     env = out.read_text()
     assert f"FLEET_HANDLE={name}" in env and "FLEET_WORKERS=1" in env and f"FLEET_ID={cluster.fleet_id}" in env
-    assert "-A tasks worker --concurrency 1" in env
+    assert f"-A tasks worker --concurrency 1 --hostname {name}@%h" in env
     assert Path(f"{out}.shutdown").read_text() == "-h now\n"  # after the worker exited, even with 3
 
 
@@ -212,18 +220,19 @@ def test_delete_is_idempotent_and_touches_only_this_cluster(make: Make, fake: Fa
     (mine,) = provider.run_workers(cluster, CMD, SMALL, 1, launch_id=uuid.uuid4().hex)
     (theirs,) = other_provider.run_workers(other, CMD, SMALL, 1, launch_id=uuid.uuid4().hex)
     fake.reset_counters()
-    assert provider.kill_workers(cluster, ["fleet-unknown-0", theirs]) == {"fleet-unknown-0": True, theirs: True}
+    stopped = WorkerStatus.STOPPED  # not ours, or gone: stopped already, so Fleet need not ask
+    assert provider.kill_workers(cluster, ["fleet-unknown-0", theirs]) == {"fleet-unknown-0": stopped, theirs: stopped}
     assert theirs in fake.names(PROJECT, ZONE) and fake.calls["delete"] == 0
     fake.fail("delete", 404)  # deleted by someone else between our list and our delete
-    assert provider.kill_workers(cluster, [mine]) == {mine: True}
+    assert provider.kill_workers(cluster, [mine]) == {mine: stopped}
     fake.instances.pop((PROJECT, ZONE, mine), None)
-    assert provider.kill_workers(cluster, [mine]) == {mine: True}
+    assert provider.kill_workers(cluster, [mine]) == {mine: stopped}
 
 
 def test_operations_are_waited_on_within_the_bound(make: Make, fake: FakeGCE) -> None:
     provider, cluster = make()
     provider.run_workers(cluster, CMD, SMALL, 3, launch_id=uuid.uuid4().hex)
-    assert fake.calls["operation"] == 3  # one wait per RUNNING insert operation
+    assert fake.calls["operation"] == 1  # one bulkInsert, one wait for its operation
     waits = [path for kind, path, _ in fake.log if kind == "operation"]
     assert all(p.endswith("/wait") for p in waits)
     quick, quick_cluster = make(operation_timeout=0)
@@ -248,7 +257,7 @@ def test_machine_type_is_the_cheapest_that_fits(make: Make, fake: FakeGCE) -> No
     fake.reset_counters()
     with pytest.raises(PermanentProviderError, match="catalogue"):
         provider.run_workers(cluster, CMD, Hardware(cpu=16), 1, launch_id=uuid.uuid4().hex)
-    assert fake.calls["insert"] == 0
+    assert fake.calls["bulk_insert"] == 0
     explicit, ecluster = make(catalogue=CATALOGUE, machine_type="c3-standard-4")
     (h,) = explicit.run_workers(ecluster, CMD, Hardware(cpu=16), 1, launch_id=uuid.uuid4().hex)
     assert (fake.get(PROJECT, ZONE, h) or {})["machineType"].endswith("/machineTypes/c3-standard-4")
@@ -267,21 +276,21 @@ def http_fault(kind: str, status: int, reason: str | None = None, message: str =
 
 
 ERRORS = {
-    "429": (http_fault("insert", 429, headers={"Retry-After": "7"}), RateLimited),
-    "403-rateLimitExceeded": (http_fault("insert", 403, "rateLimitExceeded", "Rate Limit Exceeded"), RateLimited),
+    "429": (http_fault("bulk_insert", 429, headers={"Retry-After": "7"}), RateLimited),
+    "403-rateLimitExceeded": (http_fault("bulk_insert", 403, "rateLimitExceeded", "Rate Limit Exceeded"), RateLimited),
     "403-userRateLimitExceeded-on-list": (http_fault("list", 403, "userRateLimitExceeded"), RateLimited),
-    "403-quotaExceeded": (http_fault("insert", 403, "quotaExceeded", "Quota 'CPUS' exceeded. Limit: 24.0"), QuotaExceeded),
+    "403-quotaExceeded": (http_fault("bulk_insert", 403, "quotaExceeded", "Quota 'CPUS' exceeded. Limit: 24.0"), QuotaExceeded),
     "op-QUOTA_EXCEEDED": (lambda fake: fake.fail_operation("QUOTA_EXCEEDED"), QuotaExceeded),
     "op-ZONE_RESOURCE_POOL_EXHAUSTED": (lambda fake: fake.fail_operation("ZONE_RESOURCE_POOL_EXHAUSTED"), CapacityError),
     "op-ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS": (
         lambda fake: fake.fail_operation("ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"), CapacityError),
-    "403-forbidden": (http_fault("insert", 403, "forbidden", "Required 'compute.instances.create' permission"),
+    "403-forbidden": (http_fault("bulk_insert", 403, "forbidden", "Required 'compute.instances.create' permission"),
                       PermanentProviderError),
     "401": (http_fault("list", 401, "required", "Login Required"), PermanentProviderError),
-    "404-image": (http_fault("insert", 404, "notFound", "The resource 'projects/x/global/images/y' was not found"),
+    "404-image": (http_fault("bulk_insert", 404, "notFound", "The resource 'projects/x/global/images/y' was not found"),
                   PermanentProviderError),
-    "400": (http_fault("insert", 400, "invalid", "Invalid value for field 'resource.machineType'"), PermanentProviderError),
-    "503-persistent": (http_fault("insert", 503, times=1000), TransientProviderError),
+    "400": (http_fault("bulk_insert", 400, "invalid", "Invalid value for field 'resource.machineType'"), PermanentProviderError),
+    "503-persistent": (http_fault("bulk_insert", 503, times=1000), TransientProviderError),
 }
 
 
@@ -308,23 +317,24 @@ def test_injected_errors_surface_typed(case: str, make: Make, fake: FakeGCE) -> 
 
 def test_a_transient_error_is_retried_by_api_core(make: Make, fake: FakeGCE) -> None:
     provider, cluster = make()
-    fake.fail("insert", 503, times=2)
+    fake.fail("bulk_insert", 503, times=2)
     fake.fail("list", 502)
     handles = provider.run_workers(cluster, CMD, SMALL, 1, launch_id=uuid.uuid4().hex)
-    assert len(handles) == 1 and fake.calls["insert"] == 3 and fake.calls["list"] == 2
+    assert len(handles) == 1 and fake.calls["bulk_insert"] == 3 and fake.calls["list"] == 2
 
 
 def test_quota_part_way_returns_what_was_launched(make: Make, fake: FakeGCE) -> None:
-    provider, cluster = make()
-    fake.fail_operation("QUOTA_EXCEEDED", after=2, times=10)
+    provider, cluster = make(per=2)
+    fake.fail_operation("QUOTA_EXCEEDED", after=1, times=10)  # the full containers, not the partial one
     launch = uuid.uuid4().hex
-    handles = provider.run_workers(cluster, CMD, SMALL, 4, launch_id=launch)
-    assert handles == [instance_name(launch, 0), instance_name(launch, 1)]  # the shortfall comes later
+    handles = provider.run_workers(cluster, CMD, SMALL, 5, launch_id=launch)
+    full = [instance_name(launch, 0)] * 2 + [instance_name(launch, 1)] * 2
+    assert handles == full  # the shortfall comes later
     fake.clear_faults()
-    fake.fail("insert", 429)
+    fake.fail("bulk_insert", 429)
     with pytest.raises(RateLimited):  # throttled part way: raise, a retry of the launch resumes
-        provider.run_workers(cluster, CMD, SMALL, 4, launch_id=launch)
-    assert len(provider.run_workers(cluster, CMD, SMALL, 4, launch_id=launch)) == 4
+        provider.run_workers(cluster, CMD, SMALL, 5, launch_id=launch)
+    assert provider.run_workers(cluster, CMD, SMALL, 5, launch_id=launch) == [*full, instance_name(launch, 2)]
 
 
 # -- options -------------------------------------------------------------------------------
@@ -367,7 +377,8 @@ def test_import_needs_no_sdk_and_a_missing_sdk_says_what_to_install() -> None:
 def test_api_calls_of_twenty_workers(make: Make, fake: FakeGCE) -> None:
     provider, cluster = make()
     fake.ready_after_reads = 0
-    handles = provider.run_workers(cluster, CMD, SMALL, 20, launch_id=uuid.uuid4().hex)
+    handles = provider.run_workers(dataclasses.replace(cluster, first_attempt=True), CMD, SMALL, 20,
+                                   launch_id=uuid.uuid4().hex)
     run = dict(fake.calls)
     fake.reset_counters()
     assert set(provider.worker_status(cluster, handles).values()) == {WorkerStatus.RUNNING}
@@ -376,7 +387,7 @@ def test_api_calls_of_twenty_workers(make: Make, fake: FakeGCE) -> None:
     assert provider.kill_workers(cluster, handles) == dict.fromkeys(handles, True)
     kill = dict(fake.calls)
     print(f"\nGCE API calls, 20 workers: run {run}, status {status}, kill {kill}")
-    assert run == {"list": 1, "insert": 20, "operation": 20}
+    assert run == {"bulk_insert": 1, "operation": 1}
     assert status == {"list": 1}
-    assert kill == {"list": 1, "delete": 20, "operation": 20}
+    assert kill == {"list": 1, "delete": 20}  # not waited one by one: Fleet reads their effect back in one list
     assert provider.list_workers(cluster) == {}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -14,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.embedded import free_port
 from fleet.metrics import registry_for
+from fleet.testing.plane import plane
 from tests.conftest import converged, wait_for
 
 
@@ -58,40 +61,50 @@ def listening(port: int) -> set[str]:
     return found
 
 
-def test_flower_listens_on_loopback_with_basic_auth_and_shows_fleet_tasks(fleet: Any, control_plane: Any,
-                                                                           tmp_path: Any) -> None:
-    """Flower as the README runs it (no --address): loopback only, as its log says. Its REST API
-    takes basic auth (`--basic-auth`, curl -u): 401 without, the tasks by name with."""
+def test_flower_listens_on_loopback_with_basic_auth_and_shows_fleet_tasks(tmp_path: Path) -> None:
+    """Flower as the README runs it (no --address) against a control plane as `fleet up` runs it:
+    loopback only, as its log says. Its REST API takes basic auth (`--basic-auth`, curl -u): 401
+    without, the tasks by name with. Task events are off by default (`fleet.task_events`), and
+    Flower switches them on in the workers it sees."""
     import base64
     import secrets
-    import urllib.error
 
-    port = free_port()
-    password = secrets.token_hex(8)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
-    flower = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={port}",
-                               f"--basic-auth=fleet:{password}", f"--db={tmp_path / 'flower.db'}"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    auth = {"Authorization": "Basic " + base64.b64encode(f"fleet:{password}".encode()).decode()}
-    try:
-        def api(path: str, headers: dict[str, str] = auth) -> Any:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
-            try:
-                with urllib.request.urlopen(request, timeout=5) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as exc:
-                return exc.code
-            except OSError:
-                return None
+    with plane(tmp_path, """
+        [clusters.single]
+        provider = "memory"
+        max_workers = 2
+        [clusters.single.container]
+        command = ["worker"]
+        """) as p:
+        port = free_port()
+        password = secrets.token_hex(8)
+        env = {k: v for k, v in p.stack.env().items() if not k.startswith("FLOWER_")}
+        flower = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={port}",
+                                   f"--basic-auth=fleet:{password}", f"--db={tmp_path / 'flower.db'}"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        auth = {"Authorization": "Basic " + base64.b64encode(f"fleet:{password}".encode()).decode()}
+        try:
+            def api(path: str, headers: dict[str, str] = auth) -> Any:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+                try:
+                    with urllib.request.urlopen(request, timeout=5) as resp:
+                        return json.loads(resp.read())
+                except urllib.error.HTTPError as exc:
+                    return exc.code
+                except OSError:
+                    return None
 
-        wait_for(lambda: isinstance(api("/api/workers?refresh=1"), dict), timeout=30, what="flower up")
-        assert listening(port) == {"0100007F"}  # 127.0.0.1 only: not 0.0.0.0, not [::]
-        assert api("/api/tasks", headers={}) == 401
-        time.sleep(1)  # let it subscribe to the events
-        control_plane.send_task("fleet.status", args=["single"]).get(timeout=20)
-        tasks = wait_for(lambda: [t for t in (api("/api/tasks") or {}).values() if t.get("name") == "fleet.status"],
-                         timeout=30, what="fleet.status in flower")
-        assert tasks[0]["args"] == "['single']"  # readable, and nothing secret travels in arguments
-    finally:
-        flower.terminate()
-        flower.wait(timeout=20)
+            wait_for(lambda: isinstance(api("/api/workers?refresh=1"), dict), timeout=30, what="flower up")
+            assert listening(port) == {"0100007F"}  # 127.0.0.1 only: not 0.0.0.0, not [::]
+            assert api("/api/tasks", headers={}) == 401
+
+            def shown() -> list[Any]:  # until Flower has switched the workers' task events on
+                p.call("fleet.status", "single")
+                time.sleep(0.5)
+                return [t for t in (api("/api/tasks") or {}).values() if t.get("name") == "fleet.status"]
+
+            tasks = wait_for(shown, timeout=45, interval=0.5, what="fleet.status in flower")
+            assert tasks[0]["args"] == "['single']"  # readable, and nothing secret travels in arguments
+        finally:
+            flower.terminate()
+            flower.wait(timeout=20)

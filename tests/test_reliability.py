@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from fleet.cli import main
 from fleet.errors import InvalidRequest
 from fleet.provider import ContainerSpec, Hardware, ProviderContext, WorkerStatus
+from fleet.store import per_handle
 from providers.local import LocalProvider
 from providers.memory import MemoryProvider
 from tests.conftest import FLEET_ID, ROOT, converged, wait_for
@@ -65,7 +66,7 @@ def test_orphans_are_adopted_after_the_grace_and_killed_when_not_needed(fleet: A
     # until the grace passes they are not Fleet's, but they count against max_workers
     wait_for(lambda: fleet.api.status("single")["unknown"] == 3, what="seen as unknown")
     wait_for(lambda: set(provider.list_workers(ref)).isdisjoint(orphans), timeout=15, what="orphans killed")
-    events = fleet.store.events("single", 200)
+    events = per_handle(fleet.store.events("single", 200))
     assert {e["handle"] for e in events if e["kind"] == "adopted"} == orphans
     assert {e["handle"] for e in events if e["kind"] == "kill"} == orphans  # the newest go first
     wait_for(converged(fleet, "single", 2), what="back to 2")
@@ -93,9 +94,10 @@ def test_another_fleets_workers_are_never_touched(fleet: Any, control_plane: Any
 
 def test_workers_that_never_boot_are_killed_and_replaced(fleet: Any, control_plane: Any) -> None:
     scale(control_plane, "slowboot", 2)
-    wait_for(lambda: len([e for e in fleet.store.events("slowboot", 200) if e["kind"] == "boot_timeout"]) >= 4,
+    wait_for(lambda: len([e for e in per_handle(fleet.store.events("slowboot", 200))
+                          if e["kind"] == "boot_timeout"]) >= 4,
              timeout=20, what="two rounds of boot timeouts")
-    events = fleet.store.events("slowboot", 200)
+    events = per_handle(fleet.store.events("slowboot", 200))
     timed_out = [e["handle"] for e in events if e["kind"] == "boot_timeout"]
     killed = {e["handle"] for e in events if e["kind"] == "killed"}
     assert set(timed_out[:2]) <= killed  # killed, and replaced by new launches
@@ -114,7 +116,7 @@ def test_failed_kills_are_retried_until_the_worker_is_gone(fleet: Any, control_p
     wait_for(lambda: getattr(fleet.store.read("flaky").handles.get(handle), "status", None) == "stopping",
              what="stopping")
     wait_for(converged(fleet, "flaky", 0), timeout=30, what="gone after retries")
-    failures = [e for e in fleet.store.events("flaky", 200) if e["kind"] == "kill_failed"]
+    failures = [e for e in per_handle(fleet.store.events("flaky", 200)) if e["kind"] == "kill_failed"]
     assert len(failures) >= 3 and {e["handle"] for e in failures} == {handle}
     assert MemoryProvider.world(FLEET_ID).live("flaky") == 0
 
@@ -136,7 +138,7 @@ def test_a_dead_workers_remains_are_cleaned_up_though_the_first_kill_fails(fleet
     assert world.refused[dead] == 0
     wait_for(lambda: not r.hexists(f"fleet:{FLEET_ID}:flaky:cleanup", dead), what="cleanup ended")
     assert fleet.api.status("flaky")["cleanup"] == 0
-    events = fleet.store.events("flaky", 200)
+    events = per_handle(fleet.store.events("flaky", 200))
     assert [e["handle"] for e in events if e["kind"] == "stopped"] == [dead]
     (done,) = [e for e in events if e["kind"] == "cleaned_up"]
     assert done["handle"] == dead and int(done["tries"]) >= 2  # refused, refused on the first re-send, then done

@@ -8,6 +8,7 @@ reconciler, and Arvados's scheduler beside its worker pool):
 | `reconciler`    | one step towards the desired number: plan, commit, coalesce, dispatch         |
 | `launcher`      | the provider's side of a plan: run a launch, settle a cancelled one, kill     |
 | `sweeper`       | observe the cluster through its provider: statuses, adoption, timeouts, re-sends |
+| `followup`      | new handles' status asked soon after their launch, backing off to the sweep    |
 | `draining`      | the cluster's Celery workers: what they hold, drains, the autoscaler's memory  |
 | `pool`          | each provider built once, wrapped (`fleet.wrappers`), its options validated once |
 | `epoch`         | noticing that Redis lost its data under a running control plane                |

@@ -104,7 +104,7 @@ class FleetAPI:
                                       drain_until=time.time() + (spec.drain_timeout or 300.0))
         if not moved:
             raise InvalidRequest(f"cluster {cluster!r} has no running handle {shorten(h)}")
-        self.dispatcher.drain(cluster, moved)
+        self.dispatcher.drain(cluster, moved, spec.provider)
         self.request_reconcile(cluster)
         return {"cluster": cluster, "handle": h, "draining": True}
 

@@ -15,7 +15,11 @@ class Dispatcher(Protocol):
         """Kill handles: `fleet.kill` on the provider's queue."""
 
     def reconcile(self, cluster: str) -> None:
-        """Take one step towards the desired number: `fleet.reconcile`."""
+        """Take one step towards the desired number: `fleet.reconcile` on the control queue."""
 
-    def drain(self, cluster: str, handles: Sequence[str]) -> None:
-        """Tell draining handles' workers to stop consuming: `fleet.drain`."""
+    def drain(self, cluster: str, handles: Sequence[str], provider: str) -> None:
+        """Tell draining handles' workers to stop consuming: `fleet.drain` on the provider's queue."""
+
+    def check(self, cluster: str, delay: float, provider: str) -> None:
+        """`delay` seconds from now, ask the status of the cluster's initializing handles:
+        `fleet.check` on the provider's queue (see `fleet.control.followup`)."""

@@ -75,7 +75,7 @@ class CeleryWatch:
         assert spec.autoscale is not None
         raw = self.store.autoscale_memory(cluster)
         memory = autoscale.Memory(**raw) if raw else autoscale.Memory()
-        current = target(spec, st)
+        current = target(spec, st.desired)
         floor = st.desired.floor if st.desired else 0
         decision = autoscale.decide(
             load=load, current=current, floor=floor, min_workers=spec.min_workers, max_workers=spec.max_workers,

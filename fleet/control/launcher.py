@@ -9,6 +9,7 @@ Contract:
 * A launch whose outcome is unknown (a transient error: an answer lost, a timeout) stays pending
   and claimed, so it keeps counting against `max_workers`, and is retried with its launch id.
 * A killed handle stays `stopping` (counted) until the provider reports it stopped.
+* Recorded handles get a prompt follow-up check (`after_launch`, see `fleet.control.followup`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from fleet.store import Store
 
 class Launcher:
     def __init__(self, config: FleetConfig, store: Store, holds: Holds, pool: ProviderPool, dispatcher: Dispatcher,
-                 lease: float, request_reconcile: Callable[[str], bool]) -> None:
+                 lease: float, request_reconcile: Callable[[str], bool],
+                 after_launch: Callable[[str], None] = lambda cluster: None) -> None:
         self.config = config
         self.store = store
         self.holds = holds
@@ -44,6 +46,7 @@ class Launcher:
         self.dispatcher = dispatcher
         self.lease = lease
         self.request_reconcile = request_reconcile
+        self.after_launch = after_launch
 
     def _timed_out(self, cluster: str, op: str, exc: ProviderTimeout, **fields: Any) -> None:
         if not exc.held:  # the first call that hung says so; the held ones after it are quiet
@@ -53,7 +56,7 @@ class Launcher:
     def run_launch(self, cluster: str, launch_id: str) -> dict[str, Any]:
         """Carry out one pending launch, idempotently (see the module's contract)."""
         spec = self.config.spec(cluster)
-        claim, count = self.store.claim_launch(cluster, launch_id)
+        claim, count, first = self.store.claim_launch(cluster, launch_id)
         if claim not in ("claimed", "settle"):
             return {"launch_id": launch_id, "state": claim, "handles": 0}
         lease = Lease(self.store.r, self.store.of(cluster).launch(launch_id), self.lease)
@@ -62,7 +65,7 @@ class Launcher:
         if claim == "settle":
             return self._settle(cluster, spec, launch_id, count, lease)
         try:
-            ref = self.pool.cluster(cluster, excluded_types=self.holds.held_types(spec.provider))
+            ref = self.pool.cluster(cluster, excluded_types=self.holds.held_types(spec.provider), first_attempt=first)
             try:
                 handles = self.pool.of(cluster).run_workers(ref, spec.container, spec.hardware, count,
                                                             launch_id=launch_id)
@@ -82,6 +85,8 @@ class Launcher:
         unique = list(dict.fromkeys(handles))
         if previous == "cancelled" and unique:
             self.dispatcher.kill(cluster, unique, spec.provider)
+        elif unique:
+            self.after_launch(cluster)
         if len(handles) != count:
             self.store.event(cluster, EventKind.SHORT_LAUNCH, launch=launch_id, asked=count, got=len(handles))
         self.request_reconcile(cluster)
@@ -165,19 +170,19 @@ class Launcher:
                 self.store.event(cluster, EventKind.ERROR, op="kill", error=type(exc).__name__,
                                  message=str(exc)[:500])
             raise
-        results = {h: bool(raw.get(h, False)) for h in unique}
+        results = {h: raw.get(h, False) is not False for h in unique}
         self.store.record_kills(cluster, results, retry)
-        gone = 0
-        killed = [h for h, ok in results.items() if ok]
-        if killed:
+        # the kill's answer may say where each handle is now; the others are asked at once
+        seen = {h: v.value for h, v in raw.items() if h in results and isinstance(v, WorkerStatus)}
+        confirm = [h for h in unique if raw.get(h) is True]
+        if confirm:
             try:
-                status = provider.worker_status(ref, killed)
-                gone = self.store.apply_status(
-                    cluster, {h: WorkerStatus(status[h]).value for h in killed if h in status},
-                    provider.grace, retry).gone
+                status = provider.worker_status(ref, confirm)
+                seen.update({h: WorkerStatus(status[h]).value for h in confirm if h in status})
             except ProviderError:
                 pass  # the next sweep confirms
+        gone = self.store.apply_status(cluster, seen, provider.grace, retry).gone if seen else 0
         if gone:
             self.holds.worker_went_away(cluster)
         self.request_reconcile(cluster)
-        return {"killed": gone, "failed": len(unique) - len(killed)}
+        return {"killed": gone, "failed": sum(1 for ok in results.values() if not ok)}

@@ -67,11 +67,17 @@ class ProviderPool:
         """The wrapped provider of a declared cluster."""
         return self.get(self.config.spec(cluster).provider)
 
-    def cluster(self, name: str, excluded_types: frozenset[str] = frozenset()) -> Cluster[Any]:
+    def cluster(self, name: str, excluded_types: frozenset[str] = frozenset(),
+                first_attempt: bool = False) -> Cluster[Any]:
         """The provider's view of cluster `name`, with its options validated (once per process)."""
         spec = self.config.spec(name)
         with self._lock:
             if name not in self._options:
                 self._options[name] = provider_class(spec.provider).validate_options(spec.provider_options)
             options = self._options[name]
-        return Cluster(self.config.fleet.id, name, spec.workers_per_container, options, excluded_types)
+        return Cluster(self.config.fleet.id, name, spec.workers_per_container, options, excluded_types,
+                       first_attempt)
+
+    def launch_batch(self, name: str) -> int:
+        """Containers one cloud call of cluster `name`'s provider launches at most (0: no limit)."""
+        return self.of(name).launch_batch(self.cluster(name))

@@ -26,9 +26,10 @@ class Queries:
 
     def status(self, cluster: Any, st: ClusterState | None = None) -> dict[str, Any]:
         """Desired, initializing, running, stopping, draining and pending workers of a cluster
-        (from Redis), and why it cannot launch if it cannot (the `fleet.status` reply)."""
+        (from Redis: the counts, not the records, unless `st` is given), and why it cannot launch if
+        it cannot (the `fleet.status` reply)."""
         spec = self.config.spec(cluster)
-        summary_ = (st or self.store.read(cluster)).summary(cluster)
+        summary_ = st.summary(cluster) if st else self.store.summary(cluster).as_dict(cluster)
         error = self.holds.error(cluster)
         summary_.update(
             provider=spec.provider, min_workers=spec.min_workers, max_workers=spec.max_workers,

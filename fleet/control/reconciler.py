@@ -10,6 +10,8 @@ Contract:
 * Bursts coalesce: `request` sends a reconcile only if none is queued (the "queued" marker).
 * The commit is a WATCH/MULTI (`Store.commit`): a concurrent launch record or sweep makes it
   re-plan, never act twice.
+* Its cost follows the change: it plans from the counts by status and the pending launches, and
+  reads handle records only when it has to choose which to kill.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleet import planner
@@ -25,11 +28,12 @@ from fleet.control.dispatcher import Dispatcher
 from fleet.control.epoch import EpochWatch
 from fleet.holds import Holds
 from fleet.lease import Lease
-from fleet.model import ClusterState, EventKind, HandleStatus, LaunchRecord, LaunchState
-from fleet.store import Store, Writes
+from fleet.model import Desired, EventKind, HandleRecord, HandleStatus, LaunchRecord, LaunchState
+from fleet.store import PlanView, Store, Writes
 
 #: Workers per launch (and so per run task); larger launches are split so several control-plane
-#: workers and provider batches can work in parallel. Rounded down to whole containers.
+#: workers and provider batches can work in parallel. Rounded down to whole containers, and to
+#: whole provider calls (`Provider.launch_batch`) when one call launches fewer.
 LAUNCH_CHUNK = 256
 
 
@@ -44,29 +48,35 @@ class ReconcileResult:
     observed: int = 0
 
 
-def target(spec: ClusterSpec, st: ClusterState) -> int:
+def target(spec: ClusterSpec, desired: Desired | None) -> int:
     """The desired number, within the cluster's limits as the config says *now*; `min_workers`
     while nobody has asked for a number."""
-    n = st.desired.n if st.desired else spec.min_workers
+    n = desired.n if desired else spec.min_workers
     return min(max(n, spec.min_workers), spec.max_workers)
 
 
-def split(count: int, per_container: int) -> list[tuple[str, int]]:
-    """A launch of `count` workers as chunks of at most LAUNCH_CHUNK, whole containers each."""
-    chunk = max(LAUNCH_CHUNK // per_container, 1) * per_container
+def split(count: int, per_container: int, batch: int = 0) -> list[tuple[str, int]]:
+    """A launch of `count` workers as chunks of at most LAUNCH_CHUNK workers (at least one
+    container), whole containers each, and whole provider calls of `batch` containers each when
+    a chunk holds more than one call (256 workers on EC2's 100 per call: chunks of 200)."""
+    containers = max(LAUNCH_CHUNK // per_container, 1)
+    if 0 < batch < containers:
+        containers -= containers % batch
+    chunk = containers * per_container
     return [(uuid.uuid4().hex, min(chunk, count - i)) for i in range(0, count, chunk)]
 
 
-def views(st: ClusterState) -> tuple[list[planner.HandleView], list[planner.PendingView]]:
-    """The planner's inputs from a snapshot."""
-    handles = [planner.HandleView(h, r.workers, r.status, r.since, r.busy, r.hold) for h, r in st.handles.items()]
-    pending = [planner.PendingView(lid, p.count, p.state, p.at) for lid, p in st.pending.items()]
-    return handles, pending
+def handle_views(records: dict[str, HandleRecord]) -> list[planner.HandleView]:
+    return [planner.HandleView(h, r.workers, r.status, r.since, r.busy, r.hold) for h, r in records.items()]
+
+
+def pending_views(pending: dict[str, LaunchRecord]) -> list[planner.PendingView]:
+    return [planner.PendingView(lid, p.count, p.state, p.at) for lid, p in pending.items()]
 
 
 class Reconciler:
     def __init__(self, config: FleetConfig, store: Store, holds: Holds, dispatcher: Dispatcher, epoch: EpochWatch,
-                 lease: float) -> None:
+                 lease: float, launch_batch: Callable[[str], int] = lambda cluster: 0) -> None:
         self.config = config
         self.store = store
         self.holds = holds
@@ -74,6 +84,7 @@ class Reconciler:
         self.epoch = epoch
         self.lease = lease
         self.marker_ttl = math.ceil(lease)
+        self.launch_batch = launch_batch
 
     def request(self, cluster: str) -> bool:
         """Ask for a reconcile unless one is already queued: bursts coalesce into few tasks."""
@@ -106,7 +117,7 @@ class Reconciler:
             if result.killed:
                 self.dispatcher.kill(cluster, result.killed, spec.provider)
             if result.drained:
-                self.dispatcher.drain(cluster, result.drained)
+                self.dispatcher.drain(cluster, result.drained, spec.provider)
             first = first or result
             # another reconcile came while we held the lease: go again (unless someone else now does)
             if not self.store.take_again(cluster) or not lease.acquire():
@@ -115,11 +126,18 @@ class Reconciler:
     def _commit_plan(self, cluster: str, spec: ClusterSpec, may_launch: bool) -> ReconcileResult:
         unknown = self.store.unknown_workers(cluster)
 
-        def plan(st: ClusterState) -> tuple[Writes, ReconcileResult]:
-            goal = target(spec, st)
+        def plan(view: PlanView) -> tuple[Writes, ReconcileResult]:
+            goal = target(spec, view.desired)
             result = ReconcileResult(cluster, desired=goal)
-            handles, pending = views(st)
-            p = planner.plan(goal, spec.max_workers, handles, pending, unknown=unknown, may_launch=may_launch)
+            records: dict[str, HandleRecord] = {}
+
+            def live() -> list[planner.HandleView]:
+                records.update(view.live_records())
+                return handle_views(records)
+
+            totals = planner.Totals(view.counts.live, view.counts.going)
+            p = planner.plan(goal, spec.max_workers, live, pending_views(view.pending), totals=totals,
+                             unknown=unknown, may_launch=may_launch)
             result.observed = p.observed
             writes = Writes()
             if p.empty:
@@ -127,7 +145,7 @@ class Reconciler:
             now = time.time()
             cancelled = []
             for launch_id in p.cancel:
-                launch = st.pending[launch_id]
+                launch = view.pending[launch_id]
                 if launch.state is LaunchState.QUEUED:
                     writes.dropped.append(launch_id)
                 else:  # a run task has it: it may still make workers (see Store.claim_launch)
@@ -136,7 +154,7 @@ class Reconciler:
                 cancelled.append({"launch": launch_id, "workers": launch.count})
             drain, kill = [], []
             for handle in p.kill:
-                rec = st.handles[handle]
+                rec = records[handle]
                 was = rec.status
                 if spec.drain_timeout and was is HandleStatus.RUNNING:
                     # finish its work first: stop consuming, then killed by the sweep
@@ -147,8 +165,8 @@ class Reconciler:
                     rec.status, rec.since, rec.kill_at = HandleStatus.STOPPING, now, now
                     result.killed.append(handle)
                     kill.append({"handle": handle, "workers": rec.workers, "was": was})
-                writes.handles[handle] = rec
-            result.launched = split(p.launch, spec.workers_per_container)
+                writes.moves[handle] = (rec, was)
+            result.launched = split(p.launch, spec.workers_per_container, self.launch_batch(cluster))
             for launch_id, count in result.launched:
                 writes.pending[launch_id] = LaunchRecord(count, LaunchState.QUEUED, now)
             writes.events += [(EventKind.CANCELLED, cancelled), (EventKind.DRAIN, drain), (EventKind.KILL, kill),

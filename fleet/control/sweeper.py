@@ -1,13 +1,16 @@
 """The sweep: observe a cluster through its provider, then act on what was observed.
 
-Passive step (`observe`): list what the provider holds and ask the status of every handle Redis
-knows (and every one it does not), write the statuses in one script call, clean up the dead, and
+Passive step (`observe`): one look at the provider (`Provider.observe`: what it lists, and the
+status of every handle Redis knows and every one it does not), compare the answer with the status index in one pass and
+write only the statuses that differ (one script call, one event per kind), clean up the dead, and
 adopt live handles Redis does not know once they have waited `orphan_grace` (at once when the
 desired number was lost).
 
 Active step (`act`): kill handles that outlived `boot_timeout`, ask the cluster's Celery workers
 what they hold (drains, autoscaling), and re-send work that was lost: launches never claimed,
-launches whose run task went quiet, kills not confirmed, and cleanup kills that are due.
+launches whose run task went quiet, kills not confirmed, and cleanup kills that are due. It reads
+the records of the handles it may act on only (initializing, draining and stopping ones; every
+handle of a cluster with `queues`): a steady sweep of running handles reads no record at all.
 
 Contract: at most one sweep per cluster at a time (a lease); a sweep that finds another at work
 still asks for a reconcile; a provider error skips the passive step's writes, never the active
@@ -30,9 +33,9 @@ from fleet.control.pool import ProviderPool
 from fleet.errors import ProviderError, ProviderTimeout, RateLimited
 from fleet.holds import Holds
 from fleet.lease import Lease
-from fleet.model import ClusterState, EventKind, HandleStatus, LaunchState
+from fleet.model import GOING, ClusterState, EventKind, HandleStatus, LaunchState
 from fleet.provider import WorkerStatus
-from fleet.store import Store
+from fleet.store import StatusResult, Store, SweepView
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +51,34 @@ def kill_backoff(attempts: int, base: float = 10.0) -> float:
     return min(base * math.pow(2, max(attempts - 1, 0)), 300.0)
 
 
-def after_observe(st: ClusterState, observed: dict[str, str]) -> ClusterState:
-    """The snapshot read before observing, minus the handles just seen stopped (they left Redis,
-    or will), with the live statuses just seen. Stale fields are safe: every transition re-checks
+#: A provider's answer as the plain string the index compares with (WorkerStatus or its value).
+_SEEN: dict[Any, str] = {**{w: w.value for w in WorkerStatus}, **{w.value: w.value for w in WorkerStatus}}
+_STOPPED = WorkerStatus.STOPPED.value
+
+
+# differs() and after_observe() run once per handle per sweep: they compare plain strings (the
+# statuses are str enums, equal to their values) and build no enum member for an unchanged handle.
+def differs(known: HandleStatus, seen: str) -> bool:
+    """Whether a provider's answer changes what the index holds: stopped always does (the handle
+    leaves, or its kill is confirmed); a live answer for a draining or stopping handle does not
+    (Fleet moved it there itself, see lua/status.lua)."""
+    if seen == _STOPPED:
+        return True
+    return known not in GOING and known != seen
+
+
+def after_observe(index: dict[str, HandleStatus], observed: dict[str, str]) -> dict[str, HandleStatus]:
+    """The index read before observing, minus the handles just seen stopped (they left Redis, or
+    will), with the live statuses just seen. Stale entries are safe: every transition re-checks
     the status atomically."""
-    handles = {}
-    for h, r in st.handles.items():
+    out = {}
+    for h, known in index.items():
         s = observed.get(h)
-        if s == WorkerStatus.STOPPED.value:
-            continue
-        if s is not None and s != r.status.value and r.status not in (HandleStatus.STOPPING, HandleStatus.DRAINING):
-            r.status = HandleStatus(s)
-        handles[h] = r
-    return ClusterState(st.desired, handles, st.pending)
+        if s is None:
+            out[h] = known
+        elif s != _STOPPED:
+            out[h] = HandleStatus(s) if known not in GOING and known != s else known
+    return out
 
 
 class Sweeper:
@@ -89,9 +107,10 @@ class Sweeper:
             self.request_reconcile(cluster)
             return {"cluster": cluster, "skipped": True}
         try:
-            seen: tuple[ClusterState, dict[str, str]] | None = None
+            view = self.store.sweep_view(cluster)
+            index = view.index
             try:
-                report, seen = self.observe(cluster, spec)
+                report, index = self.observe(cluster, spec, view)
             except RateLimited:
                 report = {"cluster": cluster, "rate_limited": True}  # the hold is shared; try next sweep
             except ProviderTimeout as exc:
@@ -101,55 +120,95 @@ class Sweeper:
             except ProviderError as exc:
                 self.store.event(cluster, EventKind.SWEEP_FAILED, error=type(exc).__name__, message=str(exc)[:300])
                 report = {"cluster": cluster, "failed": type(exc).__name__}
-            st = after_observe(*seen) if seen else self.store.read(cluster)
-            report.update(self.act(cluster, spec, st, time.time()))
+            report.update(self.act(cluster, spec, self.acted_on(cluster, spec, view, index), time.time()))
         finally:
             lease.release()
         self.request_reconcile(cluster)
         return report
 
     # -- the passive step --------------------------------------------------------------------
-    def observe(self, cluster: str, spec: ClusterSpec) -> tuple[dict[str, Any], tuple[ClusterState, dict[str, str]]]:
-        """List, ask statuses, write them, clean up the dead, adopt what waited long enough."""
-        st = self.store.read(cluster)
+    def observe(self, cluster: str, spec: ClusterSpec,
+                view: SweepView) -> tuple[dict[str, Any], dict[str, HandleStatus]]:
+        """List, ask statuses, write the ones that changed, clean up the dead, adopt what waited
+        long enough. Returns the report and the index as just observed."""
         ref, provider = self.pool.cluster(cluster), self.pool.of(cluster)
-        listed = provider.list_workers(ref)
-        unknown = {h: int(w) for h, w in (listed or {}).items() if h not in st.handles}
-        asked = list(st.handles) + list(unknown)
-        raw: dict[str, Any] = dict(provider.worker_status(ref, asked)) if asked else {}
+        known = view.index
+        seen = provider.observe(ref, list(known))  # one call: the listing and every status
+        unknown = {h: int(w) for h, w in (seen.listed or {}).items() if h not in known}
+        asked = list(known) + list(unknown)
+        raw: dict[str, Any] = seen.status
         observed: dict[str, str] = {}
         for h in asked:
-            s = raw.get(h)
+            s = _SEEN.get(raw.get(h))
             if s is None:
                 log.warning("provider %s gave no status for %s; skipped", spec.provider, h)
                 continue
-            observed[h] = WorkerStatus(s).value
-        applied = self.store.apply_status(cluster, {h: observed[h] for h in st.handles if h in observed},
-                                          provider.grace, self.config.fleet.kill_retry)
-        if applied.dead:
-            # Dead is not necessarily gone (an exited container, a stopped VM): clean up, idempotently.
-            self.dispatcher.kill(cluster, applied.dead, spec.provider)
+            observed[h] = s
+        applied = self._apply(cluster, spec, known, observed)
         live_unknown = {h: w for h, w in unknown.items() if observed.get(h, "stopped") != "stopped"}
         now = time.time()
         first_seen = self.store.track_unknown(cluster, live_unknown, now)
-        lost_desired = st.desired is None
+        lost_desired = view.desired is None
         # a launch in flight may be what made them: wait for it (or for launch_timeout) first
         timeout = self.config.fleet.launch_timeout
         in_flight = any(p.state is LaunchState.IN_FLIGHT and now - (p.claimed or now) < timeout
-                        for p in st.pending.values())
+                        for p in view.pending.values())
         due = {h: (w, observed[h]) for h, w in live_unknown.items()
                if lost_desired or (not in_flight and now - first_seen[h] >= self.config.fleet.orphan_grace)}
-        adopted = self.store.adopt(cluster, due, set_desired=lost_desired and bool(st.handles or due)) if due else 0
-        if lost_desired and not due and st.handles:
+        adopted = self.store.adopt(cluster, due, set_desired=lost_desired and bool(known or due)) if due else 0
+        if lost_desired and not due and known:
             self.store.adopt(cluster, {}, set_desired=True)
+        return {"cluster": cluster, "handles": len(known), "pruned": applied.pruned, "changed": applied.changed,
+                "adopted": adopted, "unknown": len(live_unknown) - len(due)}, after_observe(known, observed)
+
+    def _apply(self, cluster: str, spec: ClusterSpec, known: dict[str, HandleStatus],
+               observed: dict[str, str]) -> StatusResult:
+        """Write the observed statuses that differ from the index; clean up the dead."""
+        changed = {h: s for h, s in observed.items() if h in known and differs(known[h], s)}
+        applied = self.store.apply_status(cluster, changed, self.pool.of(cluster).grace, self.config.fleet.kill_retry)
+        if applied.dead:
+            # Dead is not necessarily gone (an exited container, a stopped VM): clean up, idempotently.
+            self.dispatcher.kill(cluster, applied.dead, spec.provider)
         if applied.gone:
             self.holds.worker_went_away(cluster)
-        return {"cluster": cluster, "handles": len(st.handles), "pruned": applied.pruned, "changed": applied.changed,
-                "adopted": adopted, "unknown": len(live_unknown) - len(due)}, (st, observed)
+        return applied
+
+    def check_initializing(self, cluster: str) -> int:
+        """Part of the passive step, for a follow-up after a launch: ask the status of the
+        initializing handles only and write what changed (no listing, no adoption, no lease:
+        the status script re-checks every record, so a sweep at the same time is harmless).
+        Returns how many are still initializing. A provider error is left to the next sweep."""
+        spec = self.config.spec(cluster)
+        known: dict[str, HandleStatus] = {h: s for h, s in self.store.index(cluster).items()
+                                          if s is HandleStatus.INITIALIZING}
+        if not known:
+            return 0
+        try:
+            raw = self.pool.of(cluster).worker_status(self.pool.cluster(cluster), list(known))
+        except ProviderError as exc:
+            log.info("follow-up check of %s skipped: %s", cluster, exc)
+            return len(known)
+        observed = {h: WorkerStatus(s).value for h, s in raw.items() if h in known}
+        applied = self._apply(cluster, spec, known, observed)
+        if applied.gone:
+            self.request_reconcile(cluster)  # one died at boot: its replacement need not wait
+        return sum(1 for s in observed.values() if s == WorkerStatus.INITIALIZING.value) + len(known) - len(observed)
+
+    def acted_on(self, cluster: str, spec: ClusterSpec, view: SweepView,
+                 index: dict[str, HandleStatus]) -> ClusterState:
+        """The state the active step works on: the records of the handles it may act on (every
+        handle's for a cluster with queues, whose workers are asked what they hold)."""
+        wanted = list(index) if spec.queues else [h for h, s in index.items() if s is not HandleStatus.RUNNING]
+        records = self.store.records(cluster, wanted)
+        for h, rec in records.items():
+            if rec.status not in GOING and h in index:
+                rec.status = index[h]  # as just observed (the write may have been skipped: grace)
+        return ClusterState(view.desired, records, view.pending)
 
     # -- the active step ---------------------------------------------------------------------
     def act(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> dict[str, Any]:
-        """Boot timeouts, the Celery workers (drains, autoscaling), and lost work re-sent."""
+        """Boot timeouts, the Celery workers (drains, autoscaling), and lost work re-sent. `st`
+        holds the records `acted_on` reads."""
         self._boot_timeouts(cluster, spec, st, now)
         report = self.celery.watch(cluster, spec, st, now) if spec.queues else {}
         self._resend(cluster, spec, st, now)

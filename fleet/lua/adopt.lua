@@ -1,7 +1,8 @@
 -- Adopt handles the provider lists. KEYS[3] handles, KEYS[4] unknown, KEYS[5] desired,
--- KEYS[6] cleanup; ARGV[4] '1' to set a lost desired number, then handle, workers, status
--- triples. An adopted handle is live and tracked again, so it leaves the cleanup hash (whose
--- re-sent kills would kill it).
+-- KEYS[6] cleanup, KEYS[7] index, KEYS[8] counts; ARGV[4] '1' to set a lost desired number, then
+-- handle, workers, status triples. An adopted handle is live and tracked again, so it leaves the
+-- cleanup hash (whose re-sent kills would kill it).
+ensure_counts(KEYS[3], KEYS[7], KEYS[8])
 local adopted = 0
 for i = 5, #ARGV, 3 do
   local h = ARGV[i]
@@ -10,16 +11,15 @@ for i = 5, #ARGV, 3 do
   if redis.call('HEXISTS', KEYS[3], h) == 0 then
     local w = tonumber(ARGV[i + 1])
     redis.call('HSET', KEYS[3], h, cjson.encode({w = w, s = ARGV[i + 2], since = now, launch = 'adopted', kills = 0}))
-    emit('adopted', 'handle', h, 'workers', tostring(w), 'status', ARGV[i + 2])
+    move(KEYS[7], KEYS[8], h, w, nil, ARGV[i + 2])
+    batch('adopted', h, w, 'status', ARGV[i + 2])
     adopted = adopted + w
   end
 end
+flush()
 if ARGV[4] == '1' and redis.call('HEXISTS', KEYS[5], 'n') == 0 then
-  local live = 0
-  for _, raw in ipairs(redis.call('HVALS', KEYS[3])) do
-    local r = cjson.decode(raw)
-    if r.s == 'initializing' or r.s == 'running' then live = live + r.w end
-  end
+  local live = tonumber(redis.call('HGET', KEYS[8], 'initializing') or '0')
+    + tonumber(redis.call('HGET', KEYS[8], 'running') or '0')
   redis.call('HINCRBY', KEYS[5], 'version', 1)
   redis.call('HSET', KEYS[5], 'n', live, 'at', now)
   emit('desired', 'n', tostring(live), 'source', 'adopted')

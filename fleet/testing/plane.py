@@ -69,7 +69,9 @@ def plane(tmp: Path, clusters: str, *, fleet: str = "", prefix: str = "p", **sta
     log_path = tmp / "control-plane.log"
     # its own embedded Redis and state folder, whatever FLEET_REDIS_URL and FLEET_STATE_DIR say
     with open(log_path, "ab") as log, Stack(config, path, log=log, redis_url="", state_dir=tmp / "state",
-                                            **stack) as running:
+                                            die_with_parent=True, **stack) as running:
         p = Plane(running, redis.Redis.from_url(running.url), log_path, config)
-        p.wait_ready()
+        for role in running.roles:
+            if role != "beat" and not running.in_process:
+                p.wait_ready(role)
         yield p

@@ -4,6 +4,10 @@ It answers what `google-cloud-compute`'s REST transport sends, in the JSON the r
 
 * `POST   /compute/v1/projects/P/zones/Z/instances?requestId=R`  insert (R dedups: the same
   request id returns the same operation; a taken name with another request id is a 409)
+* `POST   /compute/v1/projects/P/zones/Z/instances/bulkInsert?requestId=R`  bulkInsert of the
+  instances named in `perInstanceProperties` from `instanceProperties` (`count` and `minCount`
+  must be their number: all or nothing); R dedups as for insert; any name taken is a 409 and
+  creates nothing; one operation for the whole request
 * `GET    /compute/v1/projects/P/zones/Z/instances/NAME`          get (404 when absent)
 * `GET    /compute/v1/projects/P/zones/Z/instances?filter=&maxResults=&pageToken=`  list, with
   a label filter (`labels.K = "V"` terms joined by AND) and `nextPageToken` pages
@@ -13,10 +17,10 @@ It answers what `google-cloud-compute`'s REST transport sends, in the JSON the r
 An operation is RUNNING until it has been read `operation_polls` times through get/wait (0: DONE
 at once); its error, if any, shows once it is DONE, as on the real API. A new instance is
 PROVISIONING for its first `ready_after_reads` reads, then RUNNING. Counters
-of calls by kind (`insert`, `get`, `list`, `delete`, `operation`) and a log of requests let tests
-count API calls. Faults: `fail(kind, status, reason)` queues canned HTTP errors for the next
+of calls by kind (`insert`, `bulk_insert`, `get`, `list`, `delete`, `operation`) and a log of
+requests let tests count API calls. Faults: `fail(kind, status, reason)` queues canned HTTP errors for the next
 requests of a kind (`processed=True`: the request takes effect, only its answer is lost);
-`fail_operation(code)` makes the next inserts' operations finish DONE with
+`fail_operation(code)` makes the next inserts' (and bulk inserts') operations finish DONE with
 that error code (e.g. QUOTA_EXCEEDED) and create nothing.
 """
 
@@ -178,6 +182,8 @@ class FakeGCE:
             try:
                 if kind == "insert":
                     return self._insert(project, zone, query, json.loads(body or b"{}"))
+                if kind == "bulk_insert":
+                    return self._bulk_insert(project, zone, query, json.loads(body or b"{}"))
                 if kind == "get":
                     inst = self.instances.get((project, zone, name or ""))
                     if inst is None:
@@ -199,6 +205,8 @@ class FakeGCE:
     def _kind(method: str, coll: str, name: str | None) -> str | None:
         if coll == "operations":
             return "operation" if name and method in ("GET", "POST") else None
+        if method == "POST" and name == "bulkInsert":
+            return "bulk_insert"
         return {("POST", False): "insert", ("GET", False): "list", ("GET", True): "get",
                 ("DELETE", True): "delete"}.get((method, bool(name)))
 
@@ -225,13 +233,45 @@ class FakeGCE:
                 "status": "RUNNING", "progress": 0}
         return op
 
-    def _insert(self, project: str, zone: str, query: dict[str, list[str]], body: dict[str, Any]) -> Answer:
-        name = body.get("name", "")
+    @staticmethod
+    def _check(name: str, labels: dict[str, str]) -> None:
         if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name):
             raise ValueError(f"Invalid value for field 'resource.name': '{name}'")
-        for key, value in (body.get("labels") or {}).items():
+        for key, value in labels.items():
             if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key) or not re.fullmatch(r"[a-z0-9_-]{0,63}", value):
                 raise ValueError(f"Invalid value for field 'resource.labels': '{key}={value}'")
+
+    def _bulk_insert(self, project: str, zone: str, query: dict[str, list[str]], body: dict[str, Any]) -> Answer:
+        names = list(body.get("perInstanceProperties") or {})
+        props = dict(body.get("instanceProperties") or {})
+        if not names or int(body.get("count") or 0) != len(names) or int(body.get("minCount") or len(names)) != len(
+                names):
+            raise ValueError("count and minCount must be the number of perInstanceProperties names")
+        if len(names) > 1000:
+            raise ValueError("Invalid value for field 'resource.count': at most 1000")
+        for name in names:
+            self._check(name, props.get("labels") or {})
+        request_id = (query.get("requestId") or [""])[0]
+        if request_id and request_id in self.request_ids:
+            return 200, self._op_view(self.operations[self.request_ids[request_id]]), {}
+        taken = [n for n in names if (project, zone, n) in self.instances]
+        if taken:
+            msg = f"The resource 'projects/{project}/zones/{zone}/instances/{taken[0]}' already exists"
+            return 409, error_body(409, msg, "alreadyExists"), {}
+        error = self.op_faults.popleft() if self.op_faults else None
+        op = self._operation(project, zone, "bulkInsert", names[0], error)
+        if error is None:
+            machine = f"zones/{zone}/machineTypes/{props.get('machineType', '')}"
+            for name in names:
+                self.instances[(project, zone, name)] = Instance(
+                    {**props, "machineType": machine, "name": name, "id": str(next(self._ids))})
+        if request_id:
+            self.request_ids[request_id] = op["name"]
+        return 200, self._op_view(self.operations[op["name"]]), {}
+
+    def _insert(self, project: str, zone: str, query: dict[str, list[str]], body: dict[str, Any]) -> Answer:
+        name = body.get("name", "")
+        self._check(name, body.get("labels") or {})
         request_id = (query.get("requestId") or [""])[0]
         if request_id and request_id in self.request_ids:
             return 200, self._op_view(self.operations[self.request_ids[request_id]]), {}
