@@ -15,6 +15,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from fleet.client import PublicTasks, masked, refused
 from fleet.config import FleetConfig, config_path, load_config
 from fleet.control.queries import Queries
 from fleet.errors import FleetError
@@ -43,13 +44,6 @@ def _queries(config: FleetConfig) -> Queries:
     return Queries(config, redis.Redis.from_url(resolve_redis_url(config)))
 
 
-def _client(url: str) -> Any:
-    """A plain Celery client, exactly what another service would use."""
-    from celery import Celery
-
-    return Celery("fleet-cli", broker=url, backend=url, set_as_current=False)
-
-
 class FleetGroup(click.Group):
     """Turns FleetError into `error: ...` and exit code 2 instead of a traceback."""
 
@@ -65,23 +59,6 @@ class FleetGroup(click.Group):
         except redis.ResponseError as exc:
             err.print(f"[red]error:[/red] {refused(exc)}", highlight=False, soft_wrap=True)
             sys.exit(2)
-
-
-def refused(exc: BaseException) -> str:
-    """What to tell a person when Redis refused a command (its disk full, its memory full, ...)."""
-    text = str(exc)[:300]
-    if "MISCONF" in text:
-        return f"Redis refuses writes: {text} (is the disk of its data folder full? it serves again once there is room)"
-    if text.startswith("OOM"):
-        return f"Redis refuses writes: {text} (its maxmemory is reached)"
-    return f"Redis refused the request: {text}"
-
-
-def masked(url: str) -> str:
-    """A Redis URL fit to print: its password, if any, replaced by ***."""
-    from kombu.utils.url import maybe_sanitize_url
-
-    return str(maybe_sanitize_url(url, mask="***"))
 
 
 @click.group(cls=FleetGroup)
@@ -149,20 +126,8 @@ def scale(cluster: str, workers: int, wait: bool, timeout: float) -> None:
 
 
 def _call(url: str, task: str, *args: Any) -> Any:
-    """Send a public task by name and wait for its reply, turning failures into FleetError."""
-    from celery.exceptions import TimeoutError as CeleryTimeout
-    from kombu.exceptions import OperationalError
-
-    try:
-        return _client(url).send_task(task, args=list(args)).get(timeout=30)
-    except CeleryTimeout:
-        raise FleetError("no control plane answered within 30 s: is `fleet up` running?") from None
-    except OperationalError as exc:
-        if "MISCONF" in str(exc) or str(exc).startswith("OOM"):
-            raise FleetError(refused(exc)) from None
-        raise FleetError(f"cannot reach the broker at {masked(url)}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - the control plane's typed error, rebuilt by Celery
-        raise FleetError(f"{type(exc).__name__}: {exc}") from None
+    """Send a public task by name and wait for its reply (a FleetError if it fails)."""
+    return PublicTasks(url).call(task, *args)
 
 
 @main.command()
@@ -194,6 +159,33 @@ def kill(cluster: str, handle: str) -> None:
     config = _config()
     _call(resolve_redis_url(config), "fleet.kill_handle", cluster, handle)
     console.print(f"{cluster}/{handle}: killed")
+
+
+@main.command("console")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on; any but loopback needs FLEET_CONSOLE_TOKEN")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="port (0: a free one)")
+@click.option("--read-only", is_flag=True, help="show everything, allow no action")
+def console_cmd(host: str, port: int, read_only: bool) -> None:
+    """Serve the web console (clusters, handles, events, actions; JSON on every route) until Ctrl-C."""
+    import os
+
+    from fleet.console.app import ConsoleSettings, create_app, is_loopback, serve
+
+    config = _config()
+    token = os.environ.get("FLEET_CONSOLE_TOKEN") or None
+    if not is_loopback(host) and not token:
+        raise FleetError(f"the console on {host} needs authentication: set FLEET_CONSOLE_TOKEN in the environment "
+                         "(never in the config file), or listen on 127.0.0.1")
+    url = resolve_redis_url(config)
+    server = serve(create_app(config, url, ConsoleSettings(token=token, read_only=read_only)), host, port)
+    auth = "token from FLEET_CONSOLE_TOKEN" if token else "no authentication (loopback only)"
+    console.print(f"console of fleet {config.fleet.id} at http://{host}:{server.effective_port}/ ({auth}"
+                  f"{', read-only' if read_only else ''}); Redis {masked(url)}", highlight=False)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        server.close()
 
 
 @main.command()

@@ -30,6 +30,7 @@ CLUSTER_KEYS: tuple[KeyInfo, ...] = (
     KeyInfo("counts", "hash", "workers and handles by status (`<status>`, `<status>:h`), and `v` once built whole"),
     KeyInfo("pending", "hash", "launch id -> its record (`fleet.model.LaunchRecord`)"),
     KeyInfo("check", "string", "set while a follow-up check of new handles is queued; expires with its delay"),
+    KeyInfo("series", "list", "samples `<time> <running> <desired>` taken by the sweep, newest first, capped"),
     KeyInfo("unknown", "hash",
             "live handles the provider lists that Redis does not know, with when each was first seen"),
     KeyInfo("cleanup", "hash", "dead handles whose remains still wait for a kill that succeeds"),
@@ -121,6 +122,10 @@ class ClusterKeys:
     @property
     def check(self) -> str:
         return self._k("check")
+
+    @property
+    def series(self) -> str:
+        return self._k("series")
 
     def launch(self, launch_id: str) -> str:
         return self._k(f"launch:{launch_id}")

@@ -40,6 +40,10 @@ from fleet.model import (
 )
 from fleet.scripts import Scripts
 
+#: The console's chart: one sample of a cluster's workers per this many seconds at most, this many kept
+SERIES_EVERY = 30.0
+SERIES_KEEP = 240
+
 EVENTS_MAXLEN = 1000
 #: handles named in one batch event; `count` says how many there were (as lua/prelude.lua)
 SAMPLE = 50
@@ -353,6 +357,22 @@ class Store:
         had taken it (it may have made workers); or ('cancelled'|'missing', 0, False)."""
         state, count, first = self._scripts["claim"](keys=[self.of(cluster).pending], args=[launch_id, time.time()])
         return state.decode(), int(count), bool(int(first))
+
+    def sample(self, cluster: str, now: float) -> bool:
+        """Add a sample of the running and desired workers to the cluster's series, unless the
+        newest is younger than SERIES_EVERY (several processes sweep). True if this call did."""
+        k = self.of(cluster)
+        return bool(self._scripts["sample"](keys=[k.series, k.counts, k.desired],
+                                            args=[now, SERIES_EVERY, SERIES_KEEP]))
+
+    def series(self, cluster: str, since: float = 0.0) -> list[tuple[float, int, int | None]]:
+        """The samples (time, running, desired or None) newer than `since`, oldest first."""
+        out = []
+        for raw in reversed(cast("list[bytes]", self.r.lrange(self.of(cluster).series, 0, -1))):
+            at, running, desired = raw.decode().split()
+            if float(at) > since:
+                out.append((float(at), int(running), None if desired == "-" else int(desired)))
+        return out
 
     def drop_launch(self, cluster: str, launch_id: str) -> None:
         """Forget a pending launch (it failed for good)."""

@@ -237,8 +237,15 @@ def check_commands(doc: Doc) -> list[str]:
     if flag_value(flower, "--port") != "5555" or not any(str(p).endswith(":5555") or str(p) == "5555"
                                                           for p in flower_svc.get("ports") or []):
         problems.append("flower must listen on and publish port 5555")
-    for name in ("flower", "metrics"):
+    for name in ("flower", "metrics", "console"):
         problems += [f"{name}: {problem}" for problem in published_problems(svcs.get(name, {}))]
+    if "console" in svcs:
+        console = words(svcs["console"].get("command"))
+        if console[:2] != ["fleet", "console"]:
+            problems.append("console must run `fleet console`")
+        token = str(environment(svcs["console"]).get("FLEET_CONSOLE_TOKEN", ""))
+        if flag_value(console, "--host") not in (None, "127.0.0.1") and not INTERPOLATED.match(token):
+            problems.append("console listens beyond loopback, so FLEET_CONSOLE_TOKEN must be a required ${VARIABLE}")
     if "metrics" in svcs:
         metrics = words(svcs["metrics"].get("command"))
         if metrics[:2] != ["fleet", "metrics"]:
@@ -548,6 +555,9 @@ BREAKAGES: list[tuple[str, str, Callable[[Doc], None]]] = [
     ("commands", "metrics on every address", lambda d: _svc(d, "metrics").__setitem__("ports", ["${METRICS_BIND:-0.0.0.0}:9100:9100"])),
     ("commands", "metrics on loopback only", _set_command("metrics", "fleet metrics --port 9100")),
     ("commands", "metrics runs something else", _set_command("metrics", "python -m http.server 9100")),
+    ("commands", "console on every address", lambda d: _svc(d, "console").__setitem__("ports", ["8080:8080"])),
+    ("commands", "console without its token", _set_env("console", FLEET_CONSOLE_TOKEN="")),
+    ("commands", "console runs something else", _set_command("console", "python -m http.server 8080")),
     ("commands", "flower port not published", lambda d: _svc(d, "flower").__setitem__("ports", [])),
     ("redis", "redis without a password", _redis_args({"--requirepass": "--port"})),
     ("redis", "redis with an evicting policy", _redis_args({"noeviction": "allkeys-lru"})),

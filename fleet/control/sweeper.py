@@ -35,7 +35,7 @@ from fleet.holds import Holds
 from fleet.lease import Lease
 from fleet.model import GOING, ClusterState, EventKind, HandleStatus, LaunchState
 from fleet.provider import WorkerStatus
-from fleet.store import StatusResult, Store, SweepView
+from fleet.store import SERIES_EVERY, StatusResult, Store, SweepView
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class Sweeper:
         self.celery = celery
         self.lease = lease
         self.request_reconcile = request_reconcile
+        self._sampled: dict[str, float] = {}  # cluster -> when this process last sampled its workers
 
     def sweep_cluster(self, cluster: str) -> dict[str, Any]:
         """Observe the cluster once, act on it, and ask for a reconcile."""
@@ -107,6 +108,10 @@ class Sweeper:
             self.request_reconcile(cluster)
             return {"cluster": cluster, "skipped": True}
         try:
+            now = time.time()
+            if now - self._sampled.get(cluster, 0.0) >= SERIES_EVERY:  # one round trip per 30 s
+                self._sampled[cluster] = now
+                self.store.sample(cluster, now)
             view = self.store.sweep_view(cluster)
             index = view.index
             try:
