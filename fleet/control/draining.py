@@ -55,7 +55,12 @@ class CeleryWatch:
         except Exception as exc:  # noqa: BLE001 - the workers' broker may be down: skip, never crash the sweep
             log.warning("cannot probe the workers of %s: %s", cluster, exc)
             return {"probe_failed": type(exc).__name__}
-        self.store.set_busy(cluster, {h: activity.of(h) for h in st.handles})
+        # A live worker that did not answer in time (busy, or its broker slow) keeps what it held
+        # at the last sweep that heard from it: counted as idle, one late answer would make the
+        # autoscaler scale down and then up again. A worker never heard from holds 0.
+        held = {h: activity.of(h) if h in activity.hostnames or r.status not in LIVE else r.busy
+                for h, r in st.handles.items()}
+        self.store.set_busy(cluster, held)
         draining = [(h, r) for h, r in st.handles.items() if r.status is HandleStatus.DRAINING]
         idle = [h for h, _ in draining if activity.of(h) == 0]
         late = [h for h, r in draining if activity.of(h) and now >= float(r.drain_until or 0)]
@@ -65,7 +70,7 @@ class CeleryWatch:
         if done:
             self.dispatcher.kill(cluster, done, spec.provider)
         # what draining workers still hold needs no capacity: they finish it and go
-        busy = sum(activity.of(h) for h, r in st.handles.items() if r.status in LIVE)
+        busy = sum(held[h] for h, r in st.handles.items() if r.status in LIVE)
         report: dict[str, Any] = {"busy": busy, "drained": len(done)}
         if spec.autoscale:
             report.update(self._autoscale(cluster, spec, st, waiting + busy, now))
