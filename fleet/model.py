@@ -280,6 +280,10 @@ class Summary:
                 and c.of(HandleStatus.STOPPING) == 0 and c.of(HandleStatus.DRAINING) == 0
                 and c.of(HandleStatus.RUNNING) == self.desired.n)
 
+    def converged_at(self, n: int) -> bool:
+        """Converged, with `n` desired (and so `n` running)."""
+        return self.converged and self.desired is not None and self.desired.n == n
+
 
 @dataclass(frozen=True)
 class ClusterState:

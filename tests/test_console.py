@@ -89,8 +89,7 @@ def wait_running(cp: Plane, cluster: str, n: int, timeout: float = 30.0) -> None
     store = Store(cp.r, cp.fleet_id)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        s = store.summary(cluster)
-        if s.converged and s.desired and s.desired.n == n:
+        if store.summary(cluster).converged_at(n):
             return
         time.sleep(0.1)
     raise AssertionError(f"{cluster} did not reach {n} running: {store.summary(cluster)}")

@@ -58,8 +58,9 @@ HOLD = {"1": True, "true": True, "0": False, "false": False}
 
 #: the chart on the overview covers this many seconds
 CHART_SECONDS = 3600.0
-#: events shown on a cluster page
+#: events shown on a cluster page, and searched for the autoscaler's last decision
 EVENTS_SHOWN = 100
+DECISIONS_SEARCHED = 1000
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -199,13 +200,15 @@ def create_app(config: FleetConfig, url: str, settings: ConsoleSettings = Consol
         if wants_json():
             return jsonify(queries.with_handles(cluster, st, status))
         kind = request.args.get("kind", "")
-        events = [e for e in reversed(queries.events(cluster, EVENTS_SHOWN)) if not kind or e.get("kind") == kind]
-        decision = next((e for e in reversed(queries.events(cluster, 1000))
+        recent = queries.events(cluster, DECISIONS_SEARCHED)[::-1]  # newest first, read once
+        shown = recent[:EVENTS_SHOWN]
+        events = [e for e in shown if not kind or e.get("kind") == kind]
+        decision = next((e for e in recent
                          if e.get("kind") == "desired" and str(e.get("source", "")).startswith("autoscale")), None)
         handles = sorted(st.handles.items(), key=lambda hr: hr[1].since, reverse=True)
         template = "cluster_live.html" if request.args.get("partial") else "cluster.html"
         return render_template(template, c=cluster, spec=spec, s=status, handles=handles, events=events, kind=kind,
-                               kinds=sorted({e.get("kind", "") for e in queries.events(cluster, EVENTS_SHOWN)}),
+                               kinds=sorted({e.get("kind", "") for e in shown}),
                                decision=decision, reasons=reasons(status), env_names=sorted(spec.container.env))
 
     @app.get("/clusters/<cluster>/events")

@@ -77,7 +77,7 @@ def after_observe(index: dict[str, HandleStatus], observed: dict[str, str]) -> d
         if s is None:
             out[h] = known
         elif s != _STOPPED:
-            out[h] = HandleStatus(s) if known not in GOING and known != s else known
+            out[h] = HandleStatus(s) if differs(known, s) else known
     return out
 
 

@@ -53,7 +53,7 @@ import redis
 
 from fleet.embedded import EmbeddedRedis, die_with_parent
 from fleet.keys import Keyspace
-from fleet.model import Counts, HandleStatus
+from fleet.store import Store
 from fleet.testing.counting import counting_client
 from fleet.testing.plane import Plane, plane
 from fleet.wrappers import ProviderWrapper
@@ -148,6 +148,7 @@ class ControlPlane:
         self.p = running
         self.fleet_id = running.fleet_id
         self.r = running.r
+        self.store = Store(running.r, running.fleet_id)
         self.client = running.client()
         self.sweep_interval = sweep_interval
         self.concurrency = concurrency
@@ -161,16 +162,8 @@ class ControlPlane:
 
     def converged(self, cluster: str, n: int, polls: Counter[str]) -> bool:
         """running == desired == n, nothing pending or on its way: from the counts, not the records."""
-        k = self.p.keys.cluster(cluster)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hget(k.desired, "n")
-        pipe.hlen(k.pending)
-        pipe.hgetall(k.counts)
-        desired, pending, raw = pipe.execute()
-        polls.update(hget=1, hlen=1, hgetall=1)
-        counts = Counts.decode(raw)
-        return (desired is not None and int(desired) == n and not pending and counts.of("running") == n
-                and sum(counts.handles.values()) == (counts.handles.get(HandleStatus.RUNNING, 0)))
+        polls.update(hgetall=3)  # the summary's reads (counts, desired, pending): not the section's
+        return self.store.summary(cluster).converged_at(n)
 
     def wait(self, cluster: str, n: int, polls: Counter[str], timeout: float, every: float = 0.01) -> bool:
         deadline = time.monotonic() + timeout

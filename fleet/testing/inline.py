@@ -60,8 +60,7 @@ def drive(manager: Any, dispatcher: InlineDispatcher, cluster: str, n: int, time
     sweeps = 0
     while True:
         dispatcher.work()
-        s = manager.store.summary(cluster)
-        if s.converged and s.desired and s.desired.n == n:
+        if manager.store.summary(cluster).converged_at(n):
             return {"seconds": round(time.perf_counter() - started, 2), "sweeps": sweeps, "converged": True}
         if time.perf_counter() - started > timeout:
             return {"seconds": round(time.perf_counter() - started, 2), "sweeps": sweeps, "converged": False}
