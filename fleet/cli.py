@@ -225,15 +225,26 @@ def _table(state: ClusterState, s: dict[str, Any]) -> Table:
     flags += [f"[yellow]recovering for {s['recovering']:.0f}s[/yellow]"] if s["recovering"] else []
     flags += [f"{s['unknown']} unknown workers being checked"] if s["unknown"] else []
     flags += [f"{s['cleanup']} dead handles' remains still to kill"] if s["cleanup"] else []
+    flags += [f"{s['interrupted']} interrupted workers being replaced"] if s.get("interrupted") else []
+    for pool in s.get("pools", []):
+        why = f" [yellow]skipped: {pool['skipped']}[/yellow]" if pool["skipped"] else ""
+        cap = f" of {pool['max_workers']}" if pool["max_workers"] is not None else ""
+        flags.append(f"pool {pool['pool']} ({pool['provider']}): running {pool['running']}{cap}, initializing "
+                     f"{pool['initializing']}, draining {pool['draining']}, stopping {pool['stopping']}, "
+                     f"pending {pool['pending']}{why}")
     desired = s["desired"] if s["desired"] is not None else "-"
     title = (f"{s['cluster']} ({s['provider']}): desired {desired}, initializing {s['initializing']}, running "
              f"{s['running']}, draining {s['draining']}, stopping {s['stopping']}, pending {s['pending']}")
     table = Table(title=title + "".join(f"\n  {f}" for f in flags), title_justify="left")
-    for col in ("handle", "workers", "status", "for", "launch"):
+    pooled = bool(s.get("pools"))
+    for col in ("handle", "workers", "status", "for", "launch") + (("pool",) if pooled else ()):
         table.add_column(col)
     now = time.time()
+    first = s["pools"][0]["pool"] if pooled else ""
     for handle, rec in sorted(state.handles.items(), key=lambda kv: kv[1].since):
-        table.add_row(handle, str(rec.workers), rec.status.value, f"{now - rec.since:.0f}s", rec.launch[:12])
+        status = rec.status.value + (f" ({rec.interrupted})" if rec.interrupted else "")
+        row = [handle, str(rec.workers), status, f"{now - rec.since:.0f}s", rec.launch[:12]]
+        table.add_row(*row, *((rec.pool or first,) if pooled else ()))
     return table
 
 
@@ -300,7 +311,7 @@ def clusters() -> None:
     for col in ("cluster", "provider", "workers/container", "min", "max", "boot timeout", "command"):
         table.add_column(col)
     for name, spec in config.clusters.items():
-        table.add_row(name, spec.provider, str(spec.workers_per_container), str(spec.min_workers),
+        table.add_row(name, ",".join(spec.providers), str(spec.workers_per_container), str(spec.min_workers),
                       str(spec.max_workers), f"{spec.boot_timeout:g}s", " ".join(spec.container.command))
     console.print(table)
 

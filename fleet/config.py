@@ -69,10 +69,41 @@ class AutoscaleSpec(BaseModel):
     agreeing_sweeps: int = Field(default=3, ge=1, le=1000)
 
 
+class PoolSpec(BaseModel):
+    """One place a cluster's workers may be launched: a provider with its options (a market:
+    spot or on-demand), and optionally its own cap. See docs/pools.md."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    provider: str = Field(min_length=1)
+    provider_options: dict[str, Any] = Field(default_factory=dict)
+    #: this pool's own cap (workers in it, pending launches included); none: the cluster's
+    max_workers: int | None = Field(default=None, ge=0, le=1_000_000)
+    #: pools of the same priority share launches in proportion to their weights
+    weight: int = Field(default=1, ge=1, le=1000)
+    #: lower is preferred; default: the pool's position in the list
+    priority: int | None = Field(default=None, ge=0, le=1000)
+
+
+#: The name of the one pool of a cluster that declares `provider` instead of `pools`.
+DEFAULT_POOL = ""
+
+
+class RebalanceSpec(BaseModel):
+    """Opt-in: move workers from worse pools back to a better one once it can launch again."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: replacements in flight at most (launched in the better pool, not yet retired from the worse)
+    max_in_flight: int = Field(default=1, ge=1, le=10_000)
+
+
 class ClusterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    provider: str = Field(min_length=1)
+    #: the cluster's one provider; or `pools` instead
+    provider: str | None = Field(default=None, min_length=1)
     workers_per_container: int = Field(default=1, ge=1, le=1024)
     min_workers: int = Field(default=0, ge=0)
     max_workers: int = Field(default=16, ge=0, le=1_000_000)
@@ -88,6 +119,47 @@ class ClusterSpec(BaseModel):
     #: before it is killed; 0 kills at once. Needs `queues` and workers named `${FLEET_HANDLE}@...`
     drain_timeout: float = Field(default=0.0, ge=0, le=86400)
     autoscale: AutoscaleSpec | None = None
+    #: an ordered list of pools (instead of `provider` and `provider_options`): see docs/pools.md
+    pools: tuple[PoolSpec, ...] = Field(default=(), max_length=16)
+    rebalance: RebalanceSpec | None = None
+
+    @property
+    def pool_list(self) -> tuple[PoolSpec, ...]:
+        """The pools in order of preference (priority, then position); a cluster that declares
+        `provider` has one, named DEFAULT_POOL ("")."""
+        if not self.pools:
+            assert self.provider is not None
+            return (PoolSpec.model_construct(name=DEFAULT_POOL, provider=self.provider,
+                                             provider_options=self.provider_options, max_workers=None, weight=1,
+                                             priority=0),)
+        return tuple(sorted(self.pools, key=lambda p: self.rank(p.name)))  # stable: ties keep their order
+
+    def pool(self, name: str) -> PoolSpec:
+        """Pool `name` of this cluster (a handle recorded under a pool since removed from the
+        config is served by the first pool of the same name's provider: see `pool_or_first`)."""
+        for p in self.pool_list:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def pool_or_first(self, name: str) -> PoolSpec:
+        """Pool `name`, or the first pool when the config no longer has it."""
+        try:
+            return self.pool(name)
+        except KeyError:
+            return self.pool_list[0]
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """Every provider the cluster's pools use, each once."""
+        return tuple(dict.fromkeys(p.provider for p in self.pool_list))
+
+    def rank(self, pool: str) -> int:
+        """The priority of `pool` (lower is better); an unknown pool ranks last."""
+        for i, p in enumerate(self.pools):
+            if p.name == pool:
+                return p.priority if p.priority is not None else i
+        return 0 if not self.pools and pool == DEFAULT_POOL else 1 << 30
 
     @property
     def fingerprint(self) -> str:
@@ -100,6 +172,16 @@ class ClusterSpec(BaseModel):
             raise ValueError(f"max_workers ({self.max_workers}) is below min_workers ({self.min_workers})")
         if (self.autoscale or self.drain_timeout) and not self.queues:
             raise ValueError("autoscale and drain_timeout need `queues`: the Celery queues the workers consume")
+        if self.pools and (self.provider or self.provider_options):
+            raise ValueError("give either `provider` (with `provider_options`) or `pools`, not both")
+        if not self.pools and not self.provider:
+            raise ValueError("a cluster needs a `provider` or a list of `pools`")
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            twice = sorted(n for n in set(names) if names.count(n) > 1)
+            raise ValueError(f"pool names must differ: {', '.join(twice)}")
+        if self.rebalance and len(self.pools) < 2:
+            raise ValueError("rebalance needs two pools or more")
         return self
 
 
@@ -173,16 +255,17 @@ def parse_config(data: dict[str, Any], source: str = "<memory>") -> FleetConfig:
     from fleet.registry import provider_class
 
     for name, spec in config.clusters.items():
-        where = f"{source}: clusters.{name}"
-        try:
-            cls = provider_class(spec.provider)
-        except FleetError as exc:
-            raise ConfigError(f"{where}.provider: {exc}") from None
-        try:
-            cls.validate_options(spec.provider_options)
-        except ValidationError as exc:
-            problems = "; ".join(f"{where}.provider_options.{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(problems) from None
+        for i, pool in enumerate(spec.pools or spec.pool_list):
+            where = f"{source}: clusters.{name}" + (f".pools.{i}" if spec.pools else "")
+            try:
+                cls = provider_class(pool.provider)
+            except FleetError as exc:
+                raise ConfigError(f"{where}.provider: {exc}") from None
+            try:
+                cls.validate_options(pool.provider_options)
+            except ValidationError as exc:
+                problems = "; ".join(f"{where}.provider_options.{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
+                raise ConfigError(problems) from None
     return config
 
 

@@ -12,6 +12,11 @@ instrumentation and by the transport, and read by `fleet.metrics` at scrape time
 | `op_sum|{provider}|{op}`, `op_count|{provider}|{op}` | seconds and number of operations            |
 | `op_errors|{provider}|{op}|{error}`    | failed operations by exception class name                 |
 | `dead_letters|{reason}`                | poison messages set aside (`fleet.deadletters`)           |
+| `pool_launches|{cluster}|{pool}`       | workers launched in a pool (recorded by `lua/record.lua`)  |
+| `fallbacks|{cluster}|{pool}|{cause}`   | workers launched elsewhere because the pool was skipped    |
+| `interruptions|{cluster}|{pool}|{cause}` | workers the cloud reclaims (`lua/interrupt.lua`)        |
+| `replaced|{cluster}|{le}`, `replaced_sum|{cluster}` | seconds from an interruption notice to a  |
+|                                        | replacement running (READY_BUCKETS, NOT cumulative)       |
 """
 
 from __future__ import annotations
@@ -45,6 +50,13 @@ def bucket_for(seconds: float, buckets: Sequence[str]) -> str:
 
 def event_field(cluster: str, kind: str) -> str:
     return f"events|{cluster}|{kind}"
+
+
+def fallback_field(cluster: str, pool: str, why: str) -> str:
+    """The counter of launches that went past `pool`, by the cause of the skip ("no capacity",
+    "error: ..." -> no_capacity, error)."""
+    cause = why.split(":", 1)[0].strip().replace(" ", "_") or "unknown"
+    return f"fallbacks|{cluster}|{pool}|{cause}"
 
 
 def dead_letter_field(reason: str) -> str:

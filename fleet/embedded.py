@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from fleet.errors import FleetError, NoRedis
 
@@ -123,7 +125,9 @@ class EmbeddedRedis:
         url_file(self.state_dir).unlink(missing_ok=True)
         if self.proc and self.proc.poll() is None:
             try:
-                redis.Redis(port=self.port, socket_connect_timeout=1).shutdown(save=self.persist)
+                # no retry: SHUTDOWN closes the connection, and a retry would only wait on a dead server
+                redis.Redis(port=self.port, socket_connect_timeout=1,
+                            retry=Retry(NoBackoff(), 0)).shutdown(save=self.persist)
             except redis.RedisError:
                 pass  # shutdown closes the connection: an error here is expected
             try:

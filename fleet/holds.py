@@ -10,12 +10,17 @@ holds that stop launches or calls for a while, and why.
 | cluster `no_capacity`            | no capacity for any type the cluster may use: no launches        |
 | cluster `error`                  | a permanent error (JSON: message, config fingerprint, at)        |
 | cluster `unresponsive`           | a provider call timed out: the cluster's calls fail at once      |
+
+A cluster that declares pools has the four cluster holds per pool (`pool:<pool>:...`): one pool
+out of capacity, at quota or in error sends its launches to the next pool. The instance types
+held for capacity are per provider and pool (spot capacity says nothing of on-demand capacity).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -53,17 +58,24 @@ class Holds:
         """Seconds left of a rate-limit hold on `provider` (0: none)."""
         return _left(self.r.get(self.keys.provider_hold(provider)))
 
-    def call_holds(self, provider: str, cluster: str) -> tuple[float, float]:
-        """(seconds left of a rate-limit hold on `provider`, of an unresponsive hold on `cluster`),
-        in one round trip: what every provider call checks first."""
-        held, unresponsive = self.r.mget(self.keys.provider_hold(provider), self.keys.cluster(cluster).unresponsive)
+    def call_holds(self, provider: str, cluster: str, pool: str = "") -> tuple[float, float]:
+        """(seconds left of a rate-limit hold on `provider`, of an unresponsive hold on `cluster`'s
+        `pool`), in one round trip: what every provider call checks first."""
+        held, unresponsive = self.r.mget(self.keys.provider_hold(provider),
+                                         self.keys.cluster(cluster).pool(pool).unresponsive)
         return _left(held), _left(unresponsive)
 
-    def hold_type(self, provider: str, instance_type: str, seconds: float) -> None:
-        self.r.zadd(self.keys.provider_capacity(provider), {instance_type: time.time() + seconds})
+    @staticmethod
+    def capacity_scope(provider: str, pool: str = "") -> str:
+        """Whose instance types a capacity hold is about: the provider, and the pool if any."""
+        return f"{provider}/{pool}" if pool else provider
 
-    def held_types(self, provider: str) -> frozenset[str]:
-        key = self.keys.provider_capacity(provider)
+    def hold_type(self, provider: str, instance_type: str, seconds: float, pool: str = "") -> None:
+        self.r.zadd(self.keys.provider_capacity(self.capacity_scope(provider, pool)),
+                    {instance_type: time.time() + seconds})
+
+    def held_types(self, provider: str, pool: str = "") -> frozenset[str]:
+        key = self.keys.provider_capacity(self.capacity_scope(provider, pool))
         now = time.time()
         with self.r.pipeline() as pipe:
             pipe.zremrangebyscore(key, "-inf", now)
@@ -79,58 +91,67 @@ class Holds:
         return _left(self.r.get(self.keys.recovering))
 
     # -- per cluster -----------------------------------------------------------------------
-    def set_at_quota(self, cluster: str, seconds: float) -> None:
-        self._set(self.keys.cluster(cluster).at_quota, seconds)
+    def _of(self, cluster: str, pool: str) -> Any:
+        return self.keys.cluster(cluster).pool(pool)
 
-    def at_quota(self, cluster: str) -> float:
+    def set_at_quota(self, cluster: str, seconds: float, pool: str = "") -> None:
+        self._set(self._of(cluster, pool).at_quota, seconds)
+
+    def at_quota(self, cluster: str, pool: str = "") -> float:
         """Seconds left at quota (0: not at quota)."""
-        return _left(self.r.get(self.keys.cluster(cluster).at_quota))
+        return _left(self.r.get(self._of(cluster, pool).at_quota))
 
-    def set_no_capacity(self, cluster: str, seconds: float) -> None:
-        """No launch for the cluster for a while: the cloud has no capacity for anything it may use."""
-        self._set(self.keys.cluster(cluster).no_capacity, seconds)
+    def set_no_capacity(self, cluster: str, seconds: float, pool: str = "") -> None:
+        """No launch for the cluster (or pool) for a while: no capacity for anything it may use."""
+        self._set(self._of(cluster, pool).no_capacity, seconds)
 
-    def no_capacity(self, cluster: str) -> float:
-        return _left(self.r.get(self.keys.cluster(cluster).no_capacity))
+    def no_capacity(self, cluster: str, pool: str = "") -> float:
+        return _left(self.r.get(self._of(cluster, pool).no_capacity))
 
-    def hold_unresponsive(self, cluster: str, seconds: float) -> None:
-        """A provider call of the cluster timed out: fail its next calls at once for `seconds`."""
-        self._set(self.keys.cluster(cluster).unresponsive, seconds)
+    def hold_unresponsive(self, cluster: str, seconds: float, pool: str = "") -> None:
+        """A provider call of the cluster (pool) timed out: fail its next calls at once for `seconds`."""
+        self._set(self._of(cluster, pool).unresponsive, seconds)
 
-    def unresponsive(self, cluster: str) -> float:
+    def unresponsive(self, cluster: str, pool: str = "") -> float:
         """Seconds left of the hold after a provider call of the cluster timed out (0: none)."""
-        return _left(self.r.get(self.keys.cluster(cluster).unresponsive))
+        return _left(self.r.get(self._of(cluster, pool).unresponsive))
 
-    def worker_went_away(self, cluster: str) -> None:
+    def worker_went_away(self, cluster: str, pools: Iterable[str] = ("",)) -> None:
         """A worker left: the quota may have room again."""
-        self.r.delete(self.keys.cluster(cluster).at_quota)
+        self.r.delete(*(self._of(cluster, p).at_quota for p in pools))
 
-    def set_error(self, cluster: str, message: str, fingerprint: str) -> None:
+    def set_error(self, cluster: str, message: str, fingerprint: str, pool: str = "") -> None:
         record = {"message": message[:1000], "fingerprint": fingerprint, "at": time.time()}
-        self.r.set(self.keys.cluster(cluster).error, json.dumps(record))
+        self.r.set(self._of(cluster, pool).error, json.dumps(record))
 
-    def error(self, cluster: str) -> dict[str, Any] | None:
-        raw = self.r.get(self.keys.cluster(cluster).error)
+    def error(self, cluster: str, pool: str = "") -> dict[str, Any] | None:
+        raw = self.r.get(self._of(cluster, pool).error)
         return dict(json.loads(raw)) if raw else None
 
-    def clear(self, cluster: str) -> bool:
-        """An operator's reset: forget the cluster's permanent error, quota and capacity state, and
-        end a fleet-wide recovery hold (the operator vouches that no lost launch is in flight)."""
-        k = self.keys.cluster(cluster)
-        return bool(self.r.delete(k.error, k.at_quota, k.no_capacity, self.keys.recovering))
+    def clear(self, cluster: str, pools: Iterable[str] = ("",)) -> bool:
+        """An operator's reset: forget the cluster's (and its pools') permanent error, quota and
+        capacity state, and end a fleet-wide recovery hold (the operator vouches that no lost
+        launch is in flight)."""
+        keys = [self.keys.recovering]
+        for p in dict.fromkeys(("", *pools)):
+            k = self._of(cluster, p)
+            keys += [k.error, k.at_quota, k.no_capacity]
+        return bool(self.r.delete(*keys))
 
-    def blocked(self, cluster: str, fingerprint: str) -> str | None:
-        """Why the cluster may not launch now, or None. A permanent error recorded under another
-        configuration (its fingerprint differs: the config changed) is forgotten: try again."""
-        error = self.error(cluster)
+    def blocked(self, cluster: str, fingerprint: str, pool: str = "") -> str | None:
+        """Why the cluster (or its pool `pool`) may not launch now, or None. A permanent error
+        recorded under another configuration (its fingerprint differs: the config changed) is
+        forgotten: try again."""
+        error = self.error(cluster, pool)
         if error and error.get("fingerprint") != fingerprint:
-            self.clear(cluster)
+            k = self._of(cluster, pool)
+            self.r.delete(k.error, k.at_quota, k.no_capacity)
             error = None
         if error:
             return f"error: {error['message']}"
-        if self.at_quota(cluster):
+        if self.at_quota(cluster, pool):
             return "at quota"
-        if self.no_capacity(cluster):
+        if self.no_capacity(cluster, pool):
             return "no capacity"
         if self.recovering():
             return "recovering from a loss of Redis data"

@@ -45,6 +45,11 @@ CLUSTER_KEYS: tuple[KeyInfo, ...] = (
     KeyInfo("no_capacity", "string", "the time a no-capacity hold ends"),
     KeyInfo("error", "string", "a permanent provider error: JSON message, config fingerprint, time"),
     KeyInfo("unresponsive", "string", "the time a hold on the cluster's provider calls ends, after one timed out"),
+    KeyInfo("pool:<pool>:at_quota", "string", "as `at_quota`, for one pool of a cluster that declares pools"),
+    KeyInfo("pool:<pool>:no_capacity", "string", "as `no_capacity`, for one pool"),
+    KeyInfo("pool:<pool>:error", "string", "as `error`, for one pool"),
+    KeyInfo("pool:<pool>:unresponsive", "string", "as `unresponsive`, for one pool"),
+    KeyInfo("notice", "hash", "handle -> when its interruption was noticed (until its replacement runs)"),
 )
 
 #: Per fleet: `fleet:<id>:<key>`.
@@ -149,6 +154,14 @@ class ClusterKeys:
     @property
     def unresponsive(self) -> str:
         return self._k("unresponsive")
+
+    @property
+    def notice(self) -> str:
+        return self._k("notice")
+
+    def pool(self, pool: str) -> ClusterKeys:
+        """The keys of the holds of one pool (`pool:<pool>:...`); the cluster's own for pool ""."""
+        return ClusterKeys(f"{self.prefix}pool:{pool}:") if pool else self
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ class FleetCollector(Collector):
         self._store = Store(client, config.fleet.id)
 
     def providers(self) -> list[str]:
-        return sorted({spec.provider for spec in self.config.clusters.values()} | set(self.config.providers))
+        used = {p for spec in self.config.clusters.values() for p in spec.providers}
+        return sorted(used | set(self.config.providers))
 
     def describe(self) -> list[Metric]:
         return []  # no collect() at registration time (it would read Redis)
@@ -173,12 +174,20 @@ class FleetCollector(Collector):
                                         labels=["cluster"])
         error = GaugeMetricFamily("fleet_cluster_error", "1 while the cluster has a permanent error (fleet clear)",
                                   labels=["cluster"])
+        by_pool = GaugeMetricFamily("fleet_pool_workers", "Workers by cluster, pool and state (clusters with pools)",
+                                    labels=["cluster", "pool", "state"])
+        interrupted = GaugeMetricFamily("fleet_interrupted_workers",
+                                        "Workers the cloud reclaims, still draining or stopping", labels=["cluster"])
         for cluster, raw in data["clusters"].items():
             spec = self.config.clusters[cluster]
             counts = Counts.decode(raw["handles"])
             for state in STATES:
                 workers.add_metric([cluster, state], counts.of(state))
                 handles.add_metric([cluster, state], counts.handles.get(HandleStatus(state), 0))
+                for pool in spec.pools and spec.pool_list:
+                    by_pool.add_metric([cluster, pool.name, state],
+                                       counts.in_pool(pool.name, state, spec.pool_list[0].name))
+            interrupted.add_metric([cluster], counts.interrupted)
             if raw["desired"] is not None:
                 desired.add_metric([cluster], _num(raw["desired"]))
             max_w.add_metric([cluster], spec.max_workers)
@@ -196,17 +205,21 @@ class FleetCollector(Collector):
                                        "1 while launches are held after Redis lost data under the control plane")
         recovering.add_metric([], _until(data["recovering"], now))
         yield from (workers, handles, desired, max_w, min_w, pending, at_quota, no_capacity, error, rate_limited,
-                    recovering)
+                    recovering, by_pool, interrupted)
 
     # -- counters --------------------------------------------------------------------------
     def _counters(self, metrics: dict[str, str]) -> Iterator[Metric]:
         events: dict[tuple[str, str], float] = {}
         op_errors: dict[tuple[str, str, str], float] = {}
         dead: dict[str, float] = {}
+        pooled: dict[str, dict[tuple[str, ...], float]] = defaultdict(dict)
         for field, value in metrics.items():
             parts = field.split("|")
             if parts[0] == "events" and len(parts) == 3:
                 events[(parts[1], parts[2])] = _num(value)
+            elif (parts[0] == "pool_launches" and len(parts) == 3) or (
+                    parts[0] in ("fallbacks", "interruptions") and len(parts) == 4):
+                pooled[parts[0]][tuple(parts[1:])] = _num(value)
             elif parts[0] == "op_errors" and len(parts) == 4:
                 op_errors[(parts[1], parts[2], parts[3])] = _num(value)
             elif parts[0] == "dead_letters" and len(parts) == 2:
@@ -240,7 +253,20 @@ class FleetCollector(Collector):
             "aside (fleet:<id>:dead_letters), by reason", labels=["reason"])
         for reason, n in sorted(dead.items()):
             dead_letters.add_metric([reason], n)
-        yield from (total, launches, kills, replacements, failures, errors, dead_letters)
+        pool_launches = CounterMetricFamily("fleet_pool_launches", "Workers launched, by pool",
+                                            labels=["cluster", "pool"])
+        fallbacks = CounterMetricFamily("fleet_fallbacks",
+                                        "Workers launched in a later pool because this one was skipped, by cause",
+                                        labels=["cluster", "pool", "cause"])
+        interruptions = CounterMetricFamily("fleet_interruptions",
+                                            "Workers the cloud reclaimed (counted as interrupted, not failed), by "
+                                            "pool and cause", labels=["cluster", "pool", "cause"])
+        for family, name in ((pool_launches, "pool_launches"), (fallbacks, "fallbacks"),
+                             (interruptions, "interruptions")):
+            for labels, n in sorted(pooled[name].items()):
+                family.add_metric(list(labels), n)
+        yield from (total, launches, kills, replacements, failures, errors, dead_letters, pool_launches, fallbacks,
+                    interruptions)
 
     # -- histograms ------------------------------------------------------------------------
     def _histograms(self, metrics: dict[str, str]) -> Iterator[Metric]:
@@ -248,6 +274,8 @@ class FleetCollector(Collector):
         ready_sum: dict[str, float] = defaultdict(float)
         ops: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
         op_sum: dict[tuple[str, str], float] = defaultdict(float)
+        replaced: dict[str, dict[str, float]] = defaultdict(dict)
+        replaced_sum: dict[str, float] = defaultdict(float)
         for field, value in metrics.items():
             parts = field.split("|")
             kind = parts[0]
@@ -259,6 +287,10 @@ class FleetCollector(Collector):
                 ops[(parts[1], parts[2])][parts[3]] = _num(value)
             elif kind == "op_sum" and len(parts) == 3:
                 op_sum[(parts[1], parts[2])] = _num(value)
+            elif kind == "replaced" and len(parts) == 3:
+                replaced[parts[1]][parts[2]] = _num(value)
+            elif kind == "replaced_sum" and len(parts) == 2:
+                replaced_sum[parts[1]] = _num(value)
         # (ready_count / op_count are not needed: _count is the +Inf bucket, kept in step with them)
         ttr = HistogramMetricFamily("fleet_time_to_running_seconds",
                                     "Seconds from a worker's launch request to it running", labels=["cluster"])
@@ -269,7 +301,12 @@ class FleetCollector(Collector):
                                         labels=["provider", "op"])
         for key in sorted({(p, op) for p in self.providers() for op in OPS} | set(ops)):
             latency.add_metric(list(key), _cumulative(ops.get(key, {}), OP_BUCKETS), op_sum.get(key, 0.0))
-        yield from (ttr, latency)
+        ttr_replaced = HistogramMetricFamily(
+            "fleet_replacement_seconds", "Seconds from an interruption notice to a replacement worker running",
+            labels=["cluster"])
+        for cluster in sorted(replaced):
+            ttr_replaced.add_metric([cluster], _cumulative(replaced[cluster], READY_BUCKETS), replaced_sum[cluster])
+        yield from (ttr, latency, ttr_replaced)
 
 
 def registry_for(config: FleetConfig, client: redis.Redis) -> CollectorRegistry:

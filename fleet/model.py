@@ -90,6 +90,9 @@ class EventKind(str, enum.Enum):
     SWEEP_FAILED = "sweep_failed"
     TIMEOUT = "timeout"
     CLEARED = "cleared"
+    INTERRUPTED = "interrupted"  # the cloud reclaims (or reclaimed) a worker: replaced, not failed
+    FALLBACK = "fallback"  # a pool could not launch: its shortfall goes to the next pool
+    REBALANCE = "rebalance"  # workers of a worse pool retired once their replacements run
 
     def __str__(self) -> str:
         return self.value
@@ -123,13 +126,17 @@ class HandleRecord:
     hold: bool = False  # an operator's hold: never chosen for a scale-down
     drain_until: float | None = None
     kill_failed: bool = False  # its last kill failed (its remains need a kill after it stops)
+    pool: str = ""  # the pool it was launched in ("": the cluster declares no pools)
+    interrupted: str = ""  # the cloud reclaims it: the cause (fleet.provider.Cause); "" if not
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know: kept
 
     #: readable name -> stored name, where they differ
-    STORED: ClassVar[dict[str, str]] = {"workers": "w", "status": "s", "requested_at": "req", "kill_failed": "kfail"}
+    STORED: ClassVar[dict[str, str]] = {"workers": "w", "status": "s", "requested_at": "req", "kill_failed": "kfail",
+                                        "pool": "p", "interrupted": "int"}
     _READ: ClassVar[dict[str, str]] = {v: k for k, v in STORED.items()}
     _KNOWN: ClassVar[frozenset[str]] = frozenset({"workers", "status", "since", "launch", "kills", "kill_at",
-                                                  "requested_at", "busy", "hold", "drain_until", "kill_failed"})
+                                                  "requested_at", "busy", "hold", "drain_until", "kill_failed",
+                                                  "pool", "interrupted"})
 
     @classmethod
     def decode(cls, raw: bytes | str | Mapping[str, Any]) -> HandleRecord:
@@ -141,7 +148,8 @@ class HandleRecord:
             kills=int(named.get("kills", 0)), kill_at=_float(named.get("kill_at")),
             requested_at=_float(named.get("requested_at")), busy=int(named.get("busy", 0)),
             hold=bool(named.get("hold", False)), drain_until=_float(named.get("drain_until")),
-            kill_failed=bool(named.get("kill_failed", False)),
+            kill_failed=bool(named.get("kill_failed", False)), pool=str(named.get("pool") or ""),
+            interrupted=str(named.get("interrupted") or ""),
             extra={k: v for k, v in named.items() if k not in cls._KNOWN})
 
     def stored(self) -> dict[str, Any]:
@@ -160,6 +168,10 @@ class HandleRecord:
             out["drain_until"] = self.drain_until
         if self.kill_failed:
             out["kfail"] = 1
+        if self.pool:
+            out["p"] = self.pool
+        if self.interrupted:
+            out["int"] = self.interrupted
         return out
 
     def encode(self) -> str:
@@ -173,6 +185,10 @@ class HandleRecord:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         out.update(busy=self.busy, hold=self.hold, kill_failed=self.kill_failed)
+        if self.pool:
+            out["pool"] = self.pool
+        if self.interrupted:
+            out["interrupted"] = self.interrupted
         return {**out, **self.extra}
 
 
@@ -184,17 +200,20 @@ class LaunchRecord:
     state: LaunchState
     at: float = 0.0  # when the reconcile planned it
     claimed: float | None = None  # when a run task last took it
+    pool: str = ""  # the pool it launches in ("": the cluster declares no pools)
 
     @classmethod
     def decode(cls, raw: bytes | str | Mapping[str, Any]) -> LaunchRecord:
         data = json.loads(raw) if isinstance(raw, (bytes, str)) else dict(raw)
         return cls(int(data["count"]), LaunchState(data["state"]), float(data.get("at") or 0.0),
-                   _float(data.get("claimed")))
+                   _float(data.get("claimed")), str(data.get("pool") or ""))
 
     def stored(self) -> dict[str, Any]:
         out: dict[str, Any] = {"count": self.count, "state": self.state.value, "at": self.at}
         if self.claimed is not None:
             out["claimed"] = self.claimed
+        if self.pool:
+            out["pool"] = self.pool
         return out
 
     def encode(self) -> str:
@@ -219,6 +238,10 @@ class Counts:
     workers: dict[HandleStatus, int] = field(default_factory=dict)
     handles: dict[HandleStatus, int] = field(default_factory=dict)
     whole: bool = True  # False: the stored counts lack `v` (never built, or deleted): rebuild them
+    #: pool -> status -> workers, for handles recorded under a pool (`<status>@<pool>`)
+    pools: dict[str, dict[HandleStatus, int]] = field(default_factory=dict)
+    #: workers of handles the cloud reclaims that are still in Redis (`int`)
+    interrupted: int = 0
 
     @classmethod
     def decode(cls, raw: Mapping[bytes, bytes] | list[bytes]) -> Counts:
@@ -226,7 +249,8 @@ class Counts:
         items = raw.items() if isinstance(raw, Mapping) else zip(raw[::2], raw[1::2], strict=True)
         workers: dict[HandleStatus, int] = {}
         handles: dict[HandleStatus, int] = {}
-        whole = False
+        pools: dict[str, dict[HandleStatus, int]] = {}
+        whole, interrupted = False, 0
         for key, value in items:
             name = key.decode() if isinstance(key, bytes) else str(key)
             status, _, kind = name.partition(":")
@@ -234,10 +258,24 @@ class Counts:
                 (handles if kind == "h" else workers)[HandleStatus(status)] = int(value)
             elif name == "v":
                 whole = True
-        return cls(workers, handles, whole)
+            elif name == "int":
+                interrupted = int(value)
+            else:
+                status, _, pool = name.partition("@")
+                if pool and status in _STATUS_VALUES and int(value):
+                    pools.setdefault(pool, {})[HandleStatus(status)] = int(value)
+        return cls(workers, handles, whole, pools, interrupted)
 
     def of(self, status: HandleStatus | str) -> int:
         return self.workers.get(HandleStatus(status), 0)
+
+    def in_pool(self, pool: str, status: HandleStatus | str, default_pool: str = "") -> int:
+        """Workers of `pool` in `status`. Handles recorded without a pool belong to
+        `default_pool` (the first pool: records from before pools, or of a cluster without)."""
+        n = self.pools.get(pool, {}).get(HandleStatus(status), 0)
+        if pool == default_pool:
+            n += self.of(status) - sum(by.get(HandleStatus(status), 0) for by in self.pools.values())
+        return n
 
     @property
     def live(self) -> int:
@@ -297,10 +335,17 @@ class ClusterState:
     def counts(self) -> Counts:
         workers: dict[HandleStatus, int] = {}
         handles: dict[HandleStatus, int] = {}
+        pools: dict[str, dict[HandleStatus, int]] = {}
+        interrupted = 0
         for r in self.handles.values():
             workers[r.status] = workers.get(r.status, 0) + r.workers
             handles[r.status] = handles.get(r.status, 0) + 1
-        return Counts(workers, handles)
+            if r.pool:
+                by = pools.setdefault(r.pool, {})
+                by[r.status] = by.get(r.status, 0) + r.workers
+            if r.interrupted:
+                interrupted += r.workers
+        return Counts(workers, handles, True, pools, interrupted)
 
     def count(self, status: HandleStatus | str) -> int:
         """Workers of the handles in `status`."""

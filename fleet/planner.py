@@ -5,7 +5,8 @@ No I/O here, so the rules can be tested exhaustively (see tests/test_planner.py)
 * observed = workers of initializing + running handles + workers of live pending launches;
 * scale-down takes from tiers in order: queued launches, launches in flight, initializing
   handles, running handles; within a tier it picks the subset with the smallest total that
-  still covers the excess, so it never kills more than needed;
+  still covers the excess, so it never kills more than needed, preferring handles of worse
+  pools, then idle ones, then the newest;
 * when shared handles make an exact cut impossible it goes *below* the target and launches the
   difference (4+4 -> 5 kills one 4 and launches 1), never staying above it;
 * launches never push the committed total (live + stopping + in-flight) past `max_workers`;
@@ -32,6 +33,7 @@ class HandleView:
     since: float = 0.0
     busy: int = 0  # tasks active or reserved on its workers (last sweep), when known
     hold: bool = False  # an operator's hold: never chosen to be killed
+    rank: int = 0  # its pool's rank (lower is better): a scale-down takes from worse pools first
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", HandleStatus(self.status))
@@ -156,10 +158,11 @@ def plan(
         def newest(xs: list[PendingView]) -> list[PendingView]:
             return sorted(xs, key=lambda p: -p.created)
 
-        def idlest(status: HandleStatus) -> Callable[[], list[tuple[str, int]]]:  # idle first, then the newest
+        def idlest(status: HandleStatus) -> Callable[[], list[tuple[str, int]]]:
+            # the worst pool first, then idle first, then the newest
             def items() -> list[tuple[str, int]]:
                 chosen = sorted((h for h in all_handles() if h.status is status and not h.hold),
-                                key=lambda h: (h.busy, -h.since))
+                                key=lambda h: (-h.rank, h.busy, -h.since))
                 return [(h.handle, h.workers) for h in chosen]
             return items
 

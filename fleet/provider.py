@@ -29,6 +29,16 @@ Assumptions every provider may rely on, and every caller must honour:
 * **Identity.** Every worker gets `FLEET_ID`, `FLEET_CLUSTER`, `FLEET_HANDLE` and `FLEET_WORKERS`
   (the number of workers in its container) in its environment, and every cloud resource is tagged
   with the fleet id, the cluster and the launch id, so `list_workers` can find it after a restart.
+* **Pools.** A cluster may launch through several pools (`fleet.config.PoolSpec`); the pool a call
+  is about is `cluster.pool` ("" for a cluster that declares none). A provider that tags its
+  resources tags them with the pool too when it is not "", and then lists only that pool's
+  resources: two pools of one cluster may use the same provider (spot and on-demand EC2).
+* **Interruptions.** A cloud that reclaims workers (spot, preemptible) says so in
+  `Observation.interrupted` (handles it saw reclaimed or about to be), and, for notices that no
+  status shows (EC2's interruption warnings on an SQS queue), in `interruptions`. Fleet replaces
+  an interrupted worker before it goes and counts it as interrupted, not failed; it calls
+  `acknowledge` only after it recorded the notices, so a notice lost with a crash comes again.
+  Providers without interruptions implement neither.
 * **Typed errors.** Raise the `fleet.errors.ProviderError` subclasses: `RateLimited` (with
   `retry_after`), `QuotaExceeded`, `CapacityError`, `TransientProviderError`,
   `PermanentProviderError`. Anything else is treated as transient.
@@ -44,7 +54,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -104,15 +114,20 @@ class Cluster(Generic[O]):
     excluded_types: frozenset[str] = frozenset()
     #: True only on the first attempt of a launch (see the module's "First attempts")
     first_attempt: bool = False
+    #: the pool this call is about ("": the cluster declares no pools); see the module's "Pools"
+    pool: str = ""
 
     def identity_env(self, handle: str, workers: int) -> dict[str, str]:
         """The FLEET_* environment every worker of `handle` must get."""
-        return {
+        env = {
             "FLEET_ID": self.fleet_id,
             "FLEET_CLUSTER": self.name,
             "FLEET_HANDLE": handle,
             "FLEET_WORKERS": str(workers),
         }
+        if self.pool:
+            env["FLEET_POOL"] = self.pool
+        return env
 
     def containers_for(self, count: int) -> list[int]:
         """Split `count` workers into full containers and at most one partial one (last)."""
@@ -121,13 +136,39 @@ class Cluster(Generic[O]):
         return [per] * full + ([rest] if rest else [])
 
 
+class Cause(str, enum.Enum):
+    """Why a cloud reclaims a worker (`Interruption.cause`, `Observation.interrupted`)."""
+
+    SPOT_INTERRUPTION = "spot_interruption"  # EC2's two-minute warning, or a spot instance it reclaimed
+    REBALANCE = "rebalance_recommendation"  # EC2: the instance is at elevated risk of interruption
+    PREEMPTED = "preempted"  # GCE: a spot or preemptible VM was preempted
+    FARGATE_SPOT = "fargate_spot"  # ECS: a Fargate Spot task stopped with stopCode SpotInterruption
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """A notice that the cloud will reclaim (or did reclaim) handle `handle`."""
+
+    handle: str
+    cause: Cause
+    #: when the cloud takes the worker (Unix seconds), if the notice says
+    deadline: float | None = None
+    #: the provider's token for `acknowledge` (an SQS receipt handle); opaque to Fleet
+    receipt: str = ""
+
+
 @dataclass(frozen=True)
 class Observation:
     """One look at a cluster, for a sweep: `listed` is what `list_workers` says (None: this
-    provider cannot list), `status` the status of every handle asked and every handle listed."""
+    provider cannot list), `status` the status of every handle asked and every handle listed,
+    `interrupted` the handles the cloud reclaimed or is about to reclaim, with the cause."""
 
     listed: dict[str, int] | None
     status: dict[str, WorkerStatus]
+    interrupted: Mapping[str, Cause] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -246,6 +287,17 @@ class Provider(ABC, Generic[O]):
         launches. None: this provider cannot tell (Fleet then calls `run_workers` again with the
         same launch id, which returns what the launch made, or makes it, and kills the result)."""
         return None
+
+    def interruptions(self, cluster: Cluster[O]) -> list[Interruption]:
+        """Interruption notices that no status shows yet (EC2's warnings on the cluster's SQS
+        queue), for this cluster and pool. Receiving must not delete: Fleet calls `acknowledge`
+        with the notices once it recorded them (a crash in between means they come again, and
+        recording one twice changes nothing). Notices about handles Fleet does not know are
+        acknowledged all the same. Default: none."""
+        return []
+
+    def acknowledge(self, cluster: Cluster[O], notices: Sequence[Interruption]) -> None:
+        """Forget notices `interruptions` returned (delete their SQS messages). Default: nothing."""
 
     def _is(self, cluster: Cluster[O], handles: Sequence[str], wanted: WorkerStatus) -> dict[str, bool]:
         status = self.worker_status(cluster, list(dict.fromkeys(handles)))

@@ -46,6 +46,6 @@ def worker_role() -> str:
 def queues_for(role: str, config: FleetConfig) -> list[str]:
     """The queues a worker of `role` consumes."""
     fid = config.fleet.id
-    providers = [provider_queue(fid, p) for p in sorted({s.provider for s in config.clusters.values()})]
+    providers = [provider_queue(fid, p) for p in sorted({p for s in config.clusters.values() for p in s.providers})]
     control = ["celery", control_queue(fid)]
     return {"control": control, "provider": providers, "all": control + providers}[role]

@@ -27,6 +27,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "killed": ("prelude", "index"),
     "cleanup_due": ("prelude",),
     "adopt": ("prelude", "index"),
+    "interrupt": ("prelude", "index"),
     "sample": (),
 }
 

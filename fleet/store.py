@@ -55,7 +55,7 @@ class StatusResult:
     pruned: int = 0  # workers of handles that died on their own
     changed: int = 0  # handles whose record changed
     gone: int = 0  # handles that left Redis (died, or killed and confirmed)
-    dead: list[str] = field(default_factory=list)  # the handles that died on their own
+    dead: dict[str, str] = field(default_factory=dict)  # the handles that died on their own -> pool
 
 
 @dataclass
@@ -67,6 +67,7 @@ class Writes:
     #: handle -> (its new record, its old status)
     moves: dict[str, tuple[HandleRecord, HandleStatus]] = field(default_factory=dict)
     events: list[tuple[EventKind, list[dict[str, Any]]]] = field(default_factory=list)  # by kind
+    counters: dict[str, int] = field(default_factory=dict)  # metrics hash fields to add to
 
     def event(self, kind: EventKind, **fields: Any) -> None:
         self.events.append((kind, [fields]))
@@ -95,11 +96,35 @@ class SweepView:
     desired: Desired | None
     pending: dict[str, LaunchRecord]
     index: dict[str, HandleStatus]
+    #: handle -> its pool, for the handles recorded under one (the others are in the first pool)
+    pools: dict[str, str] = field(default_factory=dict)
+
+    def in_pool(self, pool: str, default_pool: str) -> dict[str, HandleStatus]:
+        """The index of the handles of `pool` (handles without one belong to `default_pool`)."""
+        return {h: s for h, s in self.index.items() if self.pools.get(h, default_pool) == pool}
 
 
 #: An index value as stored (bytes) -> its status: one dict look-up per handle on a read.
 _INDEXED: dict[bytes, HandleStatus] = {s.value.encode(): s for s in HandleStatus}
 
+
+def parse_index(raw: Mapping[bytes, bytes]) -> tuple[dict[str, HandleStatus], dict[str, str]]:
+    """The index as stored (`status`, or `status@pool`) -> (handle -> status, handle -> pool)."""
+    index: dict[str, HandleStatus] = {}
+    pools: dict[str, str] = {}
+    for h, v in raw.items():
+        handle = h.decode()
+        status = _INDEXED.get(v)
+        if status is None:
+            s, _, pool = v.decode().partition("@")
+            status = HandleStatus(s)
+            pools[handle] = pool
+        index[handle] = status
+    return index, pools
+
+
+def index_value(rec: HandleRecord) -> str:
+    return f"{rec.status.value}@{rec.pool}" if rec.pool else rec.status.value
 
 def event_handles(event: Mapping[str, str]) -> list[str]:
     """The handles an event names (a batch event's `handles`, a single one's `handle`)."""
@@ -257,9 +282,14 @@ class Store:
             pipe.hgetall(k.index)
             whole, d, p, index = pipe.execute()
             if whole:
-                return SweepView(_desired(d), _pending(p),
-                                 {h.decode(): _INDEXED[s] for h, s in index.items()})
+                return SweepView(_desired(d), _pending(p), *parse_index(index))
             self.rebuild_counts(cluster)
+
+    def pools_of(self, cluster: str, handles: Iterable[str]) -> dict[str, str]:
+        """handle -> its pool ("" when recorded without one, or unknown): where to send its kill."""
+        wanted = list(handles)
+        records = self.records(cluster, wanted)
+        return {h: records[h].pool if h in records else "" for h in wanted}
 
     def records(self, cluster: str, handles: Iterable[str]) -> dict[str, HandleRecord]:
         """The records of these handles (those that exist)."""
@@ -290,8 +320,8 @@ class Store:
 
                     def live_records() -> dict[str, HandleRecord]:
                         pipe.watch(k.handles)
-                        index = cast(Mapping[bytes, bytes], pipe.hgetall(k.index))
-                        live = [h.decode() for h, st in index.items() if st.decode() in LIVE]
+                        index, _ = parse_index(cast(Mapping[bytes, bytes], pipe.hgetall(k.index)))
+                        live = [h for h, st in index.items() if st in LIVE]
                         raw = cast(list[bytes | None], pipe.hmget(k.handles, live)) if live else []
                         return {h: HandleRecord.decode(v) for h, v in zip(live, raw, strict=True) if v}
 
@@ -306,6 +336,8 @@ class Store:
                     self._queue_moves(pipe, cluster, writes.moves)
                     for kind, items in writes.events:
                         self.queue_events(pipe, cluster, kind, items)
+                    for name, n in writes.counters.items():
+                        pipe.hincrby(self.keys.metrics, name, n)
                     pipe.execute()
                     return result
                 except redis.WatchError:
@@ -317,7 +349,7 @@ class Store:
             return
         k = self.of(cluster)
         pipe.hset(k.handles, mapping={h: rec.encode() for h, (rec, _) in moves.items()})
-        pipe.hset(k.index, mapping={h: rec.status.value for h, (rec, _) in moves.items()})
+        pipe.hset(k.index, mapping={h: index_value(rec) for h, (rec, _) in moves.items()})
         delta: dict[str, int] = {}
         for rec, old in moves.values():
             if rec.status is old:
@@ -325,6 +357,9 @@ class Store:
             for status, sign in ((old, -1), (rec.status, 1)):
                 delta[status.value] = delta.get(status.value, 0) + sign * rec.workers
                 delta[f"{status.value}:h"] = delta.get(f"{status.value}:h", 0) + sign
+                if rec.pool:
+                    name = f"{status.value}@{rec.pool}"
+                    delta[name] = delta.get(name, 0) + sign * rec.workers
         for name, n in delta.items():
             if n:
                 pipe.hincrby(k.counts, name, n)
@@ -351,12 +386,14 @@ class Store:
         return int(self.r.hlen(self.of(cluster).cleanup))
 
     # -- launches --------------------------------------------------------------------------
-    def claim_launch(self, cluster: str, launch_id: str) -> tuple[str, int, bool]:
+    def claim_launch(self, cluster: str, launch_id: str) -> tuple[str, int, bool, str]:
         """Mark a pending launch as taken by a run task: ('claimed', count, first: no run task
-        had taken it before); ('settle', count, False) for a launch cancelled after a run task
-        had taken it (it may have made workers); or ('cancelled'|'missing', 0, False)."""
-        state, count, first = self._scripts["claim"](keys=[self.of(cluster).pending], args=[launch_id, time.time()])
-        return state.decode(), int(count), bool(int(first))
+        had taken it before, its pool); ('settle', count, False, pool) for a launch cancelled
+        after a run task had taken it (it may have made workers); or ('cancelled'|'missing', 0,
+        False, "")."""
+        state, count, first, pool = self._scripts["claim"](keys=[self.of(cluster).pending],
+                                                           args=[launch_id, time.time()])
+        return state.decode(), int(count), bool(int(first)), pool.decode()
 
     def sample(self, cluster: str, now: float) -> bool:
         """Add a sample of the running and desired workers to the cluster's series, unless the
@@ -383,13 +420,14 @@ class Store:
         return self._scripts[name](keys=[self.of(cluster).events, self.keys.metrics, *keys],
                                    args=[cluster, EVENTS_MAXLEN, time.time(), *args])
 
-    def record_launch(self, cluster: str, launch_id: str, handles: list[str]) -> str:
+    def record_launch(self, cluster: str, launch_id: str, handles: list[str], pool: str = "") -> str:
         """Move a launch's handles into the cluster (initializing, or stopping if it was cancelled
-        meanwhile) and drop the pending entry, atomically. Returns the launch's previous state."""
+        meanwhile), recorded under its pool, and drop the pending entry, atomically. Returns the
+        launch's previous state."""
         counts: dict[str, int] = {}
         for h in handles:
             counts[h] = counts.get(h, 0) + 1
-        args: list[Any] = [launch_id]
+        args: list[Any] = [launch_id, pool]
         for h, w in counts.items():
             args += [h, w]
         k = self.of(cluster)
@@ -406,26 +444,44 @@ class Store:
         for h, s in status.items():
             args += [h, s]
         k = self.of(cluster)
-        pruned, changed, gone, dead = self._script("status", cluster, [k.handles, k.cleanup, k.index, k.counts], args)
-        return StatusResult(int(pruned), int(changed), int(gone), [h.decode() for h in dead])
+        pruned, changed, gone, dead = self._script("status", cluster, [k.handles, k.cleanup, k.index, k.counts,
+                                                                        k.notice], args)
+        return StatusResult(int(pruned), int(changed), int(gone),
+                            {h.decode(): p.decode() for h, p in zip(dead[::2], dead[1::2], strict=True)})
 
-    def record_kills(self, cluster: str, results: Mapping[str, bool], cleanup_retry: float = 10.0) -> None:
+    def interrupt(self, cluster: str, notices: Mapping[str, tuple[str, float | None]],
+                  default_notice: float = 120.0) -> list[str]:
+        """Mark handles the cloud reclaims (handle -> (cause, deadline or None)) as interrupted,
+        in one script call (lua/interrupt.lua): live ones move to draining until the deadline
+        (`default_notice` seconds from now without one). Unknown and stopping handles, and
+        handles already marked, are left as they are. Returns the handles moved to draining."""
+        if not notices:
+            return []
+        args: list[Any] = [default_notice]
+        for h, (cause, deadline) in notices.items():
+            args += [h, cause, "" if deadline is None else deadline]
+        k = self.of(cluster)
+        moved = self._script("interrupt", cluster, [k.handles, k.index, k.counts, k.notice], args)
+        return [h.decode() for h in moved]
+
+    def record_kills(self, cluster: str, results: Mapping[str, bool], cleanup_retry: float = 10.0,
+                     pool: str = "") -> None:
         """Count a kill attempt on each handle (they stay stopping until the provider no longer
         reports them; see apply_status); a failed one is an event. A failed kill of a handle that
         already left Redis enters the cleanup hash; a successful one ends a cleanup."""
         if not results:
             return
-        args: list[Any] = [cleanup_retry]
+        args: list[Any] = [cleanup_retry, pool]
         for h, ok in results.items():
             args += [h, "1" if ok else "0"]
         k = self.of(cluster)
         self._script("killed", cluster, [k.handles, k.cleanup], args)
 
-    def cleanup_due(self, cluster: str, retry: float, most: int) -> list[str]:
-        """Dead handles whose cleanup kill should be sent (again) now; one script call. A
-        successful kill (`record_kills`) ends a handle's cleanup."""
+    def cleanup_due(self, cluster: str, retry: float, most: int) -> dict[str, str]:
+        """Dead handles whose cleanup kill should be sent (again) now -> their pool; one script
+        call. A successful kill (`record_kills`) ends a handle's cleanup."""
         due = self._script("cleanup_due", cluster, [self.of(cluster).cleanup], [retry, most])
-        return [h.decode() for h in due]
+        return {h.decode(): p.decode() for h, p in zip(due[::2], due[1::2], strict=True)}
 
     def transition(self, cluster: str, handles: Iterable[str], allowed: Iterable[HandleStatus], to: HandleStatus,
                    event: EventKind, *, event_fields: Mapping[str, Any] | None = None,
@@ -502,13 +558,19 @@ class Store:
                     continue
 
     # -- recovery --------------------------------------------------------------------------
-    def track_unknown(self, cluster: str, listed: Mapping[str, int], now: float) -> dict[str, float]:
+    def track_unknown(self, cluster: str, listed: Mapping[str, int], now: float,
+                      pools: Mapping[str, str] | None = None) -> dict[str, float]:
         """Remember when each live handle the provider lists but Redis does not know was first
-        seen; forget the ones no longer in that set. Returns handle -> first seen."""
+        seen (and the pool that listed it); forget the ones no longer in that set. Returns
+        handle -> first seen."""
         key = self.of(cluster).unknown
         raw = cast("Mapping[bytes, bytes]", self.r.hgetall(key))
         old = {k.decode(): json.loads(v) for k, v in raw.items()}
-        keep = {h: {"w": w, "first": old.get(h, {}).get("first", now)} for h, w in listed.items()}
+        keep: dict[str, dict[str, Any]] = {}
+        for h, w in listed.items():
+            keep[h] = {"w": w, "first": old.get(h, {}).get("first", now)}
+            if pools and pools.get(h):
+                keep[h]["p"] = pools[h]
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(key)
         if keep:
@@ -519,12 +581,14 @@ class Store:
     def unknown_workers(self, cluster: str) -> int:
         return sum(int(json.loads(v)["w"]) for v in self.r.hvals(self.of(cluster).unknown))
 
-    def adopt(self, cluster: str, found: Mapping[str, tuple[int, str]], set_desired: bool) -> int:
-        """Record handles found at the provider (handle -> (workers, status)); with set_desired
-        and no desired number stored, desired := the cluster's live workers (the seed's reconnect)."""
+    def adopt(self, cluster: str, found: Mapping[str, tuple[int, str]], set_desired: bool,
+              pools: Mapping[str, str] | None = None) -> int:
+        """Record handles found at the provider (handle -> (workers, status)), under the pool
+        that listed each (`pools`); with set_desired and no desired number stored, desired :=
+        the cluster's live workers (the seed's reconnect)."""
         args: list[Any] = ["1" if set_desired else "0"]
         for h, (w, s) in found.items():
-            args += [h, w, s]
+            args += [h, w, s, (pools or {}).get(h, "")]
         k = self.of(cluster)
         return int(self._script("adopt", cluster, [k.handles, k.unknown, k.desired, k.cleanup, k.index, k.counts],
                                 args))

@@ -30,7 +30,7 @@ from fleet.errors import PermanentProviderError, ProviderError, ProviderTimeout,
 from fleet.holds import Holds
 from fleet.keys import Keyspace
 from fleet.limits import Limits
-from fleet.provider import Cluster, ContainerSpec, Hardware, Observation, Provider, WorkerStatus
+from fleet.provider import Cluster, ContainerSpec, Hardware, Interruption, Observation, Provider, WorkerStatus
 
 
 class ProviderWrapper(Provider[Any]):
@@ -83,6 +83,15 @@ class ProviderWrapper(Provider[Any]):
         found = self._call("find", cluster, self.inner.find_launch, launch_id)
         return None if found is None else list(found)
 
+    def interruptions(self, cluster: Cluster[Any]) -> list[Interruption]:
+        if type(self.raw).interruptions is Provider.interruptions:
+            return []  # no such signal: no call, no token, no timing
+        return list(self._call("interruptions", cluster, self.inner.interruptions))
+
+    def acknowledge(self, cluster: Cluster[Any], notices: Sequence[Interruption]) -> None:
+        if notices and type(self.raw).acknowledge is not Provider.acknowledge:
+            self._call("acknowledge", cluster, self.inner.acknowledge, notices)
+
 
 class Normalized(ProviderWrapper):
     """The contract's error rule: what is not a ProviderError is transient; a result of the wrong
@@ -108,6 +117,10 @@ class Normalized(ProviderWrapper):
         if op == "observe" and not isinstance(result, Observation):
             raise PermanentProviderError(f"provider {self.name!r} returned {type(result).__name__} from observe, "
                                          "not an Observation")
+        if op == "interruptions" and not (isinstance(result, list)
+                                          and all(isinstance(n, Interruption) for n in result)):
+            raise PermanentProviderError(f"provider {self.name!r} returned {type(result).__name__} from "
+                                         "interruptions, not a list of Interruption")
         return result
 
     def _kill_answer(self, handle: str, value: Any) -> bool | WorkerStatus:
@@ -135,7 +148,7 @@ class Deadlined(ProviderWrapper):
             return self.deadline.call(cluster.name, op, fn, cluster, *args, **kwargs)
         except ProviderTimeout as exc:
             if not exc.held:
-                self.holds.hold_unresponsive(cluster.name, self.hold)
+                self.holds.hold_unresponsive(cluster.name, self.hold, cluster.pool)
             raise
 
 
@@ -197,7 +210,7 @@ class Held(ProviderWrapper):
         self.holds = holds
 
     def _call(self, op: str, cluster: Cluster[Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        wait, held = self.holds.call_holds(self.name, cluster.name)
+        wait, held = self.holds.call_holds(self.name, cluster.name, cluster.pool)
         if wait > 0:
             raise RateLimited(f"provider {self.name!r} is rate-limited", retry_after=wait)
         if held > 0:

@@ -13,6 +13,10 @@ all); once botocore gives up, the last error is mapped and raised, never swallow
   messages) -> `QuotaExceeded`;
 * capacity (`InsufficientInstanceCapacity`, `Unsupported`, ...) -> `CapacityError` naming the
   instance type;
+* spot capacity (`SpotMaxPriceTooLow`, `UnfulfillableCapacity`, `MaxSpotInstanceCountExceeded`)
+  -> `CapacityError` too, not a quota: a spot pool that cannot launch must hand its shortfall to
+  the cluster's next pool instead of holding the whole cluster; the account's spot instance limit
+  names no type (no other type of the pool would do better);
 * auth and bad configuration (`AuthFailure`, `UnauthorizedOperation`, `AccessDenied*`,
   `InvalidClientTokenId`, `InvalidParameter*`, `InvalidAMIID.*`, ECS `ClientException`, missing
   credentials or region, any other 4xx) -> `PermanentProviderError` saying what to fix;
@@ -51,14 +55,18 @@ THROTTLING = frozenset({
     "EC2ThrottledException", "BandwidthLimitExceeded",
 })
 QUOTA = frozenset({
-    "InstanceLimitExceeded", "VcpuLimitExceeded", "LimitExceededException", "MaxSpotInstanceCountExceeded",
-    "AddressLimitExceeded", "InsufficientFreeAddressesInSubnet", "NetworkInterfaceLimitExceeded",
+    "InstanceLimitExceeded", "VcpuLimitExceeded", "LimitExceededException", "AddressLimitExceeded",
+    "InsufficientFreeAddressesInSubnet", "NetworkInterfaceLimitExceeded",
     "ResourceLimitExceeded",
 })
 CAPACITY = frozenset({
     "InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientReservedInstanceCapacity",
     "InsufficientCapacity", "InsufficientCapacityOnHost", "Unsupported",
 })
+#: spot answers that mean "no spot capacity for this request now" (see the module docstring)
+SPOT_CAPACITY = frozenset({"SpotMaxPriceTooLow", "UnfulfillableCapacity", "MaxSpotInstanceCountExceeded"})
+#: spot capacity codes about the account, not the instance type
+ACCOUNT_SPOT_LIMIT = frozenset({"MaxSpotInstanceCountExceeded"})
 TRANSIENT = frozenset({
     "InternalError", "InternalFailure", "InternalServerError", "ServerException", "ServiceUnavailable",
     "ServiceUnavailableException", "Unavailable", "RequestTimeout", "RequestTimeoutException",
@@ -210,6 +218,10 @@ def map_error(exc: BaseException, action: str, *, instance_type: str | None = No
         if code in THROTTLING:
             return RateLimited(f"{said} (AWS throttled Fleet after botocore's retries)", _retry_after(exc.response),
                                cause)
+        if code in SPOT_CAPACITY:
+            typed = None if code in ACCOUNT_SPOT_LIMIT else instance_type
+            return CapacityError(f"{said}: no spot capacity for {instance_type or 'this request'} right now", typed,
+                                 cause)
         if code in QUOTA or (code in ("ClientException", "InvalidParameterException")
                              and ("limit" in lowered or "quota" in lowered)):
             return QuotaExceeded(f"{said}: an account quota is used up; raise it or wait for workers to go away",
@@ -236,6 +248,17 @@ def map_error(exc: BaseException, action: str, *, instance_type: str | None = No
     if isinstance(exc, bexc.BotoCoreError):  # connection errors, timeouts, ...
         return TransientProviderError(f"{action}: cannot reach AWS: {exc}", cause)
     return None
+
+
+def map_code(code: str, message: str, action: str, *, instance_type: str | None = None,
+             hints: Mapping[str, str] | None = None) -> ProviderError:
+    """The typed error for an error code an answer carries instead of raising (EC2 Fleet's
+    `Errors`), mapped exactly as if the call had failed with it (a 4xx)."""
+    bexc = import_sdk("botocore.exceptions", "aws")
+    exc = bexc.ClientError({"Error": {"Code": code, "Message": message},
+                            "ResponseMetadata": {"HTTPStatusCode": 400}}, action.rpartition(":")[2])
+    return map_error(exc, action, instance_type=instance_type, hints=hints) or PermanentProviderError(
+        f"{action} failed: {code}: {message}")
 
 
 def raise_mapped(exc: BaseException, action: str, *, instance_type: str | None = None,

@@ -11,17 +11,24 @@ Options (`provider_options`):
   subnets (required, >= 1), security_groups, assign_public_ip (false)   the awsvpc network.
   stop_concurrency (10, 1..50)   StopTask calls in flight at once (ECS has no batch stop; AWS
                               throttles StopTask per account, and botocore's retries absorb that).
+  market ("on-demand")        "spot" runs the tasks on Fargate Spot: RunTask gets
+                              `capacityProviderStrategy` FARGATE_SPOT (weight 1) instead of
+                              `launchType` FARGATE (RunTask takes one or the other, never both).
+  capacity_provider_strategy  an explicit strategy instead: a list of {capacity_provider (FARGATE |
+                              FARGATE_SPOT), weight (0..1000), base (0..100000)}; it must agree
+                              with `market` when that is given too.
   region, endpoint_url, retry_mode (standard | adaptive), max_attempts   see providers/_aws.py.
 
 Task size: the cluster's `hardware` rounded up to the cheapest valid Fargate CPU/memory pair
 (`fargate_size`), set as task-level overrides; GPUs are refused (Fargate has none).
 
 Identity: the handle is the task ARN. Tasks are tagged `fleet:id`, `fleet:cluster`, `fleet:launch`,
-`fleet:workers` and `fleet:batch`, and their worker container gets `FLEET_ID`, `FLEET_CLUSTER`,
-`FLEET_WORKERS` and `FLEET_LAUNCH_ID`. `FLEET_HANDLE` is NOT set: one RunTask call starts up to 10
-tasks with the same overrides, before their ARNs exist. A worker that needs its handle reads the
-`TaskARN` field of `$ECS_CONTAINER_METADATA_URI_V4/task` (the task metadata endpoint v4, which
-ECS provides to every Fargate container).
+`fleet:workers` and `fleet:batch` (and `fleet:pool` when `Cluster.pool` is not ""), and their worker
+container gets `FLEET_ID`, `FLEET_CLUSTER`, `FLEET_WORKERS` and `FLEET_LAUNCH_ID` (and `FLEET_POOL`).
+`FLEET_HANDLE` is NOT set: one RunTask call starts up to 10 tasks with the same overrides, before
+their ARNs exist. A worker that needs its handle reads the `TaskARN` field of
+`$ECS_CONTAINER_METADATA_URI_V4/task` (the task metadata endpoint v4, which ECS provides to every
+Fargate container).
 
 Idempotency: every launch carries `startedBy` = "fleet-" + 30 hex characters derived from the
 fleet id, cluster and launch id (and a `clientToken` per call). Before launching (except on a
@@ -31,6 +38,18 @@ repeated: a retry never launches twice, even where clientToken is not honoured. 
 at most 10 tasks a call (`launch_batch`); containers of another size (the one partial container)
 get their own call because their FLEET_WORKERS differs. DescribeTasks is called in chunks of
 100; a task it does not return (or lists under `failures`) is stopped.
+
+Pools: `list_workers`, `find_launch` and the listing of `observe` keep only the tasks tagged with
+`Cluster.pool` (pool "": every task of the cluster, tagged or not). ListTasks cannot filter by tag,
+so this is done on the DescribeTasks answer. `worker_status` and `kill_workers` work on task ARNs
+whatever their pool: a handle's state does not depend on the pool the caller thinks it is in.
+
+Interruptions: a task that ECS stops with `stopCode` "SpotInterruption" (Fargate Spot reclaims
+it, after a two-minute SIGTERM warning) is STOPPED and, in `observe`, in `Observation.interrupted`
+with `Cause.FARGATE_SPOT`. `observe` is one ListTasks and one DescribeTasks (per 100 tasks) for
+the listing and the status together. A Fargate Spot RunTask refused for want of capacity (its
+`failures` say "Capacity is unavailable at this time", or a RESOURCE:* reason) is a CapacityError
+naming FARGATE_SPOT and the size, so Fleet takes the shortfall to another pool.
 """
 
 from __future__ import annotations
@@ -39,12 +58,12 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet.errors import CapacityError, PermanentProviderError, ProviderError, QuotaExceeded, TransientProviderError
-from fleet.provider import Cluster, ContainerSpec, Hardware, WorkerStatus
+from fleet.provider import Cause, Cluster, ContainerSpec, Hardware, Observation, WorkerStatus
 from providers._aws import (
     AwsOptions,
     AwsProvider,
@@ -70,6 +89,11 @@ FARGATE_SIZES: tuple[tuple[int, tuple[int, ...]], ...] = (
     (16384, tuple(range(32768, 122880 + 1, 8192))),
 )
 STARTING = ("PROVISIONING", "PENDING", "ACTIVATING")
+TAG_POOL = "fleet:pool"
+#: a task's `stopCode` when Fargate Spot reclaimed it
+SPOT_INTERRUPTION = "SpotInterruption"
+#: RunTask failure reasons that mean "no capacity now" (Fargate and Fargate Spot)
+CAPACITY_REASONS = ("capacity", "resource:")
 PER_RUN_TASK = 10
 PER_DESCRIBE = 100
 HINTS = {
@@ -78,8 +102,27 @@ HINTS = {
         "provider_options.task_definition must be FARGATE-compatible (requiresCompatibilities FARGATE, awsvpc)",
     "PlatformUnknownException": "fix the Fargate platform version",
     "ClientException": "check provider_options task_definition, container_name, subnets and security_groups",
-    "InvalidParameter": "check provider_options task_definition, container_name, subnets and security_groups",
+    "InvalidParameter": "check provider_options task_definition, container_name, subnets and security_groups; "
+                        "with market spot or capacity_provider_strategy, associate those capacity providers "
+                        "(FARGATE_SPOT) with the ECS cluster (ecs put-cluster-capacity-providers)",
 }
+
+
+class CapacityProviderItem(BaseModel):
+    """One entry of a RunTask capacity provider strategy (ECS's CapacityProviderStrategyItem)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    capacity_provider: Literal["FARGATE", "FARGATE_SPOT"] = Field(description="a Fargate capacity provider")
+    weight: int = Field(default=0, ge=0, le=1000, description="relative share of the tasks launched")
+    base: int = Field(default=0, ge=0, le=100000, description="tasks placed here first")
+
+    def api(self) -> dict[str, Any]:
+        """The item as RunTask takes it."""
+        item: dict[str, Any] = {"capacityProvider": self.capacity_provider, "weight": self.weight}
+        if self.base:
+            item["base"] = self.base
+        return item
 
 
 class ECSOptions(AwsOptions):
@@ -90,6 +133,43 @@ class ECSOptions(AwsOptions):
     security_groups: tuple[str, ...] = Field(default=(), max_length=5, description="awsvpc security groups")
     assign_public_ip: bool = Field(default=False, description="give tasks a public IP (needed without NAT)")
     stop_concurrency: int = Field(default=10, ge=1, le=50, description="StopTask calls in flight at once")
+    market: Literal["on-demand", "spot"] = Field(default="on-demand",
+                                                 description="spot: Fargate Spot (capacity provider FARGATE_SPOT)")
+    capacity_provider_strategy: tuple[CapacityProviderItem, ...] | None = Field(
+        default=None, min_length=1, max_length=20, description="an explicit RunTask capacity provider strategy")
+
+    @model_validator(mode="after")
+    def _strategy_agrees(self) -> ECSOptions:
+        items = self.capacity_provider_strategy
+        if items is None:
+            return self
+        names = [i.capacity_provider for i in items]
+        if len(set(names)) != len(names):
+            raise ValueError("capacity_provider_strategy names a capacity provider twice")
+        if not any(i.weight for i in items):
+            raise ValueError("capacity_provider_strategy needs a weight above 0")
+        if sum(1 for i in items if i.base) > 1:
+            raise ValueError("capacity_provider_strategy: only one capacity provider may have a base")
+        spot = "FARGATE_SPOT" in names
+        if "market" in self.model_fields_set and spot != (self.market == "spot"):
+            raise ValueError(f"market {self.market!r} disagrees with capacity_provider_strategy "
+                             f"({'+'.join(names)}): give one of them, or make them agree")
+        return self
+
+    def strategy(self) -> tuple[dict[str, Any], ...] | None:
+        """The capacityProviderStrategy RunTask gets, or None: launchType FARGATE."""
+        if self.capacity_provider_strategy is not None:
+            return tuple(i.api() for i in self.capacity_provider_strategy)
+        if self.market == "spot":
+            return ({"capacityProvider": "FARGATE_SPOT", "weight": 1},)
+        return None
+
+    def capacity_label(self, size: tuple[int, int]) -> str:
+        """What a capacity error names as its instance type: the capacity providers and the
+        Fargate size ("FARGATE 256/512", "FARGATE_SPOT 256/512")."""
+        strategy = self.strategy()
+        where = "+".join(i["capacityProvider"] for i in strategy) if strategy else "FARGATE"
+        return f"{where} {size[0]}/{size[1]}"
 
 
 def fargate_size(cpu: float, memory_mb: int) -> tuple[int, int]:
@@ -112,6 +192,22 @@ def started_by(cluster: Cluster[ECSOptions], launch_id: str) -> str:
 
 def _is_task_arn(handle: str) -> bool:
     return handle.startswith("arn:") and ":task/" in handle
+
+
+def _workers(task: dict[str, Any]) -> int:
+    return int(tag_dict(task.get("tags")).get("fleet:workers", "1"))
+
+
+def in_pool(task: dict[str, Any], cluster: Cluster[ECSOptions]) -> bool:
+    """Whether `task` is tagged for this fleet, cluster and pool (pool "": any pool)."""
+    tags = tag_dict(task.get("tags"))
+    return (tags.get("fleet:id") == cluster.fleet_id and tags.get("fleet:cluster") == cluster.name
+            and (not cluster.pool or tags.get(TAG_POOL) == cluster.pool))
+
+
+def interrupted(task: dict[str, Any] | None) -> bool:
+    """Whether Fargate Spot reclaimed `task` (or is reclaiming it: its two-minute warning)."""
+    return task is not None and task.get("stopCode") == SPOT_INTERRUPTION
 
 
 class ECSProvider(AwsProvider[ECSOptions]):
@@ -167,13 +263,19 @@ class ECSProvider(AwsProvider[ECSOptions]):
                "FLEET_WORKERS": str(workers), "FLEET_LAUNCH_ID": launch_id}
         tags = {"fleet:id": cluster.fleet_id, "fleet:cluster": cluster.name, "fleet:launch": launch_id,
                 "fleet:workers": str(workers), "fleet:batch": str(index)}
+        if cluster.pool:
+            env["FLEET_POOL"] = tags[TAG_POOL] = cluster.pool
         vpc: dict[str, Any] = {"subnets": list(opts.subnets),
                                "assignPublicIp": "ENABLED" if opts.assign_public_ip else "DISABLED"}
         if opts.security_groups:
             vpc["securityGroups"] = list(opts.security_groups)
-        with aws_errors("ecs:RunTask", instance_type=f"FARGATE {size[0]}/{size[1]}", hints=HINTS):
+        strategy = opts.strategy()
+        # RunTask refuses launchType together with a capacityProviderStrategy
+        placement: dict[str, Any] = ({"capacityProviderStrategy": list(strategy)} if strategy
+                                     else {"launchType": "FARGATE"})
+        with aws_errors("ecs:RunTask", instance_type=opts.capacity_label(size), hints=HINTS):
             resp = self.client(cluster).run_task(
-                cluster=opts.cluster, taskDefinition=opts.task_definition, count=n, launchType="FARGATE",
+                cluster=opts.cluster, taskDefinition=opts.task_definition, count=n, **placement,
                 startedBy=marker, clientToken=token(launch_id, str(index)),
                 networkConfiguration={"awsvpcConfiguration": vpc},
                 overrides={"cpu": str(size[0]), "memory": str(size[1]), "containerOverrides": [{
@@ -186,15 +288,17 @@ class ECSProvider(AwsProvider[ECSOptions]):
             reasons = "; ".join(sorted({f"{f.get('reason', '?')} {f.get('detail', '')}".strip() for f in failures}))
             log.warning("launch %s: RunTask started %d of %d tasks: %s", launch_id, len(tasks), n, reasons)
             if not tasks:
-                raise self._failure_error(reasons, size)
+                raise self._failure_error(reasons, opts.capacity_label(size))
         return [(t["taskArn"], workers) for t in tasks]
 
     @staticmethod
-    def _failure_error(reasons: str, size: tuple[int, int]) -> ProviderError:
+    def _failure_error(reasons: str, label: str) -> ProviderError:
+        """The typed error of a RunTask that started nothing and said why in `failures`;
+        `label` names the capacity asked for ("FARGATE_SPOT 256/512")."""
         text = f"ecs:RunTask started no task: {reasons}"
         lowered = reasons.lower()
-        if "capacity" in lowered:
-            return CapacityError(text, f"FARGATE {size[0]}/{size[1]}")
+        if any(r in lowered for r in CAPACITY_REASONS):
+            return CapacityError(text, label)
         if "limit" in lowered or "quota" in lowered:
             return QuotaExceeded(text)
         return TransientProviderError(text)
@@ -241,28 +345,44 @@ class ECSProvider(AwsProvider[ECSOptions]):
 
     def find_launch(self, cluster: Cluster[ECSOptions], launch_id: str) -> list[str]:
         live = [t for t in self._launched(cluster, started_by(cluster, launch_id))
-                if tag_dict(t.get("tags")).get("fleet:cluster") == cluster.name
-                and self._status(t) != WorkerStatus.STOPPED]
-        return [t["taskArn"] for t in sorted(live, key=lambda t: t["taskArn"])
-                for _ in range(int(tag_dict(t.get("tags")).get("fleet:workers", "1")))]
+                if self._status(t) != WorkerStatus.STOPPED]
+        return [t["taskArn"] for t in sorted(live, key=lambda t: t["taskArn"]) for _ in range(_workers(t))]
 
     def list_workers(self, cluster: Cluster[ECSOptions]) -> dict[str, int]:
         arns = self._list(cluster, desired="RUNNING")
+        return self._listed(cluster, arns, {t["taskArn"]: t for t in self._describe(cluster, arns)})
+
+    def observe(self, cluster: Cluster[ECSOptions], handles: Sequence[str]) -> Observation:
+        """One ListTasks and one DescribeTasks (per 100 tasks) for the listing and every status:
+        the handles asked and the listed tasks are described together. A task stopped with
+        stopCode SpotInterruption is interrupted (Cause.FARGATE_SPOT)."""
+        arns = self._list(cluster, desired="RUNNING")
+        asked = list(dict.fromkeys(handles))
+        tasks = {t["taskArn"]: t for t in self._describe(
+            cluster, dict.fromkeys([*(h for h in asked if _is_task_arn(h)), *arns]))}
+        listed = self._listed(cluster, arns, tasks)
+        status = {h: self._status(tasks.get(h)) for h in dict.fromkeys([*asked, *listed])}
+        return Observation(listed, status,
+                           {h: Cause.FARGATE_SPOT for h in status if interrupted(tasks.get(h))})
+
+    def _listed(self, cluster: Cluster[ECSOptions], arns: Iterable[str],
+                tasks: dict[str, dict[str, Any]]) -> dict[str, int]:
+        """Of the listed `arns`, the live tasks of this fleet, cluster and pool, with their
+        worker counts (`tasks`: what DescribeTasks said, by ARN)."""
         out: dict[str, int] = {}
-        for task in self._describe(cluster, arns):
-            tags = tag_dict(task.get("tags"))
-            if (tags.get("fleet:id") == cluster.fleet_id and tags.get("fleet:cluster") == cluster.name
-                    and self._status(task) != WorkerStatus.STOPPED):
-                out[task["taskArn"]] = int(tags.get("fleet:workers", "1"))
+        for arn in arns:
+            task = tasks.get(arn)
+            if task is not None and in_pool(task, cluster) and self._status(task) != WorkerStatus.STOPPED:
+                out[arn] = _workers(task)
         return out
 
     # -- listing ---------------------------------------------------------------------------
     def _launched(self, cluster: Cluster[ECSOptions], marker: str) -> list[dict[str, Any]]:
-        """Every task (running or stopped) an earlier attempt of a launch started, with tags."""
+        """Every task (running or stopped) of this fleet, cluster and pool that a launch started
+        (found by its `startedBy` marker), with tags."""
         arns = self._list(cluster, desired="RUNNING", started=marker) + self._list(cluster, desired="STOPPED",
                                                                                   started=marker)
-        return [t for t in self._describe(cluster, list(dict.fromkeys(arns)))
-                if tag_dict(t.get("tags")).get("fleet:id") == cluster.fleet_id]
+        return [t for t in self._describe(cluster, list(dict.fromkeys(arns))) if in_pool(t, cluster)]
 
     def _list(self, cluster: Cluster[ECSOptions], *, desired: str, started: str | None = None) -> list[str]:
         kwargs: dict[str, Any] = {"cluster": cluster.options.cluster, "desiredStatus": desired}

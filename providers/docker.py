@@ -61,6 +61,7 @@ from fleet.errors import PermanentProviderError, ProviderError, RateLimited, Tra
 from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus, import_sdk
 
 LABEL_ID, LABEL_CLUSTER, LABEL_LAUNCH, LABEL_WORKERS = "fleet.id", "fleet.cluster", "fleet.launch", "fleet.workers"
+LABEL_POOL = "fleet.pool"  # set only for a cluster that declares pools
 _BIND = re.compile(r"^[^:]+:/[^:]*(:[a-zA-Z,]+)?$")
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
 _PARALLEL = 8  # concurrent Engine API calls per run / kill
@@ -138,8 +139,10 @@ class DockerProvider(Provider[DockerOptions]):
         return client.api
 
     def _ours(self, api: Any, cluster: Cluster[DockerOptions], *extra: str) -> dict[str, dict[str, Any]]:
-        """Every container (any state) labelled with this fleet id and cluster, by name."""
+        """Every container (any state) labelled with this fleet id and cluster (and pool), by name."""
         labels = [f"{LABEL_ID}={cluster.fleet_id}", f"{LABEL_CLUSTER}={cluster.name}", *extra]
+        if cluster.pool:
+            labels.append(f"{LABEL_POOL}={cluster.pool}")
         try:
             listed = api.containers(all=True, filters={"label": labels})
         except Exception as exc:
@@ -200,6 +203,8 @@ class DockerProvider(Provider[DockerOptions]):
         command = [string.Template(arg).safe_substitute(env) for arg in container.command]
         labels = {**opts.labels, LABEL_ID: cluster.fleet_id, LABEL_CLUSTER: cluster.name,
                   LABEL_LAUNCH: launch_id, LABEL_WORKERS: str(workers)}
+        if cluster.pool:
+            labels[LABEL_POOL] = cluster.pool
         devices = ([docker.types.DeviceRequest(count=hardware.gpus, capabilities=[["gpu"]])]
                    if hardware.gpus else None)
         host_config = api.create_host_config(

@@ -5,8 +5,14 @@ a line per call: op, start, end, pid); error rates per call
 (`run_error_rate`, `status_error_rate`, `kill_error_rate`: transient errors; `rate_limit_rate`
 and `quota_rate` on run); `never_boot_rate` (workers that stay initializing forever);
 `die_rate` (per status call, each worker dies behind Fleet's back with this probability);
-`slow_seconds` (each call sleeps up to this long); `seed`. Tests in the same process may also
-queue exact errors with `script` (see `Scripted`).
+`slow_seconds` (each call sleeps up to this long); `seed`. Capacity: `capacity_rate` (a run
+raises CapacityError) and `capacity_file` (while it exists, every run does). Interruptions:
+`interrupt_rate` (per status call, each live worker is reclaimed by the "cloud" with this
+probability, killed and reported in `observe().interrupted`), `notice_rate` (per status call,
+each live worker is warned, through `interruptions`, that it goes in `notice_seconds`; it is
+reclaimed then unless Fleet killed it first); `notice_file` (each handle named on a line of it
+is warned so, deterministically and across processes; `acknowledge` removes its line). Tests in
+the same process may also queue exact errors with `script` (see `Scripted`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,17 @@ from fleet.errors import (
     RateLimited,
     TransientProviderError,
 )
-from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus
+from fleet.provider import (
+    Cause,
+    Cluster,
+    ContainerSpec,
+    Hardware,
+    Interruption,
+    Observation,
+    Provider,
+    ProviderContext,
+    WorkerStatus,
+)
 from fleet.registry import provider_class
 
 Rate = Field(default=0.0, ge=0, le=1)
@@ -52,6 +68,12 @@ class FaultyOptions(BaseModel):
     slow_seconds: float = Field(default=0.0, ge=0, le=60)
     seed: int | None = None
     calm_file: str | None = Field(default=None, description="while this file exists, inject nothing")
+    capacity_rate: float = Rate
+    capacity_file: str | None = Field(default=None, description="while this file exists, every run has no capacity")
+    interrupt_rate: float = Rate
+    notice_rate: float = Rate
+    notice_seconds: float = Field(default=2.0, ge=0, le=3600)
+    notice_file: str | None = None
     #: append one line per call, `op start end pid` (Unix seconds), to this file: what the provider
     #: itself saw, from every control-plane process (tests measure the shared limits with it)
     journal: str | None = None
@@ -87,6 +109,9 @@ class FaultyProvider(Provider[FaultyOptions]):
         self.script: dict[str, deque[str]] = {"run": deque(), "status": deque(), "kill": deque(), "find": deque()}
         #: the excluded_types of every run call that reached the inner provider; tests only
         self.excluded_seen: list[frozenset[str]] = []
+        self._reclaimed: dict[str, Cause] = {}  # handles the "cloud" took, and why
+        self._notices: dict[str, Interruption] = {}  # warnings given, not yet acknowledged
+        self._due: dict[str, float] = {}  # warned handle -> when the "cloud" takes it
 
     @classmethod
     def validate_options(cls, options: Any) -> BaseModel:
@@ -104,7 +129,8 @@ class FaultyProvider(Provider[FaultyOptions]):
                 self._inner[opts.inner] = provider_class(opts.inner)(self.context)
         cls = provider_class(opts.inner)
         ref = Cluster(cluster.fleet_id, cluster.name, cluster.workers_per_container,
-                      cls.validate_options(opts.inner_options), cluster.excluded_types)
+                      cls.validate_options(opts.inner_options), cluster.excluded_types, cluster.first_attempt,
+                      cluster.pool)
         return self._inner[opts.inner], ref, opts
 
     def _chance(self, rate: float, opts: FaultyOptions | None = None) -> bool:
@@ -177,6 +203,8 @@ class FaultyProvider(Provider[FaultyOptions]):
             raise RateLimited("injected throttling", retry_after=1.0)
         if self._chance(opts.quota_rate, opts):
             raise QuotaExceeded("injected quota")
+        if (opts.capacity_file and os.path.exists(opts.capacity_file)) or self._chance(opts.capacity_rate, opts):
+            raise CapacityError("injected capacity shortage")
         handles = inner.run_workers(ref, container, hardware, count, launch_id=launch_id)
         for h in set(handles):
             if self._chance(opts.never_boot_rate, opts):
@@ -191,6 +219,7 @@ class FaultyProvider(Provider[FaultyOptions]):
         doomed = [h for h in handles if self._chance(opts.die_rate, opts)]
         if doomed:
             inner.kill_workers(ref, doomed)
+        self._interrupt(inner, ref, opts, handles)
         status = inner.worker_status(ref, handles)
         with self._lock:
             return {h: WorkerStatus.INITIALIZING if h in self._never_boot and s == WorkerStatus.RUNNING else s
@@ -202,6 +231,54 @@ class FaultyProvider(Provider[FaultyOptions]):
         killed = dict(inner.kill_workers(ref, handles))
         self._after("kill", opts)
         return killed
+
+    def _interrupt(self, inner: Provider[Any], ref: Cluster[Any], opts: FaultyOptions, handles: Sequence[str]) -> None:
+        """The "cloud" reclaims some workers, at once or after a warning."""
+        now = time.time()
+        with self._lock:
+            due = [h for h in handles if self._due.get(h, now + 1) <= now]
+        taken = due + [h for h in handles if h not in self._due and self._chance(opts.interrupt_rate, opts)]
+        for h in handles:
+            if h not in self._due and h not in taken and self._chance(opts.notice_rate, opts):
+                with self._lock:
+                    self._due[h] = now + opts.notice_seconds
+                    self._notices[h] = Interruption(h, Cause.SPOT_INTERRUPTION, now + opts.notice_seconds, f"r-{h}")
+        if taken:
+            inner.kill_workers(ref, taken)
+            with self._lock:
+                for h in taken:
+                    self._reclaimed[h] = Cause.SPOT_INTERRUPTION
+                    self._due.pop(h, None)
+
+    def observe(self, cluster: Cluster[FaultyOptions], handles: Sequence[str]) -> Observation:
+        with self._journal("observe", cluster.options):  # one call to Fleet: one line, one token
+            listed = self._list_workers(cluster)
+            asked = list(dict.fromkeys([*handles, *(listed or {})]))
+            status = self._worker_status(cluster, asked) if asked else {}
+        with self._lock:
+            taken = {h: self._reclaimed[h] for h in asked if h in self._reclaimed}
+        return Observation(listed, status, taken)
+
+    def interruptions(self, cluster: Cluster[FaultyOptions]) -> list[Interruption]:
+        opts = cluster.options
+        with self._lock:
+            out = list(self._notices.values())
+        if opts.notice_file and os.path.exists(opts.notice_file):
+            deadline = os.path.getmtime(opts.notice_file) + opts.notice_seconds
+            for line in open(opts.notice_file).read().split():
+                out.append(Interruption(line, Cause.SPOT_INTERRUPTION, deadline, f"file:{line}"))
+        return out
+
+    def acknowledge(self, cluster: Cluster[FaultyOptions], notices: Sequence[Interruption]) -> None:
+        opts = cluster.options
+        with self._lock:
+            for n in notices:
+                self._notices.pop(n.handle, None)
+            done = {n.handle for n in notices if n.receipt.startswith("file:")}
+            if done and opts.notice_file and os.path.exists(opts.notice_file):
+                left = [h for h in open(opts.notice_file).read().split() if h not in done]
+                with open(opts.notice_file, "w") as out:
+                    out.write("".join(f"{h}\n" for h in left))
 
     def _find_launch(self, cluster: Cluster[FaultyOptions], launch_id: str) -> list[str] | None:
         inner, ref, opts = self._parts(cluster)

@@ -9,7 +9,10 @@ Options (`provider_options`):
   `fleet.catalogue.InstanceType`, default: a built-in list of e2/n2 types with relative prices)
   that fits the cluster's `hardware` (one container = one VM).
 * `network` (default `global/networks/default`), `subnetwork`, `external_ip` (default true),
-  `service_account_email` + `scopes`, `disk_size_gb`, `preemptible` or `spot`.
+  `service_account_email` + `scopes`, `disk_size_gb`.
+* `market`: `standard` (default), `spot` (Spot VMs, deleted when preempted) or `preemptible`.
+  The older booleans `spot = true` / `preemptible = true` mean the same; a setting that
+  contradicts `market` is refused.
 * `api_endpoint`: another Compute endpoint, scheme included (tests: `http://127.0.0.1:PORT`).
 * `anonymous`: use anonymous credentials (only for a local fake server). Otherwise credentials
   come from application default credentials (the SDK's chain), never from options.
@@ -19,11 +22,12 @@ Options (`provider_options`):
 
 Identity: the instance name is the handle, `fleet-<launch id>-<index>` (deterministic, so a
 retried launch finds its instances by name). Labels `fleet-id`, `fleet-cluster`, `fleet-launch`
-and `fleet-workers` mark every instance (values lowercased and hashed when GCE would refuse
-them). The `startup-script` metadata exports FLEET_ID, FLEET_CLUSTER, FLEET_WORKERS,
-FLEET_LAUNCH_ID and the container's env, and FLEET_HANDLE (the VM's name, read from the metadata
-server), runs the worker (`docker run --network host` of `container.image`, or the command
-itself, `${VAR}` expanded) and then `shutdown -h now`: a worker that exits stops its VM
+and `fleet-workers` mark every instance, and `fleet-pool` when `Cluster.pool` is not "" (values
+lowercased and hashed when GCE would refuse them). The `startup-script` metadata exports
+FLEET_ID, FLEET_CLUSTER, FLEET_WORKERS, FLEET_LAUNCH_ID (FLEET_POOL with a pool) and the
+container's env, and FLEET_HANDLE (the VM's name, read from the metadata server), runs the
+worker (`docker run --network host` of `container.image`, or the command itself, `${VAR}`
+expanded) and then `shutdown -h now`: a worker that exits stops its VM
 (TERMINATED counts as stopped and `kill_workers` deletes it), so a dead control plane leaks no
 running VMs. No secrets go into metadata: the worker gets its broker credentials the way the
 image/VM is set up to.
@@ -35,18 +39,31 @@ is adopted and the rest inserted again. On any attempt but a launch's first
 (`Cluster.first_attempt`) one list by the launch label first finds what an earlier attempt made.
 A kill is one delete per instance (GCE has no bulk delete), not waited one by one: Fleet reads
 their effect back in one list.
+
+Pools: `list_workers`, `find_launch` and the listing of `observe` see only the instances labelled
+with the pool (pool "": every instance of the cluster). `worker_status`, `kill_workers` and the
+statuses of `observe` come from one list of the whole cluster, whatever the pool: a handle's
+state does not depend on the pool the caller thinks it is in.
+
+Preemption: a Spot or preemptible VM that `observe` is asked about and finds STOPPING or
+TERMINATED (or, for a Spot VM, which GCE deletes when it preempts it, no longer finds) may have
+been preempted, or its worker may have exited and powered it off. Only then, one list of the
+zone's `compute.instances.preempted` operations tells which: those are in
+`Observation.interrupted` with `Cause.PREEMPTED` (their status stays STOPPED). A sweep that finds
+no such VM makes no extra call.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import shlex
 import string
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -60,6 +77,7 @@ from fleet.errors import (
     TransientProviderError,
 )
 from fleet.provider import (
+    Cause,
     Cluster,
     ContainerSpec,
     Hardware,
@@ -71,6 +89,7 @@ from fleet.provider import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Relative on-demand prices (us-central1, USD/hour, rounded): only their order matters.
 DEFAULT_CATALOGUE: tuple[InstanceType, ...] = tuple(
@@ -87,6 +106,11 @@ DEFAULT_CATALOGUE: tuple[InstanceType, ...] = tuple(
 ) + (InstanceType(name="a2-highgpu-1g", cpu=12, memory_mb=87040, gpus=1, price=3.6731),)
 
 LABEL_ID, LABEL_CLUSTER, LABEL_LAUNCH, LABEL_WORKERS = "fleet-id", "fleet-cluster", "fleet-launch", "fleet-workers"
+LABEL_POOL = "fleet-pool"
+#: the zone operation GCE records when it preempts a Spot or preemptible VM
+PREEMPTED = "compute.instances.preempted"
+#: statuses of a VM that is being (or was) stopped: by its worker's shutdown, or by a preemption
+_STOPPING = ("STOPPING", "TERMINATED")
 _STATUS = {"PROVISIONING": WorkerStatus.INITIALIZING, "STAGING": WorkerStatus.INITIALIZING,
            "RUNNING": WorkerStatus.RUNNING}  # everything else (STOPPING, TERMINATED, ...) is stopped
 _RATE_REASONS = {"ratelimitexceeded", "userratelimitexceeded", "rate_limit_exceeded"}
@@ -114,8 +138,10 @@ class GCEOptions(BaseModel):
     scopes: tuple[str, ...] = Field(default=("https://www.googleapis.com/auth/cloud-platform",),
                                     description="OAuth scopes of the service account")
     disk_size_gb: int = Field(default=20, ge=10, le=65536, description="boot disk size")
-    preemptible: bool = Field(default=False, description="preemptible VMs")
-    spot: bool = Field(default=False, description="Spot VMs (deleted when preempted)")
+    market: Literal["standard", "spot", "preemptible"] = Field(
+        default="standard", description="standard, spot (Spot VMs, deleted when preempted) or preemptible VMs")
+    preemptible: bool = Field(default=False, description="preemptible VMs (market = preemptible)")
+    spot: bool = Field(default=False, description="Spot VMs (market = spot)")
     api_endpoint: str | None = Field(default=None, pattern=r"^https?://",
                                      description="Compute API endpoint, scheme included")
     anonymous: bool = Field(default=False, description="anonymous credentials: only for a local fake server")
@@ -126,9 +152,16 @@ class GCEOptions(BaseModel):
 
     @model_validator(mode="after")
     def _one_provisioning_model(self) -> GCEOptions:
+        """`spot` / `preemptible` are the older spelling of `market`: the result's `market` says
+        which provisioning model to use, and a contradiction is an error."""
         if self.preemptible and self.spot:
             raise ValueError("spot and preemptible: choose one")
-        return self
+        flagged = "spot" if self.spot else "preemptible" if self.preemptible else None
+        if flagged is None or self.market == flagged:
+            return self
+        if "market" in self.model_fields_set:
+            raise ValueError(f"{flagged} = true contradicts market = {self.market!r}: set market alone")
+        return self.model_copy(update={"market": flagged})
 
 
 def label_value(text: str) -> str:
@@ -232,7 +265,13 @@ class GCEProvider(Provider[GCEOptions]):
         return self._call(opts, lambda **kw: list(instances.list(**kw)), request=request)
 
     def _ours(self, cluster: Cluster[GCEOptions]) -> dict[str, str]:
+        """The labels of every instance of this fleet and cluster, whatever its pool."""
         return {LABEL_ID: label_value(cluster.fleet_id), LABEL_CLUSTER: label_value(cluster.name)}
+
+    @staticmethod
+    def _pool(cluster: Cluster[GCEOptions]) -> dict[str, str]:
+        """The pool label of `cluster.pool`'s instances ({} for pool "": no label, no filter)."""
+        return {LABEL_POOL: label_value(cluster.pool)} if cluster.pool else {}
 
     def _wait(self, opts: GCEOptions, ops: dict[str, Any], deadline: float) -> dict[str, Any]:
         """Wait (bounded by `deadline`) for operations keyed by name; the DONE ones, by key."""
@@ -264,7 +303,8 @@ class GCEProvider(Provider[GCEOptions]):
         names = [instance_name(launch_id, i) for i in range(len(sizes))]
         # what an earlier attempt of this launch made (none on a first attempt: no look-up)
         existing = set() if cluster.first_attempt else {
-            i.name for i in self._list(opts, **self._ours(cluster), **{LABEL_LAUNCH: label_value(launch_id)})}
+            i.name for i in self._list(opts, **self._ours(cluster), **self._pool(cluster),
+                                       **{LABEL_LAUNCH: label_value(launch_id)})}
         launched = set(existing)
         groups: dict[int, list[str]] = {}  # container size -> names still to make
         for name, size in zip(names, sizes, strict=True):
@@ -347,10 +387,11 @@ class GCEProvider(Provider[GCEOptions]):
         except not_found:
             return False
         labels = dict(found.labels)
-        if any(labels.get(k) != v for k, v in self._ours(cluster).items()):
+        if any(labels.get(k) != v for k, v in {**self._ours(cluster), **self._pool(cluster)}.items()):
             raise PermanentProviderError(
                 f"instance name {name} in {opts.project}/{opts.zone} is taken by an instance not labelled for "
-                f"fleet {cluster.fleet_id!r} cluster {cluster.name!r}: delete or rename it", str(exc))
+                f"fleet {cluster.fleet_id!r} cluster {cluster.name!r} pool {cluster.pool!r}: delete or rename it",
+                str(exc))
         return True
 
     def _properties(self, compute: Any, opts: GCEOptions, cluster: Cluster[GCEOptions], container: ContainerSpec,
@@ -364,15 +405,16 @@ class GCEProvider(Provider[GCEOptions]):
         if opts.external_ip:
             nic.access_configs = [compute.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")]
         scheduling = compute.Scheduling()
-        if opts.spot:
+        if opts.market == "spot":
             scheduling = compute.Scheduling(provisioning_model="SPOT", instance_termination_action="DELETE")
-        elif opts.preemptible:
+        elif opts.market == "preemptible":
             scheduling = compute.Scheduling(preemptible=True, automatic_restart=False, on_host_maintenance="TERMINATE")
         elif gpus:
             scheduling = compute.Scheduling(on_host_maintenance="TERMINATE")
         body = compute.InstanceProperties(
             machine_type=machine_type,
-            labels={**self._ours(cluster), LABEL_LAUNCH: label_value(launch_id), LABEL_WORKERS: str(size)},
+            labels={**self._ours(cluster), **self._pool(cluster), LABEL_LAUNCH: label_value(launch_id),
+                    LABEL_WORKERS: str(size)},
             metadata=compute.Metadata(items=[compute.Items(key="startup-script",
                                                            value=startup_script(container, env))]),
             disks=[compute.AttachedDisk(boot=True, auto_delete=True,
@@ -389,7 +431,7 @@ class GCEProvider(Provider[GCEOptions]):
         opts = cluster.options
         if not handles:
             return {}
-        seen = {i.name: _STATUS.get(i.status, WorkerStatus.STOPPED) for i in self._list(opts, **self._ours(cluster))}
+        seen = {i.name: _status(i) for i in self._list(opts, **self._ours(cluster))}
         return {h: seen.get(h, WorkerStatus.STOPPED) for h in handles}
 
     def kill_workers(self, cluster: Cluster[GCEOptions], handles: Sequence[str]) -> dict[str, bool | WorkerStatus]:
@@ -419,27 +461,80 @@ class GCEProvider(Provider[GCEOptions]):
         return result
 
     def observe(self, cluster: Cluster[GCEOptions], handles: Sequence[str]) -> Observation:
-        """The listing and every status from one list."""
-        found = {i.name: (_STATUS.get(i.status, WorkerStatus.STOPPED), int(dict(i.labels).get(LABEL_WORKERS, "1")))
-                 for i in self._list(cluster.options, **self._ours(cluster))}
-        listed = {name: w for name, (st, w) in found.items() if st is not WorkerStatus.STOPPED}
-        asked = list(dict.fromkeys([*handles, *listed]))
-        return Observation(listed, {h: found[h][0] if h in found else WorkerStatus.STOPPED for h in asked})
+        """The listing (this pool's live instances) and every status from one list of the
+        cluster; plus, only when an asked Spot or preemptible VM looks stopped, one list of the
+        zone's preemptions, which says which of them GCE preempted."""
+        opts = cluster.options
+        found = {i.name: i for i in self._list(opts, **self._ours(cluster))}
+        pool = self._pool(cluster)
+        listed = {name: _workers(i) for name, i in found.items()
+                  if _status(i) is not WorkerStatus.STOPPED and _labelled(i, pool)}
+        status = {h: _status(found.get(h)) for h in dict.fromkeys([*handles, *listed])}
+        suspects = [h for h in dict.fromkeys(handles) if _may_be_preempted(found.get(h), opts)]
+        return Observation(listed, status, dict.fromkeys(self._preempted(opts, suspects), Cause.PREEMPTED))
+
+    def _preempted(self, opts: GCEOptions, names: Sequence[str]) -> list[str]:
+        """Which of the instances `names` GCE preempted: one filtered list of the zone's
+        `compute.instances.preempted` operations (none when `names` is empty). A refusal
+        (permission) is logged and answers none: the statuses stand without it."""
+        if not names:
+            return []
+        compute, _, operations = self._sdk(opts)
+        request = compute.ListZoneOperationsRequest(project=opts.project, zone=opts.zone,
+                                                    filter=f'operationType = "{PREEMPTED}"',
+                                                    max_results=opts.page_size)
+        try:
+            ops = self._call(opts, lambda **kw: list(operations.list(**kw)), request=request)
+        except PermanentProviderError as exc:
+            log.warning("cannot list the preemptions of %s/%s (Spot VMs seen stopped count as stopped, not "
+                        "preempted): %s", opts.project, opts.zone, exc)
+            return []
+        preempted = {op.target_link.rsplit("/", 1)[-1] for op in ops if op.operation_type == PREEMPTED}
+        return [n for n in names if n in preempted]
 
     def launch_batch(self, cluster: Cluster[GCEOptions]) -> int:
         return BULK_MAX
 
     def find_launch(self, cluster: Cluster[GCEOptions], launch_id: str) -> list[str]:
         opts = cluster.options
-        found = self._list(opts, **self._ours(cluster), **{LABEL_LAUNCH: label_value(launch_id)})
-        return [i.name for i in sorted(found, key=lambda i: i.name)
-                for _ in range(int(dict(i.labels).get(LABEL_WORKERS, "1")))]
+        found = self._list(opts, **self._ours(cluster), **self._pool(cluster),
+                           **{LABEL_LAUNCH: label_value(launch_id)})
+        return [i.name for i in sorted(found, key=lambda i: i.name) for _ in range(_workers(i))]
 
     def list_workers(self, cluster: Cluster[GCEOptions]) -> dict[str, int]:
         opts = cluster.options
-        return {i.name: int(dict(i.labels).get(LABEL_WORKERS, "1"))
-                for i in self._list(opts, **self._ours(cluster))
-                if _STATUS.get(i.status, WorkerStatus.STOPPED) != WorkerStatus.STOPPED}
+        return {i.name: _workers(i) for i in self._list(opts, **self._ours(cluster), **self._pool(cluster))
+                if _status(i) is not WorkerStatus.STOPPED}
+
+
+# -- instances -----------------------------------------------------------------------------
+def _status(instance: Any) -> WorkerStatus:
+    """Fleet's status of an instance (None: not found, so stopped)."""
+    return WorkerStatus.STOPPED if instance is None else _STATUS.get(instance.status, WorkerStatus.STOPPED)
+
+
+def _workers(instance: Any) -> int:
+    return int(dict(instance.labels).get(LABEL_WORKERS, "1"))
+
+
+def _labelled(instance: Any, labels: dict[str, str]) -> bool:
+    found = dict(instance.labels)
+    return all(found.get(k) == v for k, v in labels.items())
+
+
+def _reclaimable(instance: Any) -> bool:
+    """Whether GCE may preempt `instance`: a Spot or a preemptible VM."""
+    scheduling = instance.scheduling
+    return scheduling.provisioning_model == "SPOT" or bool(scheduling.preemptible)
+
+
+def _may_be_preempted(instance: Any, opts: GCEOptions) -> bool:
+    """Whether an asked handle may be a preempted VM: a Spot or preemptible VM stopping or
+    stopped, or, when this cluster launches Spot VMs (GCE deletes them as it preempts them),
+    one that is gone."""
+    if instance is None:
+        return opts.market == "spot"
+    return instance.status in _STOPPING and _reclaimable(instance)
 
 
 # -- errors --------------------------------------------------------------------------------

@@ -73,8 +73,8 @@ class LocalProvider(Provider[LocalOptions]):
 
     # -- finding our processes -------------------------------------------------------------
     def _scan(self, cluster: Cluster[LocalOptions]) -> dict[str, tuple[int, dict[bytes, bytes]]]:
-        """Every live process-group leader of this fleet id and cluster, by handle."""
-        fid, name = cluster.fleet_id.encode(), cluster.name.encode()
+        """Every live process-group leader of this fleet id and cluster (and pool), by handle."""
+        fid, name, pool = cluster.fleet_id.encode(), cluster.name.encode(), cluster.pool.encode()
         found: dict[str, tuple[int, dict[bytes, bytes]]] = {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -82,6 +82,8 @@ class LocalProvider(Provider[LocalOptions]):
             pid = int(entry)
             env = _environ(pid)
             if not env or env.get(b"FLEET_ID") != fid or env.get(b"FLEET_CLUSTER") != name:
+                continue
+            if pool and env.get(b"FLEET_POOL") != pool:
                 continue
             try:
                 if os.getpgid(pid) != pid:

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, WorkerStatus
+from fleet.provider import Cause, Cluster, ContainerSpec, Hardware, Interruption, Observation, Provider, WorkerStatus
 
 
 class MemoryOptions(BaseModel):
@@ -33,6 +33,7 @@ class Worker:
     created: float
     boot_seconds: float
     env: dict[str, str]
+    pool: str = ""
 
 
 @dataclass
@@ -46,6 +47,8 @@ class World:
     high_water: Counter[str] = field(default_factory=Counter)
     exited: set[str] = field(default_factory=set)
     refused: Counter[str] = field(default_factory=Counter)  # handle -> kills still to refuse
+    notices: dict[str, Interruption] = field(default_factory=dict)  # warnings not yet acknowledged
+    reclaimed: dict[str, Cause] = field(default_factory=dict)  # handles the cloud took, and why
 
     def live(self, cluster: str) -> int:
         return sum(w.workers for h, w in self.workers.items() if w.cluster == cluster and h not in self.exited)
@@ -59,6 +62,17 @@ class World:
         """The next `times` kills of `handle` report False (the cloud refused them)."""
         with self.lock:
             self.refused[handle] = times
+
+    def warn(self, handle: str, cause: Cause = Cause.SPOT_INTERRUPTION, deadline: float | None = None) -> None:
+        """The cloud warns that it will reclaim `handle` (an interruption notice, as on EC2's queue)."""
+        with self.lock:
+            self.notices[handle] = Interruption(handle, cause, deadline, receipt=f"r-{handle}")
+
+    def reclaim(self, handle: str, cause: Cause = Cause.PREEMPTED) -> None:
+        """The cloud takes `handle` (a preempted VM): gone, and `observe` says why."""
+        with self.lock:
+            if self.workers.pop(handle, None) is not None:
+                self.reclaimed[handle] = cause
 
     def exit(self, handle: str) -> None:
         """The worker dies on its own but its remains stay until killed (an exited container, a
@@ -96,7 +110,8 @@ class MemoryProvider(Provider[MemoryOptions]):
             for i, size in enumerate(cluster.containers_for(count)):
                 handle = f"mem-{launch_id[:12]}-{i}"
                 env = {**container.env, **cluster.identity_env(handle, size)}
-                world.workers[handle] = Worker(cluster.name, size, launch_id, time.monotonic(), boot, env)
+                world.workers[handle] = Worker(cluster.name, size, launch_id, time.monotonic(), boot, env,
+                                               cluster.pool)
                 handles += [handle] * size
             world.launches[launch_id] = handles
             world.high_water[cluster.name] = max(world.high_water[cluster.name], world.live(cluster.name))
@@ -138,10 +153,34 @@ class MemoryProvider(Provider[MemoryOptions]):
         world = self.world(cluster.fleet_id)
         with world.lock:
             world.calls["find"] += 1
-            return [h for h in world.launches.get(launch_id, []) if h in world.workers]
+            return [h for h in world.launches.get(launch_id, [])
+                    if h in world.workers and (not cluster.pool or world.workers[h].pool == cluster.pool)]
 
     def list_workers(self, cluster: Cluster[MemoryOptions]) -> dict[str, int]:
         world = self.world(cluster.fleet_id)
         with world.lock:
             return {h: w.workers for h, w in world.workers.items()
-                    if w.cluster == cluster.name and h not in world.exited}
+                    if w.cluster == cluster.name and h not in world.exited
+                    and (not cluster.pool or w.pool == cluster.pool)}
+
+    def observe(self, cluster: Cluster[MemoryOptions], handles: Sequence[str]) -> Observation:
+        listed = self.list_workers(cluster)
+        asked = list(dict.fromkeys([*handles, *listed]))
+        status = self.worker_status(cluster, asked)
+        world = self.world(cluster.fleet_id)
+        with world.lock:
+            taken = {h: world.reclaimed[h] for h in asked if h in world.reclaimed}
+        return Observation(listed, status, taken)
+
+    def interruptions(self, cluster: Cluster[MemoryOptions]) -> list[Interruption]:
+        world = self.world(cluster.fleet_id)
+        with world.lock:
+            return [n for h, n in world.notices.items()
+                    if (w := world.workers.get(h)) is None or (w.cluster == cluster.name
+                                                              and (not cluster.pool or w.pool == cluster.pool))]
+
+    def acknowledge(self, cluster: Cluster[MemoryOptions], notices: Sequence[Interruption]) -> None:
+        world = self.world(cluster.fleet_id)
+        with world.lock:
+            for n in notices:
+                world.notices.pop(n.handle, None)

@@ -102,8 +102,9 @@ class CeleryDispatcher:
     def run(self, cluster: str, launch_id: str, provider: str) -> None:
         app.send_task("fleet.run", (cluster, launch_id), queue=provider_queue(self.fleet_id, provider))
 
-    def kill(self, cluster: str, handles: Sequence[str], provider: str) -> None:
-        app.send_task("fleet.kill", (cluster, list(handles)), queue=provider_queue(self.fleet_id, provider))
+    def kill(self, cluster: str, handles: Sequence[str], provider: str, pool: str = "") -> None:
+        args = (cluster, list(handles), pool) if pool else (cluster, list(handles))
+        app.send_task("fleet.kill", args, queue=provider_queue(self.fleet_id, provider))
 
     def reconcile(self, cluster: str) -> None:
         # A short delay lets a burst coalesce: until the reconcile starts, the cluster's `queued`

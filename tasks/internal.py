@@ -42,9 +42,9 @@ def run(self: Task, cluster: str, launch_id: str) -> dict[str, Any]:
 
 
 @app.task(name="fleet.kill", **PROVIDER_TASK)
-def kill(self: Task, cluster: str, handles: list[str]) -> dict[str, Any]:
+def kill(self: Task, cluster: str, handles: list[str], pool: str = "") -> dict[str, Any]:
     try:
-        return manager().launcher.kill_handles(cluster, handles)
+        return manager().launcher.kill_handles(cluster, handles, pool)
     except TransientProviderError as exc:
         return _retry_provider(self, exc)
 
@@ -62,7 +62,8 @@ def sweep() -> int:
     for cluster, spec in cfg.clusters.items():
         # on the provider's queue: a sweep calls the provider, and may wait for it
         sweep_cluster.apply_async(
-            (cluster,), queue=provider_queue(cfg.fleet.id, spec.provider), expires=cfg.fleet.sweep_interval
+            (cluster,), queue=provider_queue(cfg.fleet.id, spec.pool_list[0].provider),
+            expires=cfg.fleet.sweep_interval
         )
     return len(cfg.clusters)
 

@@ -84,3 +84,57 @@ def test_cli_reports_a_bad_config_without_traceback(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--config", str(path), "clusters"])
     assert result.exit_code == 2
     assert "clusters.web.max_workers" in result.output and "Traceback" not in result.output
+
+
+POOLS = """
+[fleet]
+id = "f1"
+[clusters.batch]
+max_workers = 10
+rebalance = { max_in_flight = 2 }
+pools = [
+  { name = "spot", provider = "memory", max_workers = 6 },
+  { name = "od", provider = "local", provider_options = { kill_grace = 1 }, weight = 2 },
+  { name = "first", provider = "memory", priority = 0 },
+]
+[clusters.batch.container]
+command = ["w"]
+"""
+
+
+def test_pools_load_in_order_of_preference(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(POOLS)
+    spec = load_config(path).spec("batch")
+    assert [p.name for p in spec.pool_list] == ["spot", "first", "od"]  # priority 0 ties with position 0
+    assert [spec.rank(p.name) for p in spec.pool_list] == [0, 0, 1]
+    assert spec.providers == ("memory", "local") and spec.provider is None
+    assert spec.pool("spot").max_workers == 6 and spec.rebalance and spec.rebalance.max_in_flight == 2
+    single = load_config(write(tmp_path, GOOD)).spec("web")
+    assert [(p.name, p.provider) for p in single.pool_list] == [("", single.provider)]
+
+
+@pytest.mark.parametrize("change,message", [
+    ('{ name = "od", provider = "local", provider_options = { kill_grace = 1 }, weight = 2 }',
+     "clusters.batch.pools.1.provider_options.kill_grace"),
+    ('{ name = "spot", provider = "local" }', "pool names must differ: spot"),
+    ('{ name = "od", provider = "nope" }', "clusters.batch.pools.1.provider"),
+    ('{ name = "o:d", provider = "local" }', "pools.1.name"),
+])
+def test_bad_pools_are_refused_with_where(tmp_path: Path, change: str, message: str) -> None:
+    text = POOLS.replace('{ name = "od", provider = "local", provider_options = { kill_grace = 1 }, weight = 2 }',
+                         change.replace("kill_grace = 1", "kill_grace = -1"))
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(path)
+
+
+def test_provider_and_pools_exclude_each_other(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(POOLS.replace("max_workers = 10\n", 'max_workers = 10\nprovider = "memory"\n'))
+    with pytest.raises(ConfigError, match="either `provider`"):
+        load_config(path)
+    path.write_text(POOLS.replace('pools = [', 'pools_ = [').replace("rebalance = { max_in_flight = 2 }\n", ""))
+    with pytest.raises(ConfigError):
+        load_config(path)

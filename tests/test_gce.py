@@ -1,9 +1,10 @@
 """The gce provider beyond the contract suite, against the fake Compute REST server
-(tests/fake_gce.py) through google-cloud-compute's real REST client."""
+(fleet/testing/backends/gce.py) through google-cloud-compute's real REST client."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import subprocess
 import sys
@@ -16,9 +17,9 @@ import pytest
 from pydantic import ValidationError
 
 from fleet.errors import CapacityError, PermanentProviderError, QuotaExceeded, RateLimited, TransientProviderError
-from fleet.provider import Cluster, ContainerSpec, Hardware, ProviderContext, WorkerStatus
-from fleet.testing.backends.gce import FakeGCE, parse_filter
-from providers.gce import METADATA_NAME, GCEProvider, instance_name, request_id
+from fleet.provider import Cause, Cluster, ContainerSpec, Hardware, Observation, ProviderContext, WorkerStatus
+from fleet.testing.backends.gce import FakeGCE, parse_filter, parse_terms
+from providers.gce import METADATA_NAME, GCEProvider, instance_name, label_value, request_id
 from tests.kits.gce import PROJECT, ZONE, gce_options
 
 CMD = ContainerSpec(command=("celery", "-A", "tasks", "worker", "--concurrency", "${FLEET_WORKERS}"),
@@ -391,3 +392,122 @@ def test_api_calls_of_twenty_workers(make: Make, fake: FakeGCE) -> None:
     assert status == {"list": 1}
     assert kill == {"list": 1, "delete": 20}  # not waited one by one: Fleet reads their effect back in one list
     assert provider.list_workers(cluster) == {}
+
+
+# -- markets, preemption and pools ---------------------------------------------------------
+
+@pytest.mark.parametrize("options, market, scheduling", [
+    ({}, "standard", {}),
+    ({"market": "spot"}, "spot", {"provisioningModel": "SPOT", "instanceTerminationAction": "DELETE"}),
+    ({"spot": True}, "spot", {"provisioningModel": "SPOT", "instanceTerminationAction": "DELETE"}),
+    ({"spot": True, "market": "spot"}, "spot", {"provisioningModel": "SPOT", "instanceTerminationAction": "DELETE"}),
+    ({"market": "preemptible"}, "preemptible",
+     {"preemptible": True, "automaticRestart": False, "onHostMaintenance": "TERMINATE"}),
+    ({"preemptible": True}, "preemptible",
+     {"preemptible": True, "automaticRestart": False, "onHostMaintenance": "TERMINATE"}),
+])
+def test_the_market_sets_the_scheduling(make: Make, fake: FakeGCE, options: dict[str, Any], market: str,
+                                        scheduling: dict[str, Any]) -> None:
+    provider, cluster = make(**options)
+    assert cluster.options.market == market
+    (h,) = provider.run_workers(cluster, CMD, SMALL, 1, launch_id=uuid.uuid4().hex)
+    assert (fake.get(PROJECT, ZONE, h) or {}).get("scheduling", {}) == scheduling
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"spot": True, "market": "standard"}, "spot = true contradicts market = 'standard'"),
+    ({"spot": True, "market": "preemptible"}, "spot = true contradicts market"),
+    ({"preemptible": True, "market": "spot"}, "preemptible = true contradicts market = 'spot'"),
+    ({"market": "reserved"}, "market"),
+])
+def test_contradicting_markets_are_refused(options: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValidationError, match=words):
+        GCEProvider.validate_options({"project": "p", "zone": "z", "source_image": "i", **options})
+
+
+def test_a_preempted_spot_vm_is_interrupted_though_gce_deleted_it(make: Make, fake: FakeGCE) -> None:
+    provider, cluster = make(market="spot")
+    fake.ready_after_reads = 0
+    kept, gone = (h for h, _ in itertools.groupby(provider.run_workers(cluster, CMD, SMALL, 2,
+                                                                       launch_id=uuid.uuid4().hex)))
+    fake.reset_counters()
+    steady = provider.observe(cluster, [kept, gone])
+    assert steady.interrupted == {} and fake.calls == {"list": 1}  # nothing looks stopped: no extra call
+    op = fake.preempt(PROJECT, ZONE, gone)
+    assert op["operationType"] == "compute.instances.preempted" and gone not in fake.names(PROJECT, ZONE)
+    fake.reset_counters()
+    seen = provider.observe(cluster, [kept, gone])
+    assert seen.interrupted == {gone: Cause.PREEMPTED}
+    assert seen.status == {kept: WorkerStatus.RUNNING, gone: WorkerStatus.STOPPED}
+    assert seen.listed == {kept: 1}
+    assert fake.calls == {"list": 1, "operation_list": 1}
+    (query,) = [q for kind, _, q in fake.log if kind == "operation_list"]
+    assert parse_terms(query["filter"][0]) == {"operationType": "compute.instances.preempted"}
+
+
+def test_a_preempted_preemptible_vm_stays_terminated_and_is_interrupted(make: Make, fake: FakeGCE) -> None:
+    provider, cluster = make(market="preemptible")
+    (h,) = provider.run_workers(cluster, CMD, SMALL, 1, launch_id=uuid.uuid4().hex)
+    fake.preempt(PROJECT, ZONE, h)
+    assert (fake.get(PROJECT, ZONE, h) or {})["status"] == "TERMINATED"
+    seen = provider.observe(cluster, [h])
+    assert seen == Observation({}, {h: WorkerStatus.STOPPED}, {h: Cause.PREEMPTED})
+    assert provider.worker_status(cluster, [h]) == {h: WorkerStatus.STOPPED}  # its status is what it was
+
+
+def test_a_standard_vm_terminated_is_not_interrupted_and_costs_no_extra_call(make: Make, fake: FakeGCE) -> None:
+    provider, cluster = make()
+    (h,) = provider.run_workers(cluster, CMD, SMALL, 1, launch_id=uuid.uuid4().hex)
+    with pytest.raises(ValueError, match="neither Spot nor preemptible"):
+        fake.preempt(PROJECT, ZONE, h)  # GCE does not preempt a standard VM
+    fake.set_status(PROJECT, ZONE, h, "TERMINATED")
+    fake.reset_counters()
+    assert provider.observe(cluster, [h, "fleet-gone-0"]) == Observation(
+        {}, {h: WorkerStatus.STOPPED, "fleet-gone-0": WorkerStatus.STOPPED}, {})
+    assert fake.calls == {"list": 1}
+
+
+@pytest.mark.parametrize("status", ["TERMINATED", "STOPPING"])
+def test_a_spot_vm_its_worker_powered_off_is_not_interrupted(make: Make, fake: FakeGCE, status: str) -> None:
+    provider, cluster = make(market="spot")
+    (h,) = provider.run_workers(cluster, CMD, SMALL, 1, launch_id=uuid.uuid4().hex)
+    other_provider, other = make(market="spot")  # another fleet's VM preempted in the same zone
+    (theirs,) = other_provider.run_workers(other, CMD, SMALL, 1, launch_id=uuid.uuid4().hex)
+    fake.preempt(PROJECT, ZONE, theirs)
+    fake.set_status(PROJECT, ZONE, h, status)  # `shutdown -h now` after the worker exited
+    fake.reset_counters()
+    seen = provider.observe(cluster, [h])
+    assert seen.status == {h: WorkerStatus.STOPPED} and seen.interrupted == {}
+    assert fake.calls == {"list": 1, "operation_list": 1}  # the preemptions, asked, say it was not one
+
+
+def test_preemptions_that_cannot_be_listed_leave_the_status_alone(make: Make, fake: FakeGCE) -> None:
+    provider, cluster = make(market="preemptible")
+    (h,) = provider.run_workers(cluster, CMD, SMALL, 1, launch_id=uuid.uuid4().hex)
+    fake.preempt(PROJECT, ZONE, h)
+    fake.fail("operation_list", 403, "forbidden", "Required 'compute.zoneOperations.list' permission")
+    assert provider.observe(cluster, [h]) == Observation({}, {h: WorkerStatus.STOPPED}, {})
+    assert provider.observe(cluster, [h]).interrupted == {h: Cause.PREEMPTED}  # allowed again: seen
+
+
+def test_pools_are_labelled_and_listed_apart(make: Make, fake: FakeGCE) -> None:
+    provider, cluster = make()
+    spot, steady = dataclasses.replace(cluster, pool="Spot Pool"), dataclasses.replace(cluster, pool="steady")
+    a_id, b_id = uuid.uuid4().hex, uuid.uuid4().hex
+    (a,) = provider.run_workers(spot, CMD, SMALL, 1, launch_id=a_id)
+    (b,) = provider.run_workers(steady, CMD, SMALL, 1, launch_id=b_id)
+    body = fake.get(PROJECT, ZONE, a) or {}
+    pool_label = body["labels"]["fleet-pool"]
+    assert pool_label == label_value("Spot Pool") != "Spot Pool"  # made label-safe
+    assert (fake.get(PROJECT, ZONE, b) or {})["labels"]["fleet-pool"] == "steady"
+    assert "export FLEET_POOL='Spot Pool'" in body["metadata"]["items"][0]["value"]
+    fake.reset_counters()
+    assert provider.list_workers(spot) == {a: 1} and provider.list_workers(steady) == {b: 1}
+    assert parse_filter(fake.log[0][2]["filter"][0]) == labels_of(cluster, **{"fleet-pool": pool_label})
+    assert provider.list_workers(cluster) == {a: 1, b: 1}  # no pool: the whole cluster
+    assert provider.find_launch(spot, a_id) == [a] and provider.find_launch(steady, a_id) == []
+    fake.ready_after_reads = 0
+    # the listing is the pool's; a status is a handle's, whatever pool asks
+    seen = provider.observe(spot, [b])
+    assert seen.listed == {a: 1} and seen.status == {a: WorkerStatus.RUNNING, b: WorkerStatus.RUNNING}
+    assert provider.kill_workers(steady, [a]) == {a: True} and a not in fake.names(PROJECT, ZONE)

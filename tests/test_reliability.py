@@ -168,9 +168,9 @@ def test_a_kill_that_fails_after_its_handle_left_redis_is_cleaned_up(r: redis.Re
     state.record_kills("web", {h: False}, 0.2)
     assert r.hexists(state.of("web").cleanup, h)
     assert [e["kind"] for e in state.events("web")][-1] == "kill_failed"
-    assert state.cleanup_due("web", 0.2, 20) == []  # not before its retry time
+    assert state.cleanup_due("web", 0.2, 20) == {}  # not before its retry time
     time.sleep(0.25)
-    assert state.cleanup_due("web", 0.2, 20) == [h]
+    assert state.cleanup_due("web", 0.2, 20) == {h: ""}
     state.record_kills("web", {h: True}, 0.2)
     assert not r.hexists(state.of("web").cleanup, h)
     assert [e["kind"] for e in state.events("web")][-1] == "cleaned_up"
@@ -186,7 +186,7 @@ def test_an_adopted_handle_leaves_the_cleanup_hash(r: redis.Redis) -> None:
     assert state.adopt("web", {h: (1, "running")}, set_desired=False) == 1
     assert not r.hexists(state.of("web").cleanup, h)
     time.sleep(0.25)
-    assert state.cleanup_due("web", 0.2, 20) == []
+    assert state.cleanup_due("web", 0.2, 20) == {}
 
 
 def test_rate_limited_holds_every_worker_off_the_provider(fleet: Any, control_plane: Any) -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fleet.config import parse_config
 from fleet.manager import Manager
-from fleet.model import Counts, EventKind, HandleStatus, LaunchRecord, LaunchState
+from fleet.model import Counts, EventKind, HandleRecord, HandleStatus, LaunchRecord, LaunchState
 from fleet.store import PlanView, Store, Writes, per_handle
 from fleet.testing.counting import Tally, counting_client
 from providers.memory import MemoryProvider
@@ -55,19 +55,30 @@ def truth(store: Store, cluster: str) -> tuple[Counts, dict[str, HandleStatus]]:
 
 
 def stored(store: Store, cluster: str) -> tuple[Counts, dict[str, HandleStatus]]:
-    k = store.of(cluster)
-    index = {h.decode(): HandleStatus(s.decode()) for h, s in store.r.hgetall(k.index).items()}
-    return store.counts(cluster), index
+    view = store.sweep_view(cluster)
+    pools = {}
+    for h, raw in store.r.hgetall(store.of(cluster).handles).items():
+        try:
+            rec = HandleRecord.decode(raw)
+        except ValueError:
+            continue  # a record no script can read is in no count (see the test below)
+        if rec.pool:
+            pools[h.decode()] = rec.pool
+    assert view.pools == pools  # the index names each handle's pool
+    return store.counts(cluster), view.index
 
 
 def same(a: Counts, b: Counts) -> bool:
     def nonzero(d: dict[HandleStatus, int]) -> dict[HandleStatus, int]:
         return {k: v for k, v in d.items() if v}
-    return nonzero(a.workers) == nonzero(b.workers) and nonzero(a.handles) == nonzero(b.handles)
+    pools = {p: nonzero(by) for p, by in a.pools.items() if nonzero(by)} == {
+        p: nonzero(by) for p, by in b.pools.items() if nonzero(by)}
+    return (nonzero(a.workers) == nonzero(b.workers) and nonzero(a.handles) == nonzero(b.handles) and pools
+            and a.interrupted == b.interrupted)
 
 
 OPS = st.lists(st.tuples(st.sampled_from(["launch", "status", "kill", "drain", "commit", "adopt", "killed",
-                                          "rebuild"]),
+                                          "rebuild", "interrupt"]),
                          st.lists(st.integers(0, 11), min_size=1, max_size=6),
                          st.sampled_from(["initializing", "running", "stopped"])),
                min_size=1, max_size=25)
@@ -81,10 +92,14 @@ def test_the_index_and_counts_follow_every_change(ops: list[tuple[str, list[int]
     try:
         for op, picks, status in ops:
             names = [f"h{i}" for i in picks]
+            pool = ["", "spot", "od"][picks[0] % 3]  # pools: counted per pool, named in the index
             if op == "launch":
                 lid = uuid.uuid4().hex
-                store.r.hset(store.of(c).pending, lid, LaunchRecord(len(names), LaunchState.IN_FLIGHT).encode())
+                store.r.hset(store.of(c).pending, lid,
+                             LaunchRecord(len(names), LaunchState.IN_FLIGHT, pool=pool).encode())
                 store.record_launch(c, lid, names)  # a repeated name is one handle of several workers
+            elif op == "interrupt":
+                store.interrupt(c, dict.fromkeys(names, ("spot_interruption", None)))
             elif op == "status":
                 store.apply_status(c, dict.fromkeys(names, status), grace=0.0)
             elif op == "kill":
@@ -103,7 +118,7 @@ def test_the_index_and_counts_follow_every_change(ops: list[tuple[str, list[int]
                 store.commit(c, plan)
             elif op == "adopt":
                 store.adopt(c, dict.fromkeys(names, (2, status if status != "stopped" else "running")),
-                            set_desired=False)
+                            set_desired=False, pools=dict.fromkeys(names, pool))
             elif op == "killed":
                 store.record_kills(c, dict.fromkeys(names, status == "running"))
             elif op == "rebuild":
@@ -253,3 +268,29 @@ def test_a_reconcile_reads_the_records_only_to_kill(manager: Manager, tally: Tal
     assert used["hmget"] == 1  # the live handles' records, to choose 10 to kill
     st = manager.store.read("big")
     assert st.count("running") == 290 and st.count("stopping") == 10
+
+
+def test_an_interrupted_handle_counts_until_it_leaves_and_pools_are_counted_apart() -> None:
+    store = Store(redis.Redis.from_url(REDIS_URL), "sc" + uuid.uuid4().hex[:8])
+    c = "c"
+    try:
+        for pool, names in (("spot", ["a", "a", "b"]), ("", ["c"])):
+            lid = uuid.uuid4().hex
+            store.r.hset(store.of(c).pending, lid, LaunchRecord(len(names), LaunchState.IN_FLIGHT, pool=pool).encode())
+            store.record_launch(c, lid, names)
+        store.apply_status(c, {"a": "running", "b": "running", "c": "running"})
+        assert store.interrupt(c, {"a": ("spot_interruption", None), "zz": ("preempted", None)}) == ["a"]
+        assert store.interrupt(c, {"a": ("spot_interruption", None)}) == []  # twice: nothing more
+        counts = store.counts(c)
+        assert counts.interrupted == 2 and counts.in_pool("spot", "draining") == 2
+        assert counts.in_pool("spot", "running") == 1 and counts.in_pool("spot", "running", "spot") == 2  # c: first pool
+        assert store.sweep_view(c).pools == {"a": "spot", "b": "spot"}
+        store.apply_status(c, {"a": "stopped"})
+        assert store.counts(c).interrupted == 0 and store.counts(c).in_pool("spot", "draining") == 0
+        assert [e for e in store.events(c) if e["kind"] == "stopped"][-1]["interrupted"] == "spot_interruption"
+        metrics = store.r.hgetall(store.keys.metrics)
+        assert int(metrics[f"interruptions|{c}|spot|spot_interruption".encode()]) >= 2
+    finally:
+        keys = list(store.r.scan_iter(match=f"fleet:{store.fleet_id}:*"))
+        if keys:
+            store.r.delete(*keys)

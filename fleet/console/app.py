@@ -273,6 +273,7 @@ def reasons(s: dict[str, Any]) -> list[str]:
     out += [f"recovering after a loss of Redis data for {s['recovering']:.0f} s more"] if s.get("recovering") else []
     out += [f"{s['unknown']} unknown workers being checked"] if s.get("unknown") else []
     out += [f"{s['cleanup']} dead handles' remains still to kill"] if s.get("cleanup") else []
+    out += [f"pool {p['pool']} skipped: {p['skipped']}" for p in s.get("pools", []) if p.get("skipped")]
     return out
 
 

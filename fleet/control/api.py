@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fleet.config import FleetConfig, shorten
-from fleet.control.dispatcher import Dispatcher
+from fleet.control.dispatcher import Dispatcher, kill_by_pool
 from fleet.control.queries import Queries
 from fleet.errors import InvalidRequest, ScaleRefused
 from fleet.holds import Holds
@@ -74,7 +74,7 @@ class FleetAPI:
         """An operator's reset of a cluster's permanent error, quota and no-capacity holds (and a
         fleet-wide recovery hold)."""
         self.config.spec(cluster)
-        cleared = self.holds.clear(cluster)
+        cleared = self.holds.clear(cluster, [p.name for p in self.config.spec(cluster).pool_list])
         if cleared:
             self.store.event(cluster, EventKind.CLEARED)
         self.request_reconcile(cluster)
@@ -104,7 +104,7 @@ class FleetAPI:
                                       drain_until=time.time() + (spec.drain_timeout or 300.0))
         if not moved:
             raise InvalidRequest(f"cluster {cluster!r} has no running handle {shorten(h)}")
-        self.dispatcher.drain(cluster, moved, spec.provider)
+        self.dispatcher.drain(cluster, moved, spec.pool_list[0].provider)
         self.request_reconcile(cluster)
         return {"cluster": cluster, "handle": h, "draining": True}
 
@@ -117,6 +117,6 @@ class FleetAPI:
                                       HandleStatus.STOPPING, EventKind.KILL, event_fields={"by": "operator"})
         if not moved:
             raise InvalidRequest(f"cluster {cluster!r} has no live handle {shorten(h)}")
-        self.dispatcher.kill(cluster, moved, spec.provider)
+        kill_by_pool(self.dispatcher, spec, cluster, self.store.pools_of(cluster, moved))
         self.request_reconcile(cluster)
         return {"cluster": cluster, "handle": h, "killed": True}

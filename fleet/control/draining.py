@@ -18,9 +18,9 @@ from typing import Any
 from fleet import autoscale
 from fleet.config import ClusterSpec, FleetConfig
 from fleet.control.api import validate_handles
-from fleet.control.dispatcher import Dispatcher
+from fleet.control.dispatcher import Dispatcher, kill_by_pool
 from fleet.control.reconciler import target
-from fleet.model import LIVE, ClusterState, EventKind, HandleStatus
+from fleet.model import LIVE, ClusterState, EventKind, HandleStatus, LaunchState
 from fleet.probe import Probe
 from fleet.store import Store
 
@@ -62,13 +62,18 @@ class CeleryWatch:
                 for h, r in st.handles.items()}
         self.store.set_busy(cluster, held)
         draining = [(h, r) for h, r in st.handles.items() if r.status is HandleStatus.DRAINING]
-        idle = [h for h, _ in draining if activity.of(h) == 0]
+        # an interrupted worker that holds nothing waits for its replacement to be launched (or
+        # for its deadline): it can still serve, and it never leaves before what replaces it
+        live = sum(r.workers for r in st.handles.values() if r.status in LIVE) + sum(
+            p.count for p in st.pending.values() if p.state is not LaunchState.CANCELLED)
+        replaced = live >= target(spec, st.desired)
+        idle = [h for h, r in draining if activity.of(h) == 0 and (replaced or not r.interrupted)]
         late = [h for h, r in draining if activity.of(h) and now >= float(r.drain_until or 0)]
         done = self.store.transition(cluster, idle, [HandleStatus.DRAINING], HandleStatus.STOPPING, EventKind.DRAINED)
         done += self.store.transition(cluster, late, [HandleStatus.DRAINING], HandleStatus.STOPPING,
                                       EventKind.DRAIN_TIMEOUT)
         if done:
-            self.dispatcher.kill(cluster, done, spec.provider)
+            kill_by_pool(self.dispatcher, spec, cluster, {h: st.handles[h].pool for h in done})
         # what draining workers still hold needs no capacity: they finish it and go
         busy = sum(held[h] for h, r in st.handles.items() if r.status in LIVE)
         report: dict[str, Any] = {"busy": busy, "drained": len(done)}
@@ -98,5 +103,6 @@ class CeleryWatch:
         probe = self.probe(spec)
         activity = probe.activity(unique)
         hostnames = [name for h in unique for name in activity.hostnames.get(h, [])]
-        probe.stop_consuming(spec.queues, hostnames)
+        if hostnames:
+            probe.stop_consuming(spec.queues, hostnames)
         return {"handles": len(unique), "workers": len(hostnames)}

@@ -28,16 +28,16 @@ class FollowUps:
         self.dispatcher = dispatcher
         self.sweeper = sweeper
 
-    def after_launch(self, cluster: str) -> None:
-        """A launch recorded handles: check them after the provider's first delay."""
-        self.schedule(cluster, float(self.pool.of(cluster).raw.first_check))
+    def after_launch(self, cluster: str, pool: str = "") -> None:
+        """A launch recorded handles: check them after the first delay of its pool's provider."""
+        self.schedule(cluster, float(self.pool.of(cluster, pool).raw.first_check))
 
     def schedule(self, cluster: str, delay: float) -> bool:
         """Queue a follow-up `delay` seconds from now unless one is queued or the sweep comes as
         soon. True if this call queued one."""
         if delay >= self.config.fleet.sweep_interval or not self.store.mark_check(cluster, delay):
             return False
-        self.dispatcher.check(cluster, delay, self.config.spec(cluster).provider)
+        self.dispatcher.check(cluster, delay, self.config.spec(cluster).pool_list[0].provider)
         return True
 
     def check(self, cluster: str, delay: float) -> int:

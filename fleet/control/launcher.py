@@ -38,7 +38,7 @@ from fleet.store import Store
 class Launcher:
     def __init__(self, config: FleetConfig, store: Store, holds: Holds, pool: ProviderPool, dispatcher: Dispatcher,
                  lease: float, request_reconcile: Callable[[str], bool],
-                 after_launch: Callable[[str], None] = lambda cluster: None) -> None:
+                 after_launch: Callable[[str, str], None] = lambda cluster, pool: None) -> None:
         self.config = config
         self.store = store
         self.holds = holds
@@ -56,51 +56,55 @@ class Launcher:
     def run_launch(self, cluster: str, launch_id: str) -> dict[str, Any]:
         """Carry out one pending launch, idempotently (see the module's contract)."""
         spec = self.config.spec(cluster)
-        claim, count, first = self.store.claim_launch(cluster, launch_id)
+        claim, count, first, pool = self.store.claim_launch(cluster, launch_id)
         if claim not in ("claimed", "settle"):
             return {"launch_id": launch_id, "state": claim, "handles": 0}
         lease = Lease(self.store.r, self.store.of(cluster).launch(launch_id), self.lease)
         if not lease.acquire():
             return {"launch_id": launch_id, "state": "busy", "handles": 0}
+        provider = spec.pool_or_first(pool).provider
         if claim == "settle":
-            return self._settle(cluster, spec, launch_id, count, lease)
+            return self._settle(cluster, spec, launch_id, count, lease, pool)
         try:
-            ref = self.pool.cluster(cluster, excluded_types=self.holds.held_types(spec.provider), first_attempt=first)
+            ref = self.pool.cluster(cluster, pool, excluded_types=self.holds.held_types(provider, pool),
+                                    first_attempt=first)
             try:
-                handles = self.pool.of(cluster).run_workers(ref, spec.container, spec.hardware, count,
-                                                            launch_id=launch_id)
+                handles = self.pool.of(cluster, pool).run_workers(ref, spec.container, spec.hardware, count,
+                                                                  launch_id=launch_id)
             except ProviderTimeout as exc:
                 self._timed_out(cluster, "run", exc, launch=launch_id)
                 raise  # the task retries; the pending entry stays claimed, so the launch stays counted
             except TransientProviderError:
                 raise  # the task retries with back-off; the pending entry stays claimed
             except ProviderError as exc:
-                self._failed(cluster, spec, launch_id, exc, ref.excluded_types)
+                self._failed(cluster, spec, launch_id, exc, ref.excluded_types, pool)
                 return {"launch_id": launch_id, "state": "failed", "error": type(exc).__name__}
-            previous = self.store.record_launch(cluster, launch_id, handles)
+            previous = self.store.record_launch(cluster, launch_id, handles, pool)
             if previous == "missing":  # Redis lost the launch while we ran it
                 self.holds.start_recovery(self.config.fleet.launch_timeout)
         finally:
             lease.release()
         unique = list(dict.fromkeys(handles))
         if previous == "cancelled" and unique:
-            self.dispatcher.kill(cluster, unique, spec.provider)
+            self.dispatcher.kill(cluster, unique, provider, pool)
         elif unique:
-            self.after_launch(cluster)
+            self.after_launch(cluster, pool)
         if len(handles) != count:
             self.store.event(cluster, EventKind.SHORT_LAUNCH, launch=launch_id, asked=count, got=len(handles))
         self.request_reconcile(cluster)
         return {"launch_id": launch_id, "state": previous, "handles": len(unique), "workers": len(handles)}
 
-    def _settle(self, cluster: str, spec: ClusterSpec, launch_id: str, count: int, lease: Lease) -> dict[str, Any]:
+    def _settle(self, cluster: str, spec: ClusterSpec, launch_id: str, count: int, lease: Lease,
+                pool: str = "") -> dict[str, Any]:
         """A launch cancelled after a run task had taken it: that task may have made workers whose
         answer never came back. Ask the provider by launch id (without launching); a provider that
         cannot tell is asked `run_workers` with the same launch id, which returns what the launch
         made (or makes it). Whatever exists is recorded as stopping and killed; only then does the
         pending entry go, so until the provider has answered the launch counts against max."""
-        provider = self.pool.of(cluster)
+        provider = self.pool.of(cluster, pool)
+        name = spec.pool_or_first(pool).provider
         try:
-            ref = self.pool.cluster(cluster, excluded_types=self.holds.held_types(spec.provider))
+            ref = self.pool.cluster(cluster, pool, excluded_types=self.holds.held_types(name, pool))
             try:
                 handles = provider.find_launch(ref, launch_id)
                 if handles is None:
@@ -117,53 +121,58 @@ class Launcher:
                 self.store.event(cluster, EventKind.ERROR, op="find", launch=launch_id, error=type(exc).__name__,
                                  message=str(exc)[:500])
                 return {"launch_id": launch_id, "state": "failed", "error": type(exc).__name__}
-            self.store.record_launch(cluster, launch_id, handles)  # as stopping: it was cancelled
+            self.store.record_launch(cluster, launch_id, handles, pool)  # as stopping: it was cancelled
         finally:
             lease.release()
         unique = list(dict.fromkeys(handles))
         if unique:
-            self.dispatcher.kill(cluster, unique, spec.provider)
+            self.dispatcher.kill(cluster, unique, name, pool)
         self.request_reconcile(cluster)
         return {"launch_id": launch_id, "state": "settled", "handles": len(unique), "workers": len(handles)}
 
     def _failed(self, cluster: str, spec: ClusterSpec, launch_id: str, exc: ProviderError,
-                excluded: frozenset[str] = frozenset()) -> None:
+                excluded: frozenset[str] = frozenset(), pool: str = "") -> None:
         """Give up a launch after an error retrying will not fix soon, and remember why, so that
-        every control-plane worker holds off (no hot loop).
+        every control-plane worker holds off (no hot loop). The hold is the pool's: with pools,
+        the next reconcile, asked for at once, sends the shortfall to the next pool.
 
         A `CapacityError` naming a type this launch was told to avoid (`excluded`) means the
         provider cannot change type (an explicit `instance_type`, a Fargate size): the cluster is
         then held as if no type were left, instead of failing the same way launch after launch."""
         self.store.drop_launch(cluster, launch_id)
         fields: dict[str, Any] = {"op": "run", "launch": launch_id, "error": type(exc).__name__,
-                                  "message": str(exc)[:500]}
+                                  "message": str(exc)[:500], **({"pool": pool} if pool else {})}
+        provider = spec.pool_or_first(pool).provider
         if isinstance(exc, QuotaExceeded):
-            self.holds.set_at_quota(cluster, self.config.fleet.quota_hold)
+            self.holds.set_at_quota(cluster, self.config.fleet.quota_hold, pool)
             self.store.event(cluster, EventKind.AT_QUOTA, **fields)
         elif isinstance(exc, CapacityError):
             if exc.instance_type and exc.instance_type not in excluded:
                 # hold that type; the next eligible one is tried at once
-                self.holds.hold_type(spec.provider, exc.instance_type, self.config.fleet.capacity_hold)
-                self.request_reconcile(cluster)
-            else:  # nothing else to try: hold the cluster's launches (no hot loop)
-                self.holds.set_no_capacity(cluster, self.config.fleet.capacity_hold)
+                self.holds.hold_type(provider, exc.instance_type, self.config.fleet.capacity_hold, pool)
+            else:  # nothing else to try: hold the pool's launches (no hot loop)
+                self.holds.set_no_capacity(cluster, self.config.fleet.capacity_hold, pool)
             self.store.event(cluster, EventKind.NO_CAPACITY, instance_type=exc.instance_type or "", **fields)
         else:
-            self.holds.set_error(cluster, str(exc), spec.fingerprint)
+            self.holds.set_error(cluster, str(exc), spec.fingerprint, pool)
             self.store.event(cluster, EventKind.ERROR, **fields)
+        if len(spec.pool_list) > 1 or isinstance(exc, CapacityError):
+            self.request_reconcile(cluster)  # the next pool (or type) now, not at the next sweep
 
     # -- kills -----------------------------------------------------------------------------
-    def kill_handles(self, cluster: str, handles: Sequence[str]) -> dict[str, Any]:
-        """Kill handles. They stay tracked as stopping until the provider reports them stopped;
-        failed kills are retried by the sweep with back-off."""
-        self.config.spec(cluster)
+    def kill_handles(self, cluster: str, handles: Sequence[str], pool: str = "") -> dict[str, Any]:
+        """Kill handles of one pool. They stay tracked as stopping until the provider reports
+        them stopped; failed kills are retried by the sweep with back-off."""
+        spec = self.config.spec(cluster)
         unique = validate_handles(handles)
-        ref, provider = self.pool.cluster(cluster), self.pool.of(cluster)
+        if not isinstance(pool, str) or (pool and pool not in {p.name for p in spec.pool_list}):
+            pool = ""  # an unknown pool (garbage, or removed from the config): the first pool's provider
+        ref, provider = self.pool.cluster(cluster, pool), self.pool.of(cluster, pool)
         retry = self.config.fleet.kill_retry
         try:
             raw = provider.kill_workers(ref, unique)
         except ProviderError as exc:
-            self.store.record_kills(cluster, dict.fromkeys(unique, False), retry)
+            self.store.record_kills(cluster, dict.fromkeys(unique, False), retry, pool)
             if isinstance(exc, ProviderTimeout):
                 self._timed_out(cluster, "kill", exc)
             else:
@@ -171,7 +180,7 @@ class Launcher:
                                  message=str(exc)[:500])
             raise
         results = {h: raw.get(h, False) is not False for h in unique}
-        self.store.record_kills(cluster, results, retry)
+        self.store.record_kills(cluster, results, retry, pool)
         # the kill's answer may say where each handle is now; the others are asked at once
         seen = {h: v.value for h, v in raw.items() if h in results and isinstance(v, WorkerStatus)}
         confirm = [h for h in unique if raw.get(h) is True]
@@ -183,6 +192,6 @@ class Launcher:
                 pass  # the next sweep confirms
         gone = self.store.apply_status(cluster, seen, provider.grace, retry).gone if seen else 0
         if gone:
-            self.holds.worker_went_away(cluster)
+            self.holds.worker_went_away(cluster, (pool,))
         self.request_reconcile(cluster)
         return {"killed": gone, "failed": sum(1 for ok in results.values() if not ok)}

@@ -48,7 +48,7 @@ class ProviderPool:
         self.limits = limits
         self.lease = lease
         self._wrapped: dict[str, ProviderWrapper] = {}
-        self._options: dict[str, Any] = {}
+        self._options: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> ProviderWrapper:
@@ -63,21 +63,24 @@ class ProviderPool:
         """Provider `name` itself, under its wrappers."""
         return self.get(name).raw
 
-    def of(self, cluster: str) -> ProviderWrapper:
-        """The wrapped provider of a declared cluster."""
-        return self.get(self.config.spec(cluster).provider)
+    def of(self, cluster: str, pool: str = "") -> ProviderWrapper:
+        """The wrapped provider of a declared cluster's pool (its first pool for "" or for a pool
+        the config no longer has)."""
+        return self.get(self.config.spec(cluster).pool_or_first(pool).provider)
 
-    def cluster(self, name: str, excluded_types: frozenset[str] = frozenset(),
+    def cluster(self, name: str, pool: str = "", excluded_types: frozenset[str] = frozenset(),
                 first_attempt: bool = False) -> Cluster[Any]:
-        """The provider's view of cluster `name`, with its options validated (once per process)."""
+        """The provider's view of cluster `name`'s pool `pool`, with its options validated (once
+        per process)."""
         spec = self.config.spec(name)
+        ps = spec.pool_or_first(pool)
         with self._lock:
-            if name not in self._options:
-                self._options[name] = provider_class(spec.provider).validate_options(spec.provider_options)
-            options = self._options[name]
+            if (name, pool) not in self._options:
+                self._options[(name, pool)] = provider_class(ps.provider).validate_options(ps.provider_options)
+            options = self._options[(name, pool)]
         return Cluster(self.config.fleet.id, name, spec.workers_per_container, options, excluded_types,
-                       first_attempt)
+                       first_attempt, pool)
 
-    def launch_batch(self, name: str) -> int:
-        """Containers one cloud call of cluster `name`'s provider launches at most (0: no limit)."""
-        return self.of(name).launch_batch(self.cluster(name))
+    def launch_batch(self, name: str, pool: str = "") -> int:
+        """Containers one cloud call of a pool's provider launches at most (0: no limit)."""
+        return self.of(name, pool).launch_batch(self.cluster(name, pool))

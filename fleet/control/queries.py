@@ -9,10 +9,10 @@ from typing import Any
 
 import redis
 
-from fleet.config import FleetConfig
+from fleet.config import ClusterSpec, FleetConfig
 from fleet.deadletters import DeadLetters, summary
 from fleet.holds import Holds
-from fleet.model import ClusterState
+from fleet.model import ClusterState, HandleStatus, LaunchState, Summary
 from fleet.store import Store
 
 
@@ -29,20 +29,47 @@ class Queries:
         (from Redis: the counts, not the records, unless `st` is given), and why it cannot launch if
         it cannot (the `fleet.status` reply)."""
         spec = self.config.spec(cluster)
-        summary_ = st.summary(cluster) if st else self.store.summary(cluster).as_dict(cluster)
-        error = self.holds.error(cluster)
+        summary = Summary(st.desired, st.counts, st.pending) if st else self.store.summary(cluster)
+        summary_ = summary.as_dict(cluster)
+        first = spec.pool_list[0]
+        error = self.holds.error(cluster, first.name)
         summary_.update(
-            provider=spec.provider, min_workers=spec.min_workers, max_workers=spec.max_workers,
-            at_quota=round(self.holds.at_quota(cluster), 1),
-            no_capacity=round(self.holds.no_capacity(cluster), 1),
+            provider=",".join(spec.providers), min_workers=spec.min_workers, max_workers=spec.max_workers,
+            at_quota=round(self.holds.at_quota(cluster, first.name), 1),
+            no_capacity=round(self.holds.no_capacity(cluster, first.name), 1),
             recovering=round(self.holds.recovering(), 1),
-            rate_limited=round(self.holds.provider_hold(spec.provider), 1),
-            unresponsive=round(self.holds.unresponsive(cluster), 1),
+            rate_limited=round(self.holds.provider_hold(first.provider), 1),
+            unresponsive=round(self.holds.unresponsive(cluster, first.name), 1),
             error=error["message"] if error else None,
             unknown=self.store.unknown_workers(cluster),
             cleanup=self.store.cleanup_count(cluster),
+            interrupted=summary.counts.interrupted,
         )
+        if spec.pools:
+            summary_["pools"] = self.pools(cluster, spec, summary)
         return summary_
+
+    def pools(self, cluster: str, spec: ClusterSpec, summary: Summary) -> list[dict[str, Any]]:
+        """Each pool of a cluster that declares pools: its workers by status, pending launches,
+        cap, and why it is skipped for launches now (None: it is not)."""
+        first = spec.pool_list[0].name
+        out = []
+        for pool in spec.pool_list:
+            why = self.holds.blocked(cluster, spec.fingerprint, pool.name)
+            if why is None and self.holds.provider_hold(pool.provider):
+                why = "rate limited"
+            elif why is None and self.holds.unresponsive(cluster, pool.name):
+                why = "unresponsive"
+            by = {s.value: summary.counts.in_pool(pool.name, s, first) for s in HandleStatus}
+            pending = sum(p.count for p in summary.pending.values()
+                          if (p.pool or first) == pool.name and p.state is not LaunchState.CANCELLED)
+            live = by["initializing"] + by["running"]
+            if why is None and pool.max_workers is not None and live + by["draining"] + by["stopping"] \
+                    + pending >= pool.max_workers:
+                why = "full"
+            out.append({"pool": pool.name, "provider": pool.provider, "rank": spec.rank(pool.name),
+                        "max_workers": pool.max_workers, **by, "pending": pending, "skipped": why})
+        return out
 
     def detailed(self, clusters: list[str]) -> list[tuple[ClusterState, dict[str, Any]]]:
         """(snapshot, status) of each cluster, the snapshots read in one round trip."""

@@ -12,6 +12,11 @@ Contract:
   re-plan, never act twice.
 * Its cost follows the change: it plans from the counts by status and the pending launches, and
   reads handle records only when it has to choose which to kill.
+* Pools: the planner decides how many to launch, `fleet.allocation` where (the best pools that
+  may launch; a held pool's share goes to the next at once, with a `fallback` event), and, for
+  a cluster with `rebalance`, how many to launch in a better pool and retire from worse ones.
+* Interrupted workers (draining until the cloud takes them) still count against max_workers,
+  but their replacements may go above it by as many: never above max_workers + interrupted.
 """
 
 from __future__ import annotations
@@ -21,14 +26,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from fleet import planner
+from fleet import allocation, planner
 from fleet.config import ClusterSpec, FleetConfig
-from fleet.control.dispatcher import Dispatcher
+from fleet.control.dispatcher import Dispatcher, kill_by_pool
 from fleet.control.epoch import EpochWatch
+from fleet.counters import fallback_field
 from fleet.holds import Holds
 from fleet.lease import Lease
-from fleet.model import Desired, EventKind, HandleRecord, HandleStatus, LaunchRecord, LaunchState
+from fleet.model import Counts, Desired, EventKind, HandleRecord, HandleStatus, LaunchRecord, LaunchState
 from fleet.store import PlanView, Store, Writes
 
 #: Workers per launch (and so per run task); larger launches are split so several control-plane
@@ -40,10 +47,10 @@ LAUNCH_CHUNK = 256
 @dataclass
 class ReconcileResult:
     cluster: str
-    launched: list[tuple[str, int]] = field(default_factory=list)
+    launched: list[tuple[str, int, str]] = field(default_factory=list)  # (launch id, workers, pool)
     cancelled: list[str] = field(default_factory=list)
-    killed: list[str] = field(default_factory=list)
-    drained: list[str] = field(default_factory=list)
+    killed: dict[str, str] = field(default_factory=dict)  # handle -> its pool
+    drained: dict[str, str] = field(default_factory=dict)
     desired: int | None = None
     observed: int = 0
 
@@ -66,17 +73,51 @@ def split(count: int, per_container: int, batch: int = 0) -> list[tuple[str, int
     return [(uuid.uuid4().hex, min(chunk, count - i)) for i in range(0, count, chunk)]
 
 
-def handle_views(records: dict[str, HandleRecord]) -> list[planner.HandleView]:
-    return [planner.HandleView(h, r.workers, r.status, r.since, r.busy, r.hold) for h, r in records.items()]
+def handle_views(records: dict[str, HandleRecord], spec: ClusterSpec | None = None) -> list[planner.HandleView]:
+    first = spec.pool_list[0].name if spec else ""
+    return [planner.HandleView(h, r.workers, r.status, r.since, r.busy, r.hold,
+                               spec.rank(r.pool or first) if spec else 0) for h, r in records.items()]
 
 
 def pending_views(pending: dict[str, LaunchRecord]) -> list[planner.PendingView]:
     return [planner.PendingView(lid, p.count, p.state, p.at) for lid, p in pending.items()]
 
 
+def pool_views(spec: ClusterSpec, counts: Counts, pending: dict[str, LaunchRecord],
+               blocked: dict[str, str | None]) -> list[allocation.PoolView]:
+    """Every pool of the cluster with what is in it, from the counts and the pending launches."""
+    first = spec.pool_list[0].name
+    out = []
+    for pool in spec.pool_list:
+        def of(status: HandleStatus, name: str = pool.name) -> int:
+            return counts.in_pool(name, status, first)
+        waiting = sum(p.count for p in pending.values() if (p.pool or first) == pool.name)
+        live = of(HandleStatus.INITIALIZING) + of(HandleStatus.RUNNING)
+        out.append(allocation.PoolView(
+            pool.name, spec.rank(pool.name), pool.weight, pool.max_workers,
+            committed=live + of(HandleStatus.DRAINING) + of(HandleStatus.STOPPING) + waiting,
+            live=live, running=of(HandleStatus.RUNNING), blocked=blocked.get(pool.name)))
+    return out
+
+
+def retirees(records: dict[str, HandleRecord], spec: ClusterSpec, best: int, most: int) -> list[str]:
+    """Running handles of pools ranked worse than `best`, worst pool, then idlest, then newest
+    first, of `most` workers at most (a rebalance never goes below the desired number)."""
+    first = spec.pool_list[0].name
+    worse = sorted(((h, r) for h, r in records.items()
+                    if r.status is HandleStatus.RUNNING and not r.hold and spec.rank(r.pool or first) > best),
+                   key=lambda hr: (-spec.rank(hr[1].pool or first), hr[1].busy, -hr[1].since))
+    chosen, total = [], 0
+    for h, r in worse:
+        if total + r.workers <= most:
+            chosen.append(h)
+            total += r.workers
+    return chosen
+
+
 class Reconciler:
     def __init__(self, config: FleetConfig, store: Store, holds: Holds, dispatcher: Dispatcher, epoch: EpochWatch,
-                 lease: float, launch_batch: Callable[[str], int] = lambda cluster: 0) -> None:
+                 lease: float, launch_batch: Callable[[str, str], int] = lambda cluster, pool: 0) -> None:
         self.config = config
         self.store = store
         self.holds = holds
@@ -108,41 +149,93 @@ class Reconciler:
         while True:
             try:
                 self.store.take_again(cluster)  # this pass reads the state after any change it stands for
-                may_launch = self.holds.blocked(cluster, spec.fingerprint) is None
-                result = self._commit_plan(cluster, spec, may_launch)
+                result = self._commit_plan(cluster, spec, self.blocked(cluster, spec))
             finally:
                 lease.release()
-            for launch_id, _ in result.launched:
-                self.dispatcher.run(cluster, launch_id, spec.provider)
+            for launch_id, _, pool in result.launched:
+                self.dispatcher.run(cluster, launch_id, spec.pool_or_first(pool).provider)
             if result.killed:
-                self.dispatcher.kill(cluster, result.killed, spec.provider)
+                kill_by_pool(self.dispatcher, spec, cluster, result.killed)
             if result.drained:
-                self.dispatcher.drain(cluster, result.drained, spec.provider)
+                self.dispatcher.drain(cluster, list(result.drained), spec.pool_list[0].provider)
             first = first or result
             # another reconcile came while we held the lease: go again (unless someone else now does)
             if not self.store.take_again(cluster) or not lease.acquire():
                 return first
 
-    def _commit_plan(self, cluster: str, spec: ClusterSpec, may_launch: bool) -> ReconcileResult:
+    def blocked(self, cluster: str, spec: ClusterSpec) -> dict[str, str | None]:
+        """Why each pool may not launch now (None: it may). With several pools, a rate-limited
+        provider or an unresponsive pool is skipped too: its launches go to the next pool."""
+        out: dict[str, str | None] = {}
+        for pool in spec.pool_list:
+            why = self.holds.blocked(cluster, spec.fingerprint, pool.name)
+            if why is None and len(spec.pool_list) > 1:
+                if self.holds.provider_hold(pool.provider):
+                    why = "rate limited"
+                elif self.holds.unresponsive(cluster, pool.name):
+                    why = "unresponsive"
+            out[pool.name] = why
+        return out
+
+    def _commit_plan(self, cluster: str, spec: ClusterSpec, blocked: dict[str, str | None]) -> ReconcileResult:
         unknown = self.store.unknown_workers(cluster)
 
         def plan(view: PlanView) -> tuple[Writes, ReconcileResult]:
             goal = target(spec, view.desired)
             result = ReconcileResult(cluster, desired=goal)
             records: dict[str, HandleRecord] = {}
+            pools = pool_views(spec, view.counts, view.pending, blocked)
+            may_launch = any(p.open for p in pools)
+            # interrupted workers are on their way out: their replacements may go above max by as many
+            ceiling = spec.max_workers + view.counts.interrupted
+            now = time.time()
+            writes = Writes()
+            drain: list[dict[str, Any]] = []
+            kill: list[dict[str, Any]] = []
+
+            def retire(handle: str, by: str) -> None:
+                rec = records[handle]
+                was = rec.status
+                if spec.drain_timeout and was is HandleStatus.RUNNING:
+                    # finish its work first: stop consuming, then killed by the sweep
+                    rec.status, rec.since, rec.drain_until = HandleStatus.DRAINING, now, now + spec.drain_timeout
+                    result.drained[handle] = rec.pool
+                    drain.append({"handle": handle, "workers": rec.workers, "was": was, **({"by": by} if by else {})})
+                else:
+                    rec.status, rec.since, rec.kill_at = HandleStatus.STOPPING, now, now
+                    result.killed[handle] = rec.pool
+                    kill.append({"handle": handle, "workers": rec.workers, "was": was, **({"by": by} if by else {})})
+                writes.moves[handle] = (rec, was)
+
+            live_total, going_total = view.counts.live, view.counts.going
+            surge = 0
+            if spec.rebalance:
+                waiting = sum(p.count for p in view.pending.values())
+                room = max(ceiling - live_total - going_total - waiting - unknown, 0)
+                step = allocation.rebalance(pools, goal, view.counts.of(HandleStatus.RUNNING),
+                                            spec.rebalance.max_in_flight, room)
+                if step.retire:
+                    records.update(view.live_records())
+                    for handle in retirees(records, spec, step.best, step.retire):
+                        retire(handle, "rebalance")
+                    moved = sum(records[h].workers for h in writes.moves)
+                    live_total, going_total = live_total - moved, going_total + moved
+                    pools = pool_views(spec, _after(view.counts, records, writes), view.pending, blocked)
+                    step = allocation.rebalance(pools, goal, view.counts.of(HandleStatus.RUNNING) - moved,
+                                                spec.rebalance.max_in_flight, room)
+                surge = step.surge
 
             def live() -> list[planner.HandleView]:
-                records.update(view.live_records())
-                return handle_views(records)
+                if not records:
+                    records.update(view.live_records())
+                return handle_views({h: r for h, r in records.items() if h not in writes.moves}, spec)
 
-            totals = planner.Totals(view.counts.live, view.counts.going)
-            p = planner.plan(goal, spec.max_workers, live, pending_views(view.pending), totals=totals,
+            totals = planner.Totals(live_total, going_total)
+            p = planner.plan(goal + surge, ceiling, live, pending_views(view.pending), totals=totals,
                              unknown=unknown, may_launch=may_launch)
             result.observed = p.observed
-            writes = Writes()
-            if p.empty:
+            if p.empty and not writes.moves:
                 return writes, result
-            now = time.time()
             cancelled = []
             for launch_id in p.cancel:
                 launch = view.pending[launch_id]
@@ -150,30 +243,42 @@ class Reconciler:
                     writes.dropped.append(launch_id)
                 else:  # a run task has it: it may still make workers (see Store.claim_launch)
                     writes.pending[launch_id] = LaunchRecord(launch.count, LaunchState.CANCELLED, launch.at,
-                                                             launch.claimed)
+                                                             launch.claimed, launch.pool)
                 cancelled.append({"launch": launch_id, "workers": launch.count})
-            drain, kill = [], []
             for handle in p.kill:
-                rec = records[handle]
-                was = rec.status
-                if spec.drain_timeout and was is HandleStatus.RUNNING:
-                    # finish its work first: stop consuming, then killed by the sweep
-                    rec.status, rec.since, rec.drain_until = HandleStatus.DRAINING, now, now + spec.drain_timeout
-                    result.drained.append(handle)
-                    drain.append({"handle": handle, "workers": rec.workers, "was": was})
-                else:
-                    rec.status, rec.since, rec.kill_at = HandleStatus.STOPPING, now, now
-                    result.killed.append(handle)
-                    kill.append({"handle": handle, "workers": rec.workers, "was": was})
-                writes.moves[handle] = (rec, was)
-            result.launched = split(p.launch, spec.workers_per_container, self.launch_batch(cluster))
-            for launch_id, count in result.launched:
-                writes.pending[launch_id] = LaunchRecord(count, LaunchState.QUEUED, now)
+                retire(handle, "")
+            where = allocation.allocate(p.launch, pools)
+            for pool_name, n in where.counts.items():
+                for launch_id, count in split(n, spec.workers_per_container, self.launch_batch(cluster, pool_name)):
+                    result.launched.append((launch_id, count, pool_name))
+                    writes.pending[launch_id] = LaunchRecord(count, LaunchState.QUEUED, now, pool=pool_name)
+            launches = [{"launch": lid, "workers": n, **({"pool": pool} if pool else {})}
+                        for lid, n, pool in result.launched]
             writes.events += [(EventKind.CANCELLED, cancelled), (EventKind.DRAIN, drain), (EventKind.KILL, kill),
-                              (EventKind.LAUNCH, [{"launch": lid, "workers": n} for lid, n in result.launched])]
+                              (EventKind.LAUNCH, launches)]
+            if where.skipped and where.counts:
+                writes.event(EventKind.FALLBACK, to=",".join(where.counts), workers=where.total,
+                             skipped=";".join(f"{name}: {why}" for name, why in where.skipped))
+                for name, why in where.skipped:
+                    writes.counters[fallback_field(cluster, name, why)] = where.total
+            if surge and where.counts:
+                writes.event(EventKind.REBALANCE, surge=surge, retired=sum(1 for e in drain + kill if e.get("by")))
             if p.capped_by_max:
                 writes.event(EventKind.AT_MAX, max_workers=spec.max_workers)
             result.cancelled = p.cancel
             return writes, result
 
         return self.store.commit(cluster, plan)
+
+
+def _after(counts: Counts, records: dict[str, HandleRecord], writes: Writes) -> Counts:
+    """`counts` with the moves of `writes` applied (by pool): what the pools hold once they commit."""
+    pools = {name: dict(by) for name, by in counts.pools.items()}
+    workers = dict(counts.workers)
+    for rec, old in writes.moves.values():
+        for status, sign in ((old, -1), (rec.status, 1)):
+            workers[status] = workers.get(status, 0) + sign * rec.workers
+            if rec.pool:
+                by = pools.setdefault(rec.pool, {})
+                by[status] = by.get(status, 0) + sign * rec.workers
+    return Counts(workers, counts.handles, counts.whole, pools, counts.interrupted)

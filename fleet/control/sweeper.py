@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fleet.config import ClusterSpec, FleetConfig
-from fleet.control.dispatcher import Dispatcher
+from fleet.control.dispatcher import Dispatcher, kill_by_pool
 from fleet.control.draining import CeleryWatch
 from fleet.control.epoch import EpochWatch
 from fleet.control.pool import ProviderPool
@@ -34,13 +34,16 @@ from fleet.errors import ProviderError, ProviderTimeout, RateLimited
 from fleet.holds import Holds
 from fleet.lease import Lease
 from fleet.model import GOING, ClusterState, EventKind, HandleStatus, LaunchState
-from fleet.provider import WorkerStatus
+from fleet.provider import Interruption, WorkerStatus
 from fleet.store import SERIES_EVERY, StatusResult, Store, SweepView
 
 log = logging.getLogger(__name__)
 
 #: A queued launch whose run task has not claimed it after this long gets its task sent again.
 RESEND_QUEUED_AFTER = 30.0
+#: Seconds an interrupted worker whose notice gives no deadline (a rebalance recommendation, a
+#: cluster without drain_timeout) may drain before it is killed: EC2's two-minute warning.
+DEFAULT_NOTICE = 120.0
 #: A dead handle's cleanup kill is re-sent this many times (back-off from `kill_retry`, doubling,
 #: at most 5 minutes apart: about 1.5 hours in all) before Fleet gives it up with an event.
 CLEANUP_TRIES = 20
@@ -116,15 +119,8 @@ class Sweeper:
             index = view.index
             try:
                 report, index = self.observe(cluster, spec, view)
-            except RateLimited:
-                report = {"cluster": cluster, "rate_limited": True}  # the hold is shared; try next sweep
-            except ProviderTimeout as exc:
-                if not exc.held:  # the first call that hung says so; the held ones after it are quiet
-                    self.store.event(cluster, EventKind.TIMEOUT, op="sweep", message=str(exc)[:300])
-                report = {"cluster": cluster, "timeout": True}
             except ProviderError as exc:
-                self.store.event(cluster, EventKind.SWEEP_FAILED, error=type(exc).__name__, message=str(exc)[:300])
-                report = {"cluster": cluster, "failed": type(exc).__name__}
+                report = self._failed(cluster, exc)
             report.update(self.act(cluster, spec, self.acted_on(cluster, spec, view, index), time.time()))
         finally:
             lease.release()
@@ -134,25 +130,54 @@ class Sweeper:
     # -- the passive step --------------------------------------------------------------------
     def observe(self, cluster: str, spec: ClusterSpec,
                 view: SweepView) -> tuple[dict[str, Any], dict[str, HandleStatus]]:
-        """List, ask statuses, write the ones that changed, clean up the dead, adopt what waited
-        long enough. Returns the report and the index as just observed."""
-        ref, provider = self.pool.cluster(cluster), self.pool.of(cluster)
+        """Per pool: list, ask statuses, take in interruptions; then mark the interrupted, write
+        the statuses that changed, clean up the dead, adopt what waited long enough. Returns the
+        report and the index as just observed. A pool whose provider fails is skipped (with its
+        event); when every pool fails, the first error is raised."""
+        first = spec.pool_list[0].name
         known = view.index
-        seen = provider.observe(ref, list(known))  # one call: the listing and every status
-        unknown = {h: int(w) for h, w in (seen.listed or {}).items() if h not in known}
-        asked = list(known) + list(unknown)
-        raw: dict[str, Any] = seen.status
         observed: dict[str, str] = {}
-        for h in asked:
-            s = _SEEN.get(raw.get(h))
-            if s is None:
-                log.warning("provider %s gave no status for %s; skipped", spec.provider, h)
+        unknown: dict[str, int] = {}
+        listed_by: dict[str, str] = {}
+        interrupted: dict[str, tuple[str, float | None]] = {}
+        notices: dict[str, list[Interruption]] = {}
+        failures: list[tuple[str, ProviderError]] = []
+        pools = list(dict.fromkeys([p.name for p in spec.pool_list] + sorted(set(view.pools.values()))))
+        for pool in pools:
+            mine = view.in_pool(pool, first)
+            if pool not in {p.name for p in spec.pool_list} and not mine:
                 continue
-            observed[h] = s
+            ref, provider = self.pool.cluster(cluster, pool), self.pool.of(cluster, pool)
+            try:
+                seen = provider.observe(ref, list(mine))  # one call: the listing and every status
+                notices[pool] = provider.interruptions(ref)
+            except ProviderError as exc:
+                failures.append((pool, exc))
+                continue
+            for h, w in (seen.listed or {}).items():
+                if h not in known and h not in unknown:
+                    unknown[h], listed_by[h] = int(w), pool
+            raw: dict[str, Any] = seen.status
+            for h in list(mine) + [h for h, p in listed_by.items() if p == pool]:
+                st = _SEEN.get(raw.get(h))
+                if st is None:
+                    log.warning("provider %s gave no status for %s; skipped", provider.name, h)
+                    continue
+                observed[h] = st
+            interrupted.update({h: (str(c), None) for h, c in seen.interrupted.items()})
+            for n in notices[pool]:
+                interrupted.setdefault(n.handle, (str(n.cause), n.deadline))
+        if failures and len(failures) == len([p for p in pools if p in {x.name for x in spec.pool_list}]):
+            raise failures[0][1]
+        for pool, error in failures:
+            self._failed(cluster, error, pool)
+        moved = self._interrupted(cluster, spec, {h: v for h, v in interrupted.items() if h in known})
+        for pool, batch in notices.items():
+            self._acknowledge(cluster, pool, batch)
         applied = self._apply(cluster, spec, known, observed)
         live_unknown = {h: w for h, w in unknown.items() if observed.get(h, "stopped") != "stopped"}
         now = time.time()
-        first_seen = self.store.track_unknown(cluster, live_unknown, now)
+        first_seen = self.store.track_unknown(cluster, live_unknown, now, listed_by)
         lost_desired = view.desired is None
         # a launch in flight may be what made them: wait for it (or for launch_timeout) first
         timeout = self.config.fleet.launch_timeout
@@ -160,22 +185,61 @@ class Sweeper:
                         for p in view.pending.values())
         due = {h: (w, observed[h]) for h, w in live_unknown.items()
                if lost_desired or (not in_flight and now - first_seen[h] >= self.config.fleet.orphan_grace)}
-        adopted = self.store.adopt(cluster, due, set_desired=lost_desired and bool(known or due)) if due else 0
+        adopted = self.store.adopt(cluster, due, set_desired=lost_desired and bool(known or due),
+                                   pools=listed_by) if due else 0
         if lost_desired and not due and known:
             self.store.adopt(cluster, {}, set_desired=True)
+        index = after_observe(known, observed)
+        index.update({h: HandleStatus.DRAINING for h in moved if h in index})
         return {"cluster": cluster, "handles": len(known), "pruned": applied.pruned, "changed": applied.changed,
-                "adopted": adopted, "unknown": len(live_unknown) - len(due)}, after_observe(known, observed)
+                "adopted": adopted, "unknown": len(live_unknown) - len(due), "interrupted": len(moved),
+                **({"failed_pools": [p for p, _ in failures]} if failures else {})}, index
+
+    def _failed(self, cluster: str, exc: ProviderError, pool: str = "") -> dict[str, Any]:
+        """A provider error of a sweep (or of one pool's part of it): its event, and the report."""
+        where = {"pool": pool} if pool else {}
+        if isinstance(exc, RateLimited):
+            return {"cluster": cluster, "rate_limited": True}  # the hold is shared; try next sweep
+        if isinstance(exc, ProviderTimeout):
+            if not exc.held:  # the first call that hung says so; the held ones after it are quiet
+                self.store.event(cluster, EventKind.TIMEOUT, op="sweep", message=str(exc)[:300], **where)
+            return {"cluster": cluster, "timeout": True}
+        self.store.event(cluster, EventKind.SWEEP_FAILED, error=type(exc).__name__, message=str(exc)[:300], **where)
+        return {"cluster": cluster, "failed": type(exc).__name__}
+
+    def _interrupted(self, cluster: str, spec: ClusterSpec, notices: dict[str, tuple[str, float | None]]) -> list[str]:
+        """Mark the handles the cloud reclaims (live ones start draining until the cloud takes
+        them) and ask for their replacements at once."""
+        if not notices:
+            return []
+        moved = self.store.interrupt(cluster, notices, spec.drain_timeout or DEFAULT_NOTICE)
+        if moved:
+            if spec.queues:
+                self.dispatcher.drain(cluster, moved, spec.pool_list[0].provider)
+            self.request_reconcile(cluster)
+        return moved
+
+    def _acknowledge(self, cluster: str, pool: str, notices: list[Interruption]) -> None:
+        """Forget notices once recorded; a failure only means they come again (and change nothing)."""
+        if not notices:
+            return
+        try:
+            self.pool.of(cluster, pool).acknowledge(self.pool.cluster(cluster, pool), notices)
+        except ProviderError as exc:
+            log.warning("cannot acknowledge %d interruption notice(s) of %s: %s", len(notices), cluster, exc)
 
     def _apply(self, cluster: str, spec: ClusterSpec, known: dict[str, HandleStatus],
-               observed: dict[str, str]) -> StatusResult:
+               observed: dict[str, str], pool: str | None = None) -> StatusResult:
         """Write the observed statuses that differ from the index; clean up the dead."""
         changed = {h: s for h, s in observed.items() if h in known and differs(known[h], s)}
-        applied = self.store.apply_status(cluster, changed, self.pool.of(cluster).grace, self.config.fleet.kill_retry)
+        grace = max(self.pool.of(cluster, p.name).grace for p in spec.pool_list) if pool is None \
+            else self.pool.of(cluster, pool).grace
+        applied = self.store.apply_status(cluster, changed, grace, self.config.fleet.kill_retry)
         if applied.dead:
             # Dead is not necessarily gone (an exited container, a stopped VM): clean up, idempotently.
-            self.dispatcher.kill(cluster, applied.dead, spec.provider)
+            kill_by_pool(self.dispatcher, spec, cluster, applied.dead)
         if applied.gone:
-            self.holds.worker_went_away(cluster)
+            self.holds.worker_went_away(cluster, [p.name for p in spec.pool_list])
         return applied
 
     def check_initializing(self, cluster: str) -> int:
@@ -184,20 +248,27 @@ class Sweeper:
         the status script re-checks every record, so a sweep at the same time is harmless).
         Returns how many are still initializing. A provider error is left to the next sweep."""
         spec = self.config.spec(cluster)
-        known: dict[str, HandleStatus] = {h: s for h, s in self.store.index(cluster).items()
-                                          if s is HandleStatus.INITIALIZING}
-        if not known:
-            return 0
-        try:
-            raw = self.pool.of(cluster).worker_status(self.pool.cluster(cluster), list(known))
-        except ProviderError as exc:
-            log.info("follow-up check of %s skipped: %s", cluster, exc)
-            return len(known)
-        observed = {h: WorkerStatus(s).value for h, s in raw.items() if h in known}
-        applied = self._apply(cluster, spec, known, observed)
-        if applied.gone:
-            self.request_reconcile(cluster)  # one died at boot: its replacement need not wait
-        return sum(1 for s in observed.values() if s == WorkerStatus.INITIALIZING.value) + len(known) - len(observed)
+        view = self.store.sweep_view(cluster)
+        first = spec.pool_list[0].name
+        left = 0
+        for pool in dict.fromkeys([p.name for p in spec.pool_list] + list(view.pools.values())):
+            known: dict[str, HandleStatus] = {h: s for h, s in view.in_pool(pool, first).items()
+                                              if s is HandleStatus.INITIALIZING}
+            if not known:
+                continue
+            try:
+                raw = self.pool.of(cluster, pool).worker_status(self.pool.cluster(cluster, pool), list(known))
+            except ProviderError as exc:
+                log.info("follow-up check of %s skipped: %s", cluster, exc)
+                left += len(known)
+                continue
+            observed = {h: WorkerStatus(s).value for h, s in raw.items() if h in known}
+            applied = self._apply(cluster, spec, known, observed, pool)
+            if applied.gone:
+                self.request_reconcile(cluster)  # one died at boot: its replacement need not wait
+            left += sum(1 for s in observed.values() if s == WorkerStatus.INITIALIZING.value) + len(known) \
+                - len(observed)
+        return left
 
     def acted_on(self, cluster: str, spec: ClusterSpec, view: SweepView,
                  index: dict[str, HandleStatus]) -> ClusterState:
@@ -215,6 +286,8 @@ class Sweeper:
         """Boot timeouts, the Celery workers (drains, autoscaling), and lost work re-sent. `st`
         holds the records `acted_on` reads."""
         self._boot_timeouts(cluster, spec, st, now)
+        if not spec.queues:
+            self._drain_deadlines(cluster, spec, st, now)
         report = self.celery.watch(cluster, spec, st, now) if spec.queues else {}
         self._resend(cluster, spec, st, now)
         return report
@@ -225,7 +298,17 @@ class Sweeper:
         moved = self.store.transition(cluster, late, [HandleStatus.INITIALIZING], HandleStatus.STOPPING,
                                       EventKind.BOOT_TIMEOUT) if late else []
         if moved:
-            self.dispatcher.kill(cluster, moved, spec.provider)
+            kill_by_pool(self.dispatcher, spec, cluster, {h: st.handles[h].pool for h in moved})
+
+    def _drain_deadlines(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> None:
+        """Without `queues` nobody asks a draining worker what it holds (an interrupted one, in
+        a cluster that has none): it is killed at its deadline, if the cloud did not take it first."""
+        late = [h for h, r in st.handles.items()
+                if r.status is HandleStatus.DRAINING and now >= float(r.drain_until or 0)]
+        moved = self.store.transition(cluster, late, [HandleStatus.DRAINING], HandleStatus.STOPPING,
+                                      EventKind.DRAIN_TIMEOUT) if late else []
+        if moved:
+            kill_by_pool(self.dispatcher, spec, cluster, {h: st.handles[h].pool for h in moved})
 
     def _resend(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> None:
         timeout = self.config.fleet.launch_timeout
@@ -233,14 +316,14 @@ class Sweeper:
             age = now - (p.claimed or p.at or now)
             if (p.state is LaunchState.QUEUED and age > min(RESEND_QUEUED_AFTER, timeout)) or (
                     p.state is not LaunchState.QUEUED and p.claimed and age > timeout):
-                self.dispatcher.run(cluster, launch_id, spec.provider)
+                self.dispatcher.run(cluster, launch_id, spec.pool_or_first(p.pool).provider)
         retry = [h for h, r in st.handles.items()
                  if r.status is HandleStatus.STOPPING
                  and now - (r.kill_at if r.kill_at is not None else r.since) > kill_backoff(r.kills,
                                                                                             self.config.fleet.kill_retry)]
         if retry:
-            self.dispatcher.kill(cluster, retry, spec.provider)
+            kill_by_pool(self.dispatcher, spec, cluster, {h: st.handles[h].pool for h in retry})
         # dead handles whose cleanup kill failed (an exited container, a stopped VM left behind)
         cleanup = self.store.cleanup_due(cluster, self.config.fleet.kill_retry, CLEANUP_TRIES)
         if cleanup:
-            self.dispatcher.kill(cluster, cleanup, spec.provider)
+            kill_by_pool(self.dispatcher, spec, cluster, cleanup)

@@ -1,5 +1,5 @@
 -- KEYS[3] cleanup; ARGV[4] first retry (s), ARGV[5] most tries. Returns the dead handles whose
--- cleanup kill is due now, pushing each one's next try back (doubling, at most 5 minutes); one
+-- cleanup kill is due now (handle, pool pairs), pushing each one's next try back (doubling, at most 5 minutes); one
 -- tried `most` times is given up (a `cleanup_abandoned` event).
 local base, most = tonumber(ARGV[4]), tonumber(ARGV[5])
 local due = {}
@@ -15,6 +15,7 @@ for i = 1, #all, 2 do
       c.next = now + math.min(base * math.pow(2, c.tries), math.max(300, base))
       redis.call('HSET', KEYS[3], h, cjson.encode(c))
       table.insert(due, h)
+      table.insert(due, c.p or '')
     end
   end
 end

@@ -1,7 +1,10 @@
 -- The status index and the counts, kept beside a cluster's handle records by every script that
 -- adds, moves or removes a handle (Python's transactions do the same: fleet/store.py):
---   index:  handle -> status            (what the sweep compares the provider's answer with)
---   counts: status -> workers, status:h -> handles, and v = 1 once built (what a reconcile reads)
+--   index:  handle -> status, or status@pool for a handle recorded under a pool (what the sweep
+--           compares the provider's answer with, and which pool it asks)
+--   counts: status -> workers, status:h -> handles, status@pool -> workers of the handles recorded
+--           under a pool (field p), int -> workers of the handles the cloud reclaims (field int),
+--           and v = 1 once built (what a reconcile reads)
 -- ensure_counts() (re)builds both from the records when `v` is missing (an upgrade from a version
 -- without them, or records written by hand); only it sets `v`, so counts that have `v` are whole.
 -- read_record() reads a handle record as fleet.model.HandleRecord.decode does: the readable
@@ -31,23 +34,33 @@ local function ensure_counts(handles, index, counts)
     local r = read_record(all[i + 1])
     -- a record no script can read is left out of the counts (and so of any plan), not fatal
     if r then
-      redis.call('HSET', index, all[i], r.s)
+      if r.p and r.p ~= '' then redis.call('HSET', index, all[i], r.s .. '@' .. r.p)
+      else redis.call('HSET', index, all[i], r.s) end
       redis.call('HINCRBY', counts, r.s, r.w)
       redis.call('HINCRBY', counts, r.s .. ':h', 1)
+      if r.p and r.p ~= '' then redis.call('HINCRBY', counts, r.s .. '@' .. r.p, r.w) end
+      if r.int and r.int ~= '' then redis.call('HINCRBY', counts, 'int', r.w) end
     end
   end
   redis.call('HSET', counts, 'v', 1)
 end
-local function move(index, counts, h, w, old, new)
+-- Move handle h (its record r: r.w workers, r.p its pool, r.int set if interrupted) from status
+-- `old` (nil: it enters) to `new` (nil: it leaves). An interrupted handle counts in `int` until
+-- it leaves; a script that marks one interrupted adds it there itself (see interrupt.lua).
+local function move(index, counts, h, r, old, new)
+  local pooled = r.p and r.p ~= ''
   if old then
-    redis.call('HINCRBY', counts, old, -w)
+    redis.call('HINCRBY', counts, old, -r.w)
     redis.call('HINCRBY', counts, old .. ':h', -1)
+    if pooled then redis.call('HINCRBY', counts, old .. '@' .. r.p, -r.w) end
   end
   if new then
-    redis.call('HSET', index, h, new)
-    redis.call('HINCRBY', counts, new, w)
+    if pooled then redis.call('HSET', index, h, new .. '@' .. r.p) else redis.call('HSET', index, h, new) end
+    redis.call('HINCRBY', counts, new, r.w)
     redis.call('HINCRBY', counts, new .. ':h', 1)
+    if pooled then redis.call('HINCRBY', counts, new .. '@' .. r.p, r.w) end
   else
     redis.call('HDEL', index, h)
+    if r.int and r.int ~= '' then redis.call('HINCRBY', counts, 'int', -r.w) end
   end
 end

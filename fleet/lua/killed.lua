@@ -1,7 +1,7 @@
--- Count kill attempts. KEYS[3] handles, KEYS[4] cleanup; ARGV[4] first cleanup retry (s), then
--- handle, ok pairs. One event per kind for the whole call.
+-- Count kill attempts. KEYS[3] handles, KEYS[4] cleanup; ARGV[4] first cleanup retry (s), ARGV[5]
+-- the pool the kill was for, then handle, ok pairs. One event per kind for the whole call.
 local retry = tonumber(ARGV[4])
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local h, ok = ARGV[i], ARGV[i + 1]
   local raw = redis.call('HGET', KEYS[3], h)
   local c = redis.call('HGET', KEYS[4], h)
@@ -19,7 +19,9 @@ for i = 5, #ARGV, 2 do
   elseif not raw and ok ~= '1' and not c then
     -- it left Redis (seen stopped) while this kill was queued: its remains are cleaned up as a
     -- dead handle's are, or nothing would ever kill them again
-    redis.call('HSET', KEYS[4], h, cjson.encode({w = 0, tries = 0, next = now + retry}))
+    local entry = {w = 0, tries = 0, next = now + retry}
+    if ARGV[5] ~= '' then entry.p = ARGV[5] end
+    redis.call('HSET', KEYS[4], h, cjson.encode(entry))
     batch('kill_failed', h, 0, 'attempt', '1')
   end
   if ok == '1' and c then

@@ -14,7 +14,8 @@ Sections (see docs/benchmarks.md for figures and what they led to):
 4. ``sweep``: one full sweep (``Sweeper.sweep_cluster`` per cluster, in this process, no-op
    dispatcher) over many handles and clusters; Redis round trips counted by a counting
    connection class, commands from INFO commandstats.
-5. ``cloud``: API calls to scale 0 -> N -> 0 on aws_ec2 and aws_ecs (moto server) and gce (the
+5. ``cloud``: API calls to scale 0 -> N -> 0 on aws_ec2 (on-demand through RunInstances, and
+   spot through CreateFleet: ``ec2spot``) and aws_ecs (moto server) and gce (the
    fake server of fleet.testing.backends.gce), through the managed layer in this process
    (``fleet.testing.inline``), beside one call per instance; and ECS's StopTask calls beside a
    sequential loop of them.
@@ -445,7 +446,8 @@ def section_sweep(work: Path, cases: tuple[tuple[int, int], ...], say: Callable[
 
 # -- section 5: cloud API economy --------------------------------------------------------------
 
-EC2_MUTATING = {"RunInstances", "TerminateInstances", "StopInstances", "CreateTags"}
+EC2_MUTATING = {"RunInstances", "TerminateInstances", "StopInstances", "CreateTags", "CreateFleet",
+                "CreateLaunchTemplate"}
 ECS_MUTATING = {"RunTask", "StopTask", "TagResource"}
 GCE_MUTATING = {"insert", "bulk_insert", "delete"}
 
@@ -475,6 +477,9 @@ def section_cloud(work: Path, n: int, say: Callable[[str], None]) -> dict[str, A
                                   for p in ("aws_ec2", "aws_ecs", "gce")},
                     "clusters": {
                         "ec2": {**common, "provider": "aws_ec2", "provider_options": aws.ec2_options()},
+                        # spot over the 6 cheapest fitting types: instant EC2 Fleets, not RunInstances
+                        "ec2spot": {**common, "provider": "aws_ec2",
+                                    "provider_options": aws.ec2_options(market="spot")},
                         "ecs": {**common, "provider": "aws_ecs", "hardware": {"cpu": 0.25, "memory_mb": 512},
                                 "provider_options": aws.ecs_options()},
                         "gce": {**common, "provider": "gce", "provider_options": {
@@ -487,12 +492,13 @@ def section_cloud(work: Path, n: int, say: Callable[[str], None]) -> dict[str, A
             dispatcher = InlineDispatcher()
             manager = Manager(config, redis.Redis.from_url(url), dispatcher, url=url)
             dispatcher.manager = manager
-            for cluster, mutating in (("ec2", EC2_MUTATING), ("ecs", ECS_MUTATING), ("gce", GCE_MUTATING)):
+            for cluster, mutating in (("ec2", EC2_MUTATING), ("ec2spot", EC2_MUTATING), ("ecs", ECS_MUTATING),
+                                      ("gce", GCE_MUTATING)):
                 calls: Counter[str] = Counter()
                 if cluster == "gce":
                     fake.reset_counters()
                 else:
-                    provider: Any = manager.pool.raw(config.spec(cluster).provider)
+                    provider: Any = manager.pool.raw(config.spec(cluster).pool_list[0].provider)
                     client = provider.client(manager.pool.cluster(cluster))
                     client.meta.events.register("before-call",
                                                 lambda model, calls=calls, **_: calls.update([model.name]))

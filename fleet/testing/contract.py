@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -115,6 +116,24 @@ class ProviderContract:
         fresh.kill_workers(cluster, list(set(mine)))
         wait_for(lambda: fresh.list_workers(cluster) == {}, timeout=15, what="an empty list")
         assert set(fresh.list_workers(other) or {}) == set(theirs)
+
+    def test_two_pools_of_one_cluster_are_listed_and_found_apart(self, kit: Kit) -> None:
+        provider = kit.provider
+        if provider.list_workers(kit.cluster) is None:
+            pytest.skip("this provider cannot list")
+        spot, steady = replace(kit.cluster, pool="spot"), replace(kit.cluster, pool="steady")
+        a = provider.run_workers(spot, kit.container, kit.hardware, 3, launch_id=uuid.uuid4().hex)
+        b_id = uuid.uuid4().hex
+        b = provider.run_workers(steady, kit.container, kit.hardware, 6, launch_id=b_id)
+        fresh = type(provider)(provider.context)
+        assert fresh.list_workers(spot) == {h: a.count(h) for h in set(a)}
+        assert fresh.list_workers(steady) == {h: b.count(h) for h in set(b)}
+        # the cluster seen without a pool (how a cluster that declares none is asked) sees both
+        assert set(fresh.list_workers(kit.cluster) or {}) == set(a) | set(b)
+        found = fresh.find_launch(steady, b_id)
+        if found is not None:
+            assert sorted(found) == sorted(b)
+            assert fresh.find_launch(spot, b_id) == []
 
     def test_bad_provider_options_are_rejected_clearly(self, kit: Kit) -> None:
         with pytest.raises(ValidationError) as info:

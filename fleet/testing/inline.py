@@ -22,8 +22,8 @@ class InlineDispatcher:
     def run(self, cluster: str, launch_id: str, provider: str) -> None:
         self.jobs.append(("run", (cluster, launch_id)))
 
-    def kill(self, cluster: str, handles: Sequence[str], provider: str) -> None:
-        self.jobs.append(("kill", (cluster, list(handles))))
+    def kill(self, cluster: str, handles: Sequence[str], provider: str, pool: str = "") -> None:
+        self.jobs.append(("kill", (cluster, list(handles), pool)))
 
     def reconcile(self, cluster: str) -> None:
         self.jobs.append(("reconcile", (cluster,)))

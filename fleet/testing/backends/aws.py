@@ -83,3 +83,57 @@ def moto_world() -> Iterator[AwsWorld]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# -- Fargate Spot: what moto does not model -------------------------------------------------
+#: the reason ECS gives a task that Fargate Spot reclaims
+SPOT_STOPPED_REASON = "Your Spot Task was interrupted."
+
+
+def moto_ecs_task(arn: str, region: str = REGION) -> Any:
+    """moto's own object of ECS task `arn`: its server runs in this process (ThreadedMotoServer),
+    so a test can change what DescribeTasks will answer. KeyError if moto has no such task."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ecs.models import ecs_backends
+
+    for tasks in ecs_backends[DEFAULT_ACCOUNT_ID][region].tasks.values():
+        if arn in tasks:
+            return tasks[arn]
+    raise KeyError(arn)
+
+
+def interrupt_fargate_spot(arn: str, *, warned_only: bool = False, region: str = REGION) -> None:
+    """Do to task `arn` what Fargate Spot does when it takes its capacity back, which moto does
+    not model: desiredStatus STOPPED, stopCode SpotInterruption, stoppedReason "Your Spot Task
+    was interrupted.", and lastStatus STOPPED (or still RUNNING with `warned_only`: the
+    two-minute warning, SIGTERM sent, the task not yet stopped). moto serialises `stop_code`
+    as `stopCode` once it is set."""
+    task = moto_ecs_task(arn, region)
+    task.desired_status = "STOPPED"
+    task.stop_code = "SpotInterruption"
+    task.stopped_reason = SPOT_STOPPED_REASON
+    if not warned_only:
+        task.last_status = "STOPPED"
+
+
+# -- EC2 spot: what moto does not model ------------------------------------------------------
+#: the state reason EC2 gives an instance it reclaims (a spot interruption)
+SPOT_RECLAIMED_REASON = ("Server.SpotInstanceTermination", "Server.SpotInstanceTermination: Spot instance termination")
+
+
+def reclaim_spot_instance(instance_id: str, *, terminated: bool = True, region: str = REGION) -> None:
+    """Do to EC2 instance `instance_id` what EC2 does when it takes a spot instance back, which
+    moto does not model: state terminated (or shutting-down with `terminated=False`) with the
+    state reason `Server.SpotInstanceTermination`. moto's server runs in this process
+    (ThreadedMotoServer), so DescribeInstances answers it from then on."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.instances import StateReason
+
+    instance = ec2_backends[DEFAULT_ACCOUNT_ID][region].get_instance(instance_id)
+    if terminated:
+        instance.terminate()
+    else:
+        instance._state.name, instance._state.code = "shutting-down", 32
+    code, message = SPOT_RECLAIMED_REASON
+    instance.state_reason = StateReason(message, code)

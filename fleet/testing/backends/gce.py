@@ -13,15 +13,25 @@ It answers what `google-cloud-compute`'s REST transport sends, in the JSON the r
   a label filter (`labels.K = "V"` terms joined by AND) and `nextPageToken` pages
 * `DELETE /compute/v1/projects/P/zones/Z/instances/NAME`          delete (404 when absent)
 * `GET|POST /compute/v1/projects/P/zones/Z/operations/OP[/wait]`  operations
+* `GET    /compute/v1/projects/P/zones/Z/operations?filter=&maxResults=&pageToken=`  list the
+  zone's operations, with a filter of `field = "value"` terms joined by AND (e.g.
+  `operationType = "compute.instances.preempted"`) and pages
 
 An operation is RUNNING until it has been read `operation_polls` times through get/wait (0: DONE
 at once); its error, if any, shows once it is DONE, as on the real API. A new instance is
-PROVISIONING for its first `ready_after_reads` reads, then RUNNING. Counters
-of calls by kind (`insert`, `bulk_insert`, `get`, `list`, `delete`, `operation`) and a log of
-requests let tests count API calls. Faults: `fail(kind, status, reason)` queues canned HTTP errors for the next
-requests of a kind (`processed=True`: the request takes effect, only its answer is lost);
+PROVISIONING for its first `ready_after_reads` reads, then RUNNING. Counters of calls by kind
+(`insert`, `bulk_insert`, `get`, `list`, `delete`, `operation`, `operation_list`) and a log of
+requests let tests count API calls. Faults: `fail(kind, status, reason)` queues canned HTTP
+errors for the next requests of a kind (`processed=True`: the request takes effect, only its
+answer is lost);
 `fail_operation(code)` makes the next inserts' (and bulk inserts') operations finish DONE with
 that error code (e.g. QUOTA_EXCEEDED) and create nothing.
+
+Preemption: `preempt(project, zone, name)` does what GCE does to a Spot or preemptible VM it
+reclaims: it records a DONE zone operation of type `compute.instances.preempted` targeting the
+instance, then stops it (TERMINATED), or deletes it when its scheduling says
+`instanceTerminationAction` DELETE (a Spot VM's STOP is the default, as on GCE). A standard VM
+cannot be preempted (ValueError). Instances keep the `scheduling` they were inserted with.
 """
 
 from __future__ import annotations
@@ -42,6 +52,8 @@ Answer = tuple[int, dict[str, Any], dict[str, str]]
 _PATH = re.compile(r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/"
                    r"(?P<coll>instances|operations)(?:/(?P<name>[^/]+))?(?P<wait>/wait)?$")
 _TERM = re.compile(r'^\(?\s*labels\.(?P<key>[a-z0-9_-]+)\s*=\s*"(?P<value>[^"]*)"\s*\)?$')
+_FIELD_TERM = re.compile(r'^\(?\s*(?P<field>[A-Za-z][A-Za-z0-9_.-]*)\s*=\s*"(?P<value>[^"]*)"\s*\)?$')
+PREEMPTED = "compute.instances.preempted"
 _REASONS = {400: "invalid", 401: "required", 403: "forbidden", 404: "notFound", 409: "alreadyExists",
             429: "rateLimitExceeded", 500: "backendError", 503: "backendError"}
 
@@ -57,6 +69,28 @@ def parse_filter(text: str) -> dict[str, str]:
             raise ValueError(f"unsupported filter term {term!r}")
         labels[m["key"]] = m["value"]
     return labels
+
+
+def parse_terms(text: str) -> dict[str, str]:
+    """The field equalities of a filter (`operationType = "x" AND targetId = "y"`), keyed by
+    field path; ValueError for anything else."""
+    if not text.strip():
+        return {}
+    terms: dict[str, str] = {}
+    for term in re.split(r"\s+AND\s+", text.strip()):
+        m = _FIELD_TERM.match(term.strip())
+        if not m:
+            raise ValueError(f"unsupported filter term {term!r}")
+        terms[m["field"]] = m["value"]
+    return terms
+
+
+def _field(body: dict[str, Any], path: str) -> str:
+    """The value at a dotted field path of a JSON body, as a string ("" if absent)."""
+    value: Any = body
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
 
 
 def not_found(project: str, zone: str, name: str | None) -> dict[str, Any]:
@@ -142,6 +176,22 @@ class FakeGCE:
             self.instances[(project, zone, name)] = Instance(
                 {"name": name, "labels": dict(labels or {}), "id": str(next(self._ids))}, status, 10**6)
 
+    def preempt(self, project: str, zone: str, name: str) -> dict[str, Any]:
+        """Preempt a Spot or preemptible instance as GCE does (see the module docstring);
+        returns the `compute.instances.preempted` operation it records."""
+        with self.lock:
+            inst = self.instances[(project, zone, name)]
+            scheduling = inst.body.get("scheduling") or {}
+            if scheduling.get("provisioningModel") != "SPOT" and not scheduling.get("preemptible"):
+                raise ValueError(f"instance {name} is neither Spot nor preemptible: GCE does not preempt it")
+            op = self._operation(project, zone, PREEMPTED, name)
+            self.operations[op["name"]][1] = 0  # a record of what happened: DONE from its first read
+            if scheduling.get("instanceTerminationAction") == "DELETE":
+                del self.instances[(project, zone, name)]
+            else:
+                inst.status, inst.reads = "TERMINATED", 10**6
+            return op
+
     def set_status(self, project: str, zone: str, name: str, status: str) -> None:
         with self.lock:
             inst = self.instances[(project, zone, name)]
@@ -193,6 +243,8 @@ class FakeGCE:
                     return self._list(project, zone, query)
                 if kind == "delete":
                     return self._delete(project, zone, name or "")
+                if kind == "operation_list":
+                    return self._list_operations(project, zone, query)
                 entry = self.operations.get(name or "")
                 if entry is None:
                     return 404, error_body(404, f"operation {name} not found"), {}
@@ -204,7 +256,9 @@ class FakeGCE:
     @staticmethod
     def _kind(method: str, coll: str, name: str | None) -> str | None:
         if coll == "operations":
-            return "operation" if name and method in ("GET", "POST") else None
+            if not name:
+                return "operation_list" if method == "GET" else None
+            return "operation" if method in ("GET", "POST") else None
         if method == "POST" and name == "bulkInsert":
             return "bulk_insert"
         return {("POST", False): "insert", ("GET", False): "list", ("GET", True): "get",
@@ -309,6 +363,19 @@ class FakeGCE:
         page = matches[start:start + size]
         out: dict[str, Any] = {"kind": "compute#instanceList", "id": f"{PREFIX}{project}/zones/{zone}/instances",
                                "items": [self._view(project, zone, inst) for _, inst in page]}
+        if start + size < len(matches):
+            out["nextPageToken"] = str(start + size)
+        return 200, out, {}
+
+    def _list_operations(self, project: str, zone: str, query: dict[str, list[str]]) -> Answer:
+        terms = parse_terms((query.get("filter") or [""])[0])
+        size = int((query.get("maxResults") or ["500"])[0]) or 500
+        start = int((query.get("pageToken") or ["0"])[0] or 0)
+        where = f"{PREFIX}{project}/zones/{zone}"
+        matches = [self._op_view(entry) for entry in self.operations.values()
+                   if entry[0]["zone"] == where and all(_field(entry[0], k) == v for k, v in terms.items())]
+        out: dict[str, Any] = {"kind": "compute#operationList", "id": f"{where}/operations",
+                               "items": matches[start:start + size]}
         if start + size < len(matches):
             out["nextPageToken"] = str(start + size)
         return 200, out, {}

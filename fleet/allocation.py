@@ -1,0 +1,122 @@
+"""Pure pool arithmetic: which pools a launch goes to, and how far a rebalance may go (no I/O).
+
+A cluster's pools are ranked (`PoolSpec.priority`, else their order). A launch goes to the best
+ranked pools that may launch, shared by weight among pools of one rank, each up to its own cap;
+a pool held (no capacity, at quota, in error, rate-limited, unresponsive) or full is skipped, and
+the rest of the launch goes on to the next rank. The planner (`fleet.planner`) decides how many
+workers to launch; this module only decides where.
+
+A rebalance (opt-in, `RebalanceSpec`) moves workers from pools ranked worse than the best pool
+that may launch back to it, `max_in_flight` at a time: the reconcile asks for that many workers
+above the desired number (the *surge*, launched in the better pool), and once more workers run
+than desired, retires that many from the worse pools (*retire*). Running workers never drop below
+the desired number, and the surge never goes past `max_workers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """One pool as a reconcile sees it."""
+
+    name: str
+    rank: int  # lower is better
+    weight: int = 1
+    cap: int | None = None  # its own max_workers (None: only the cluster's)
+    committed: int = 0  # workers in it (live, going) and pending for it
+    live: int = 0  # workers of its initializing and running handles
+    running: int = 0  # workers of its running handles
+    blocked: str | None = None  # why it may not launch now (None: it may)
+
+    @property
+    def room(self) -> int | None:
+        """Workers it may still take under its own cap (None: no cap of its own)."""
+        return None if self.cap is None else max(self.cap - self.committed, 0)
+
+    @property
+    def open(self) -> bool:
+        """It may launch now: not held, and not full."""
+        return self.blocked is None and self.room != 0
+
+
+@dataclass(frozen=True)
+class Allocation:
+    counts: dict[str, int]  # pool -> workers to launch there (pools given none are left out)
+    skipped: list[tuple[str, str]]  # pools ranked before the first that launches: (pool, why)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def _share(n: int, pools: Sequence[PoolView]) -> dict[str, int]:
+    """`n` among `pools` by weight (largest remainder), each up to its room; what one cannot
+    take goes to the others."""
+    out = dict.fromkeys((p.name for p in pools), 0)
+    left, active = n, list(pools)
+    while left > 0 and active:
+        total = sum(p.weight for p in active)
+        quotas = {p.name: left * p.weight // total for p in active}
+        rest = left - sum(quotas.values())
+        for p in sorted(active, key=lambda p: -(left * p.weight % total))[:rest]:
+            quotas[p.name] += 1
+        given, full = 0, []
+        for p in active:
+            room = None if p.room is None else p.room - out[p.name]
+            take = quotas[p.name] if room is None else min(quotas[p.name], room)
+            out[p.name] += take
+            given += take
+            if room is not None and take >= room:
+                full.append(p.name)
+        left -= given
+        if given == 0:
+            break
+        active = [p for p in active if p.name not in full]
+    return {k: v for k, v in out.items() if v}
+
+
+def allocate(n: int, pools: Sequence[PoolView]) -> Allocation:
+    """Where `n` new workers go: see the module docstring."""
+    counts: dict[str, int] = {}
+    skipped: list[tuple[str, str]] = []
+    left = n
+    for rank in sorted({p.rank for p in pools}):
+        if left <= 0:
+            break
+        group = [p for p in pools if p.rank == rank]
+        usable = [p for p in group if p.open]
+        if not counts:
+            skipped += [(p.name, p.blocked or "full") for p in group if not p.open]
+        shared = _share(left, usable)
+        counts.update(shared)
+        left -= sum(shared.values())
+    return Allocation(counts, skipped)
+
+
+@dataclass(frozen=True)
+class Rebalance:
+    surge: int = 0  # workers to ask for above the desired number, for the better pool
+    retire: int = 0  # workers of worse pools to drain or kill now
+    best: int = 0  # the rank of the best pool that may launch
+
+
+def rebalance(pools: Sequence[PoolView], desired: int, running: int, budget: int, room: int) -> Rebalance:
+    """How far a rebalance goes in this reconcile. `running`: running workers of the cluster;
+    `budget`: `max_in_flight`; `room`: workers the cluster may still launch under max_workers."""
+    usable = [p for p in pools if p.open]
+    if not usable:
+        return Rebalance()
+    best = min(p.rank for p in usable)
+    worse = [p for p in pools if p.rank > best]
+    worse_live = sum(p.live for p in worse)
+    if not worse_live:
+        return Rebalance(best=best)
+    retire = min(sum(p.running for p in worse), max(running - desired, 0))
+    better_room = [p.room for p in usable if p.rank == best]
+    space = room if any(r is None for r in better_room) else min(room, sum(r or 0 for r in better_room))
+    surge = max(min(budget, worse_live - retire, space), 0)
+    return Rebalance(surge, retire, best)
