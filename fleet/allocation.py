@@ -28,9 +28,11 @@ class PoolView:
     weight: int = 1
     cap: int | None = None  # its own max_workers (None: only the cluster's)
     committed: int = 0  # workers in it (live, going) and pending for it
-    live: int = 0  # workers of its initializing and running handles
+    live: int = 0  # workers of its initializing and running handles (a rebalance passes them without
+    # the held ones: an operator's hold keeps a handle where it is)
     running: int = 0  # workers of its running handles
     blocked: str | None = None  # why it may not launch now (None: it may)
+    waiting: int = 0  # workers of launches pending for it (part of `committed`)
 
     @property
     def room(self) -> int | None:
@@ -104,19 +106,29 @@ class Rebalance:
     best: int = 0  # the rank of the best pool that may launch
 
 
-def rebalance(pools: Sequence[PoolView], desired: int, running: int, budget: int, room: int) -> Rebalance:
+def rebalance(pools: Sequence[PoolView], desired: int, running: int, budget: int, room: int,
+              above: int = 0) -> Rebalance:
     """How far a rebalance goes in this reconcile. `running`: running workers of the cluster;
-    `budget`: `max_in_flight`; `room`: workers the cluster may still launch under max_workers."""
-    usable = [p for p in pools if p.open]
-    if not usable:
+    `budget`: `max_in_flight`; `room`: workers the cluster may still launch under max_workers;
+    `above`: live and pending workers above `desired` (a surge already under way: its launches
+    and booting workers in the best pool are part of the surge, not taken from its room, or the
+    next reconcile would see no room for them and cancel them)."""
+    # the best pool not held leads, full or not: a surge that fills its cap must not make the
+    # worse pool look best (the next reconcile would drop the surge, and launch it again)
+    candidates = [p for p in pools if p.blocked is None]
+    if not candidates:
         return Rebalance()
-    best = min(p.rank for p in usable)
+    best = min(p.rank for p in candidates)
     worse = [p for p in pools if p.rank > best]
     worse_live = sum(p.live for p in worse)
     if not worse_live:
         return Rebalance(best=best)
     retire = min(sum(p.running for p in worse), max(running - desired, 0))
-    better_room = [p.room for p in usable if p.rank == best]
-    space = room if any(r is None for r in better_room) else min(room, sum(r or 0 for r in better_room))
+    leaders = [p for p in candidates if p.rank == best]
+    under_way = min(max(above, 0), sum(p.live - p.running + p.waiting for p in leaders))
+    space = room + under_way
+    own = [p.room for p in leaders]
+    if all(r is not None for r in own):
+        space = min(space, sum(r or 0 for r in own) + under_way)
     surge = max(min(budget, worse_live - retire, space), 0)
     return Rebalance(surge, retire, best)

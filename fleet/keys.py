@@ -50,6 +50,7 @@ CLUSTER_KEYS: tuple[KeyInfo, ...] = (
     KeyInfo("pool:<pool>:error", "string", "as `error`, for one pool"),
     KeyInfo("pool:<pool>:unresponsive", "string", "as `unresponsive`, for one pool"),
     KeyInfo("notice", "hash", "handle -> when its interruption was noticed (until its replacement runs)"),
+    KeyInfo("pools", "hash", "pool -> its provider and provider_options as the config last declared them"),
 )
 
 #: Per fleet: `fleet:<id>:<key>`.
@@ -158,6 +159,10 @@ class ClusterKeys:
     @property
     def notice(self) -> str:
         return self._k("notice")
+
+    @property
+    def pools(self) -> str:
+        return self._k("pools")
 
     def pool(self, pool: str) -> ClusterKeys:
         """The keys of the holds of one pool (`pool:<pool>:...`); the cluster's own for pool ""."""

@@ -48,6 +48,10 @@ class Manager:
         self.holds = Holds(client, config.fleet.id)
         self.limits = Limits(client, self.url, config.fleet.id)
         self.pool = ProviderPool(config, client, self.holds, self.limits, self.lease)
+        try:
+            self.store.remember_pools(config.clusters)
+        except redis.RedisError:
+            pass  # Redis not up yet: the next process start stores them
         self.epoch = EpochWatch(self.store, self.holds, config.fleet.launch_timeout)
         self.queries = Queries(config, client, self.store, self.holds)
         self.reconciler = Reconciler(config, self.store, self.holds, dispatcher, self.epoch, self.lease,

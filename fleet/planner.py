@@ -159,10 +159,10 @@ def plan(
             return sorted(xs, key=lambda p: -p.created)
 
         def idlest(status: HandleStatus) -> Callable[[], list[tuple[str, int]]]:
-            # the worst pool first, then idle first, then the newest
+            # idle ones first (a busy one's work would be lost), the worst pool first, then the newest
             def items() -> list[tuple[str, int]]:
                 chosen = sorted((h for h in all_handles() if h.status is status and not h.hold),
-                                key=lambda h: (-h.rank, h.busy, -h.since))
+                                key=lambda h: (h.busy > 0, -h.rank, h.busy, -h.since))
                 return [(h.handle, h.workers) for h in chosen]
             return items
 

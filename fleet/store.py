@@ -16,6 +16,7 @@ script or transaction that appends it. Safe to share across threads (redis-py po
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -285,6 +286,18 @@ class Store:
                 return SweepView(_desired(d), _pending(p), *parse_index(index))
             self.rebuild_counts(cluster)
 
+    def remember_pools(self, specs: Mapping[str, Any]) -> None:
+        """Store each declared pool's provider and provider_options (cluster -> ClusterSpec), so
+        that the handles of a pool later removed from the config are still swept and killed by
+        their own provider. Provider options hold no secrets (the provider contract)."""
+        pipe = self.r.pipeline(transaction=False)
+        for cluster, spec in specs.items():
+            if spec.pools:
+                pipe.hset(self.of(cluster).pools, mapping={
+                    p.name: json.dumps({"provider": p.provider, "provider_options": p.provider_options})
+                    for p in spec.pools})
+        pipe.execute()
+
     def pools_of(self, cluster: str, handles: Iterable[str]) -> dict[str, str]:
         """handle -> its pool ("" when recorded without one, or unknown): where to send its kill."""
         wanted = list(handles)
@@ -459,7 +472,9 @@ class Store:
             return []
         args: list[Any] = [default_notice]
         for h, (cause, deadline) in notices.items():
-            args += [h, cause, "" if deadline is None else deadline]
+            if deadline is not None and not math.isfinite(deadline):
+                deadline = None  # a provider's nonsense (inf, nan) means "no deadline", never a failed script
+            args += [h, str(cause)[:64], "" if deadline is None else deadline]
         k = self.of(cluster)
         moved = self._script("interrupt", cluster, [k.handles, k.index, k.counts, k.notice], args)
         return [h.decode() for h in moved]

@@ -49,14 +49,29 @@ def test_weights_share_a_rank() -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(pools, st.integers(0, 20), st.integers(0, 30), st.integers(1, 5), st.integers(0, 10))
+@given(pools, st.integers(0, 20), st.integers(0, 30), st.integers(1, 5), st.integers(0, 10), st.integers(-5, 10))
 def test_a_rebalance_never_goes_below_desired_nor_past_its_budget(ps: list[PoolView], desired: int, running: int,
-                                                                 budget: int, room: int) -> None:
-    step = rebalance(ps, desired, running, budget, room)
+                                                                 budget: int, room: int, above: int) -> None:
+    step = rebalance(ps, desired, running, budget, room, above)
     assert 0 <= step.retire <= max(running - desired, 0)
-    assert 0 <= step.surge <= min(budget, room)
+    assert 0 <= step.surge <= min(budget, room + max(above, 0))
     if not any(p.open for p in ps):
         assert step.surge == step.retire == 0
     worse = [p for p in ps if p.rank > step.best]
     assert step.retire <= sum(p.running for p in worse)
     assert step.surge <= sum(p.live for p in worse)
+
+
+def test_a_surge_under_way_keeps_its_place_at_max_workers() -> None:
+    """max 4, desired 3, 3 on-demand running and the one surge worker booting in spot: no room is
+    left, yet the surge stays (else the next reconcile would cancel it, and launch it again)."""
+    pools = [PoolView("spot", 0, committed=1, live=1, running=0), PoolView("od", 1, committed=3, live=3, running=3)]
+    assert rebalance(pools, 3, 3, 1, room=0, above=1).surge == 1
+    queued = [PoolView("spot", 0, committed=1, waiting=1), PoolView("od", 1, committed=3, live=3, running=3)]
+    assert rebalance(queued, 3, 3, 1, room=0, above=1).surge == 1
+    # once it runs, one on-demand worker retires and nothing more is launched until it is gone
+    ran = [PoolView("spot", 0, committed=1, live=1, running=1), PoolView("od", 1, committed=3, live=3, running=3)]
+    step = rebalance(ran, 3, 4, 1, room=0, above=1)
+    assert step.retire == 1
+    after = [PoolView("spot", 0, committed=1, live=1, running=1), PoolView("od", 1, committed=3, live=2, running=2)]
+    assert rebalance(after, 3, 3, 1, room=0, above=0).surge == 0

@@ -29,7 +29,9 @@ class Dispatcher(Protocol):
 
 
 def kill_by_pool(dispatcher: Dispatcher, spec: ClusterSpec, cluster: str, handles: Mapping[str, str]) -> None:
-    """Kill handles (handle -> pool), one `fleet.kill` per pool, on its provider's queue."""
+    """Kill handles (handle -> pool), one `fleet.kill` per pool, on its provider's queue (the
+    first pool's for a pool the config no longer has: any provider worker can kill them, and
+    only the queues of the configured providers are consumed)."""
     by: dict[str, list[str]] = {}
     for h, pool in handles.items():
         by.setdefault(pool, []).append(h)

@@ -163,10 +163,10 @@ class Launcher:
     def kill_handles(self, cluster: str, handles: Sequence[str], pool: str = "") -> dict[str, Any]:
         """Kill handles of one pool. They stay tracked as stopping until the provider reports
         them stopped; failed kills are retried by the sweep with back-off."""
-        spec = self.config.spec(cluster)
+        self.config.spec(cluster)
         unique = validate_handles(handles)
-        if not isinstance(pool, str) or (pool and pool not in {p.name for p in spec.pool_list}):
-            pool = ""  # an unknown pool (garbage, or removed from the config): the first pool's provider
+        if not isinstance(pool, str) or (pool and self.pool.definition(cluster, pool) is None):
+            pool = ""  # garbage, or a pool nobody declared: the first pool's provider
         ref, provider = self.pool.cluster(cluster, pool), self.pool.of(cluster, pool)
         retry = self.config.fleet.kill_retry
         try:

@@ -3,12 +3,14 @@ validated once."""
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
 import redis
 
-from fleet.config import FleetConfig
+from fleet.config import FleetConfig, PoolSpec
+from fleet.errors import FleetError
 from fleet.holds import Holds
 from fleet.keys import Keyspace
 from fleet.limits import Limits
@@ -49,6 +51,7 @@ class ProviderPool:
         self.lease = lease
         self._wrapped: dict[str, ProviderWrapper] = {}
         self._options: dict[tuple[str, str], Any] = {}
+        self._removed: dict[tuple[str, str], PoolSpec | None] = {}  # pools no longer in the config
         self._lock = threading.Lock()
 
     def get(self, name: str) -> ProviderWrapper:
@@ -63,17 +66,44 @@ class ProviderPool:
         """Provider `name` itself, under its wrappers."""
         return self.get(name).raw
 
+    def definition(self, cluster: str, pool: str) -> PoolSpec | None:
+        """Pool `pool` of a declared cluster: from the config, or, for a pool the config no longer
+        has, as the control plane last stored it (`Store.remember_pools`; None if it never did).
+        Pool "" is the first pool (handles recorded without one)."""
+        spec = self.config.spec(cluster)
+        if not pool:
+            return spec.pool_list[0]
+        try:
+            return spec.pool(pool)
+        except KeyError:
+            pass
+        with self._lock:
+            if (cluster, pool) in self._removed:
+                return self._removed[(cluster, pool)]
+        raw = self.client.hget(Keyspace(self.config.fleet.id).cluster(cluster).pools, pool)
+        found = None
+        if raw:
+            try:
+                found = PoolSpec.model_validate({**json.loads(raw), "name": pool})
+                provider_class(found.provider)
+            except (ValueError, FleetError):
+                found = None  # written by hand, or a provider this version lacks: left alone
+        with self._lock:
+            self._removed[(cluster, pool)] = found
+        return found
+
     def of(self, cluster: str, pool: str = "") -> ProviderWrapper:
-        """The wrapped provider of a declared cluster's pool (its first pool for "" or for a pool
-        the config no longer has)."""
-        return self.get(self.config.spec(cluster).pool_or_first(pool).provider)
+        """The wrapped provider of a declared cluster's pool (see `definition`; the first pool's
+        for a pool nobody knows)."""
+        ps = self.definition(cluster, pool) or self.config.spec(cluster).pool_list[0]
+        return self.get(ps.provider)
 
     def cluster(self, name: str, pool: str = "", excluded_types: frozenset[str] = frozenset(),
                 first_attempt: bool = False) -> Cluster[Any]:
         """The provider's view of cluster `name`'s pool `pool`, with its options validated (once
         per process)."""
         spec = self.config.spec(name)
-        ps = spec.pool_or_first(pool)
+        ps = self.definition(name, pool) or spec.pool_list[0]
         with self._lock:
             if (name, pool) not in self._options:
                 self._options[(name, pool)] = provider_class(ps.provider).validate_options(ps.provider_options)

@@ -21,6 +21,7 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
@@ -83,6 +84,20 @@ def pending_views(pending: dict[str, LaunchRecord]) -> list[planner.PendingView]
     return [planner.PendingView(lid, p.count, p.state, p.at) for lid, p in pending.items()]
 
 
+def without_held(pools: list[allocation.PoolView], records: dict[str, HandleRecord],
+                 spec: ClusterSpec) -> list[allocation.PoolView]:
+    """The pools with their held handles' workers left out of `live` and `running`: a rebalance
+    never moves a held handle, so it must not count on moving it."""
+    first = spec.pool_list[0].name
+    held: dict[str, tuple[int, int]] = {}
+    for r in records.values():
+        if r.hold and r.status in (HandleStatus.INITIALIZING, HandleStatus.RUNNING):
+            live, running = held.get(r.pool or first, (0, 0))
+            held[r.pool or first] = (live + r.workers, running + r.workers * (r.status is HandleStatus.RUNNING))
+    return [dataclasses.replace(p, live=p.live - held[p.name][0], running=p.running - held[p.name][1])
+            if p.name in held else p for p in pools]
+
+
 def pool_views(spec: ClusterSpec, counts: Counts, pending: dict[str, LaunchRecord],
                blocked: dict[str, str | None]) -> list[allocation.PoolView]:
     """Every pool of the cluster with what is in it, from the counts and the pending launches."""
@@ -96,17 +111,23 @@ def pool_views(spec: ClusterSpec, counts: Counts, pending: dict[str, LaunchRecor
         out.append(allocation.PoolView(
             pool.name, spec.rank(pool.name), pool.weight, pool.max_workers,
             committed=live + of(HandleStatus.DRAINING) + of(HandleStatus.STOPPING) + waiting,
-            live=live, running=of(HandleStatus.RUNNING), blocked=blocked.get(pool.name)))
+            live=live, running=of(HandleStatus.RUNNING), blocked=blocked.get(pool.name),
+            waiting=sum(p.count for p in pending.values()
+                        if (p.pool or first) == pool.name and p.state is not LaunchState.CANCELLED)))
     return out
 
 
 def retirees(records: dict[str, HandleRecord], spec: ClusterSpec, best: int, most: int) -> list[str]:
-    """Running handles of pools ranked worse than `best`, worst pool, then idlest, then newest
-    first, of `most` workers at most (a rebalance never goes below the desired number)."""
+    """Running handles of pools ranked worse than `best`, idle ones first, then the worst pool,
+    then the newest, of `most` workers at most (a rebalance never goes below the desired
+    number). Never a held one; never a busy one where it would be killed without a drain (a
+    cluster with `queues` and no `drain_timeout`): it waits until it is idle."""
     first = spec.pool_list[0].name
+    spare_busy = bool(spec.queues) and not spec.drain_timeout
     worse = sorted(((h, r) for h, r in records.items()
-                    if r.status is HandleStatus.RUNNING and not r.hold and spec.rank(r.pool or first) > best),
-                   key=lambda hr: (-spec.rank(hr[1].pool or first), hr[1].busy, -hr[1].since))
+                    if r.status is HandleStatus.RUNNING and not r.hold and spec.rank(r.pool or first) > best
+                    and not (spare_busy and r.busy)),
+                   key=lambda hr: (hr[1].busy > 0, -spec.rank(hr[1].pool or first), hr[1].busy, -hr[1].since))
     chosen, total = [], 0
     for h, r in worse:
         if total + r.workers <= most:
@@ -211,18 +232,26 @@ class Reconciler:
             surge = 0
             if spec.rebalance:
                 waiting = sum(p.count for p in view.pending.values())
+                open_waiting = sum(p.count for p in view.pending.values() if p.state is not LaunchState.CANCELLED)
                 room = max(ceiling - live_total - going_total - waiting - unknown, 0)
+                above = live_total + open_waiting - goal
                 step = allocation.rebalance(pools, goal, view.counts.of(HandleStatus.RUNNING),
-                                            spec.rebalance.max_in_flight, room)
-                if step.retire:
+                                            spec.rebalance.max_in_flight, room, above)
+                if step.surge or step.retire:
+                    # a rebalance under way: its moves need the records (held handles stay put)
                     records.update(view.live_records())
+                    held = sum(r.workers for r in records.values() if r.hold)
+                    views = without_held(pools, records, spec) if held else pools
+                    step = allocation.rebalance(views, goal, view.counts.of(HandleStatus.RUNNING),
+                                                spec.rebalance.max_in_flight, room, above)
                     for handle in retirees(records, spec, step.best, step.retire):
                         retire(handle, "rebalance")
                     moved = sum(records[h].workers for h in writes.moves)
                     live_total, going_total = live_total - moved, going_total + moved
-                    pools = pool_views(spec, _after(view.counts, records, writes), view.pending, blocked)
-                    step = allocation.rebalance(pools, goal, view.counts.of(HandleStatus.RUNNING) - moved,
-                                                spec.rebalance.max_in_flight, room)
+                    after = pool_views(spec, _after(view.counts, records, writes), view.pending, blocked)
+                    views = without_held(after, records, spec) if held else after
+                    step = allocation.rebalance(views, goal, view.counts.of(HandleStatus.RUNNING) - moved,
+                                                spec.rebalance.max_in_flight, room, live_total + open_waiting - goal)
                 surge = step.surge
 
             def live() -> list[planner.HandleView]:

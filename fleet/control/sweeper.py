@@ -142,18 +142,29 @@ class Sweeper:
         interrupted: dict[str, tuple[str, float | None]] = {}
         notices: dict[str, list[Interruption]] = {}
         failures: list[tuple[str, ProviderError]] = []
-        pools = list(dict.fromkeys([p.name for p in spec.pool_list] + sorted(set(view.pools.values()))))
+        declared = [p.name for p in spec.pool_list]
+        pools = list(dict.fromkeys(declared + sorted(set(view.pools.values()))))
         for pool in pools:
-            mine = view.in_pool(pool, first)
-            if pool not in {p.name for p in spec.pool_list} and not mine:
+            # a cluster that declares pools asks about its handles recorded without one (from
+            # before it had pools) with pool "": those resources carry no pool tag
+            mine = {h: s for h, s in known.items() if view.pools.get(h, "") == pool} if spec.pools \
+                else view.in_pool(pool, first)
+            if pool not in declared and (not mine or self.pool.definition(cluster, pool) is None):
+                if mine:
+                    log.warning("%d handle(s) of %s are in pool %r, which the config no longer has and Redis does "
+                                "not describe: not swept", len(mine), cluster, pool)
                 continue
             ref, provider = self.pool.cluster(cluster, pool), self.pool.of(cluster, pool)
             try:
                 seen = provider.observe(ref, list(mine))  # one call: the listing and every status
-                notices[pool] = provider.interruptions(ref)
             except ProviderError as exc:
                 failures.append((pool, exc))
                 continue
+            try:
+                notices[pool] = provider.interruptions(ref)
+            except ProviderError as exc:  # the optional signal failed: the statuses still count
+                log.warning("cannot read the interruption notices of %s pool %r: %s", cluster, pool, exc)
+                notices[pool] = []
             for h, w in (seen.listed or {}).items():
                 if h not in known and h not in unknown:
                     unknown[h], listed_by[h] = int(w), pool
@@ -167,7 +178,9 @@ class Sweeper:
             interrupted.update({h: (str(c), None) for h, c in seen.interrupted.items()})
             for n in notices[pool]:
                 interrupted.setdefault(n.handle, (str(n.cause), n.deadline))
-        if failures and len(failures) == len([p for p in pools if p in {x.name for x in spec.pool_list}]):
+        if spec.pools:
+            self._poolless(cluster, known, view, observed, failures)
+        if failures and len(failures) >= len(declared):
             raise failures[0][1]
         for pool, error in failures:
             self._failed(cluster, error, pool)
@@ -194,6 +207,21 @@ class Sweeper:
         return {"cluster": cluster, "handles": len(known), "pruned": applied.pruned, "changed": applied.changed,
                 "adopted": adopted, "unknown": len(live_unknown) - len(due), "interrupted": len(moved),
                 **({"failed_pools": [p for p, _ in failures]} if failures else {})}, index
+
+    def _poolless(self, cluster: str, known: dict[str, HandleStatus], view: SweepView, observed: dict[str, str],
+                  failures: list[tuple[str, ProviderError]]) -> None:
+        """The statuses of the handles of a cluster that declares pools but recorded them without
+        one (launched before it had pools): asked of the first pool's provider without a pool, so
+        that the pool filter does not hide them. They stay the first pool's for everything else."""
+        poolless = [h for h in known if h not in view.pools]
+        if not poolless:
+            return
+        try:
+            raw = self.pool.of(cluster).worker_status(self.pool.cluster(cluster), poolless)
+        except ProviderError as exc:
+            failures.append(("", exc))
+            return
+        observed.update({h: s for h in poolless if (s := _SEEN.get(raw.get(h))) is not None})
 
     def _failed(self, cluster: str, exc: ProviderError, pool: str = "") -> dict[str, Any]:
         """A provider error of a sweep (or of one pool's part of it): its event, and the report."""
@@ -251,10 +279,12 @@ class Sweeper:
         view = self.store.sweep_view(cluster)
         first = spec.pool_list[0].name
         left = 0
-        for pool in dict.fromkeys([p.name for p in spec.pool_list] + list(view.pools.values())):
-            known: dict[str, HandleStatus] = {h: s for h, s in view.in_pool(pool, first).items()
-                                              if s is HandleStatus.INITIALIZING}
-            if not known:
+        for pool in dict.fromkeys([p.name for p in spec.pool_list] + [""] + list(view.pools.values())):
+            # with pools, handles recorded without one are asked with pool "" (see _poolless)
+            mine = {h: s for h, s in view.index.items() if view.pools.get(h, "") == pool} if spec.pools \
+                else view.in_pool(pool, first)
+            known: dict[str, HandleStatus] = {h: s for h, s in mine.items() if s is HandleStatus.INITIALIZING}
+            if not known or (pool and self.pool.definition(cluster, pool) is None):
                 continue
             try:
                 raw = self.pool.of(cluster, pool).worker_status(self.pool.cluster(cluster, pool), list(known))

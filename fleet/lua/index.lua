@@ -12,7 +12,8 @@
 -- under those when the script writes the record back), a record without a worker count has one
 -- worker. nil for a record that is not a JSON object with a status: a script leaves it alone
 -- rather than fail half-way (Redis does not undo what a failed script already wrote).
-local READABLE = {workers = 'w', status = 's', requested_at = 'req', kill_failed = 'kfail'}
+local READABLE = {workers = 'w', status = 's', requested_at = 'req', kill_failed = 'kfail', pool = 'p',
+  interrupted = 'int'}
 local function read_record(raw)
   local ok, r = pcall(cjson.decode, raw)
   if not ok or type(r) ~= 'table' then return nil end

@@ -16,20 +16,24 @@ for i = 5, #ARGV, 3 do
   local raw = redis.call('HGET', KEYS[3], h)
   local r = raw and read_record(raw)
   if r and (not r.int or r.int == '') and r.s ~= 'stopping' then
+    local was = r.s
     r.int = cause
+    if was == 'initializing' or was == 'running' then
+      r.s = 'draining'
+      r.since = now
+      r.drain_until = deadline or (now + default)
+    end
+    -- encoded before anything is written: a script that fails half-way is not undone
+    local encoded = cjson.encode(r)
     redis.call('HINCRBY', KEYS[5], 'int', r.w)
     local pool = r.p or ''
     redis.call('HINCRBY', METRICS, 'interruptions|' .. CLUSTER .. '|' .. pool .. '|' .. cause, r.w)
     redis.call('HSET', KEYS[6], h, now)
-    local was = r.s
-    if r.s == 'initializing' or r.s == 'running' then
-      move(KEYS[4], KEYS[5], h, r, r.s, 'draining')
-      r.s = 'draining'
-      r.since = now
-      r.drain_until = deadline or (now + default)
+    if r.s ~= was then
+      move(KEYS[4], KEYS[5], h, r, was, r.s)
       table.insert(moved, h)
     end
-    redis.call('HSET', KEYS[3], h, cjson.encode(r))
+    redis.call('HSET', KEYS[3], h, encoded)
     if pool ~= '' then batch('interrupted', h, r.w, 'cause', cause, 'was', was, 'pool', pool)
     else batch('interrupted', h, r.w, 'cause', cause, 'was', was) end
   end
