@@ -41,7 +41,7 @@ def _config() -> FleetConfig:
 
 def _queries(config: FleetConfig) -> Queries:
     """Read-only views of the fleet in Redis: the CLI sends work only as public tasks."""
-    return Queries(config, redis.Redis.from_url(resolve_redis_url(config)))
+    return Queries.including_retired(config, redis.Redis.from_url(resolve_redis_url(config)))
 
 
 class FleetGroup(click.Group):
@@ -161,6 +161,27 @@ def kill(cluster: str, handle: str) -> None:
     console.print(f"{cluster}/{handle}: killed")
 
 
+@main.command()
+@click.argument("cluster")
+@click.option("--pause", "action", flag_value="pause", help="no more outdated workers replaced until --resume")
+@click.option("--resume", "action", flag_value="resume", help="go on after a pause or a stop")
+@click.option("--status", "action", flag_value="status", help="only show where the rollout is")
+def rollout(cluster: str, action: str | None) -> None:
+    """Replace CLUSTER's outdated workers (launched from an older spec, or past max_lifetime):
+    new ones first, up to max_surge above desired, then the old ones drained and killed. A
+    changed spec rolls out by itself; this resumes a stopped or paused rollout, or shows it."""
+    config = _config()
+    s = _call(resolve_redis_url(config), "fleet.rollout", cluster, action or "start")
+    why = f" ({s['reason']})" if s.get("reason") else ""
+    console.print(f"{cluster}: rollout {s['state']}{why}: {s['outdated']} outdated, {s['updated']} updated, "
+                  f"desired {s['desired'] if s['desired'] is not None else '-'}, running {s['running']} "
+                  f"(max_surge {s['max_surge']}, max_unavailable {s['max_unavailable']})")
+    for pool, rev in s["revisions"].items():
+        console.print(f"  pool {pool}: revision {rev}")
+    for rev, n in s["by_revision"].items():
+        console.print(f"  {n} live worker(s) of revision {rev}")
+
+
 @main.command("console")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="address to listen on; any but loopback needs FLEET_CONSOLE_TOKEN")
@@ -232,6 +253,10 @@ def _table(state: ClusterState, s: dict[str, Any]) -> Table:
         flags.append(f"pool {pool['pool']} ({pool['provider']}): running {pool['running']}{cap}, initializing "
                      f"{pool['initializing']}, draining {pool['draining']}, stopping {pool['stopping']}, "
                      f"pending {pool['pending']}{why}")
+    flags += ["[yellow]retired: removed from the config; its workers are being drained and killed, then it "
+              "leaves Redis (put it back to keep them)[/yellow]"] if s.get("retired") else []
+    flags += [f"{s['outdated']} outdated workers being replaced (fleet rollout {s['cluster']} --status)"] \
+        if s.get("outdated") else []
     desired = s["desired"] if s["desired"] is not None else "-"
     title = (f"{s['cluster']} ({s['provider']}): desired {desired}, initializing {s['initializing']}, running "
              f"{s['running']}, draining {s['draining']}, stopping {s['stopping']}, pending {s['pending']}")
@@ -254,11 +279,11 @@ def _table(state: ClusterState, s: dict[str, Any]) -> Table:
 @click.option("--watch", is_flag=True, help="a live table, refreshed every second, until Ctrl-C")
 def status(cluster: str | None, as_json: bool, watch: bool) -> None:
     """Desired, initializing and running workers, and the handles, per cluster."""
-    config = _config()
+    queries = _queries(_config())
+    config = queries.config  # retired clusters included
     if cluster:
         config.spec(cluster)
     names = [cluster] if cluster else list(config.clusters)
-    queries = _queries(config)
 
     def tables() -> list[Table]:
         return [_table(st, s) for st, s in queries.detailed(names)]

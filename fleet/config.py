@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -99,6 +100,36 @@ class RebalanceSpec(BaseModel):
     max_in_flight: int = Field(default=1, ge=1, le=10_000)
 
 
+Amount = Annotated[int, Field(ge=0, le=1_000_000)] | Annotated[str, Field(pattern=r"^\d{1,3}%$")]
+
+
+def _amount(value: int | str, of: int, up: bool) -> int:
+    """A count, or a percentage of `of` (rounded up or down)."""
+    if isinstance(value, int):
+        return value
+    pct = int(value[:-1])
+    return -(-of * pct // 100) if up else of * pct // 100
+
+
+class RolloutSpec(BaseModel):
+    """How outdated workers (launched from an older revision of the spec, or older than
+    `max_lifetime`) are replaced: see docs/operations.md."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: workers above desired (and above max_workers) while rolling: a count or a percentage of desired
+    max_surge: Amount = "25%"
+    #: workers below desired while rolling: a count or a percentage of desired
+    max_unavailable: Amount = 0
+
+    def surge(self, desired: int) -> int:
+        """At least 1: a rollout must be able to move."""
+        return max(_amount(self.max_surge, desired, up=True), 1)
+
+    def unavailable(self, desired: int) -> int:
+        return _amount(self.max_unavailable, desired, up=False)
+
+
 class ClusterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -122,6 +153,29 @@ class ClusterSpec(BaseModel):
     #: an ordered list of pools (instead of `provider` and `provider_options`): see docs/pools.md
     pools: tuple[PoolSpec, ...] = Field(default=(), max_length=16)
     rebalance: RebalanceSpec | None = None
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    #: seconds after which a worker is replaced (surge, drain, no job lost); none: never
+    max_lifetime: float | None = Field(default=None, gt=0, le=10 * 365 * 86400)
+    #: autoscaled clusters: a worker idle this long (seconds) goes first on a scale-down
+    idle_timeout: float | None = Field(default=None, gt=0, le=86400)
+
+    def revision(self, pool: str) -> str:
+        """The revision of what pool `pool`'s workers are launched from: a stable hash of the
+        container, hardware, workers per container, and the pool with its provider and options
+        (not of min/max, autoscaling or rollout settings, which need no new workers)."""
+        try:
+            p = self.pool(pool)
+        except KeyError:
+            return ""
+        what = {"container": self.container.model_dump(mode="json"), "hardware": self.hardware.model_dump(mode="json"),
+                "workers_per_container": self.workers_per_container, "pool": p.name, "provider": p.provider,
+                "provider_options": p.provider_options}
+        return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def revisions(self) -> frozenset[str]:
+        """The current revision of every pool."""
+        return frozenset(self.revision(p.name) for p in self.pool_list)
 
     @property
     def pool_list(self) -> tuple[PoolSpec, ...]:
@@ -180,6 +234,8 @@ class ClusterSpec(BaseModel):
         if len(set(names)) != len(names):
             twice = sorted(n for n in set(names) if names.count(n) > 1)
             raise ValueError(f"pool names must differ: {', '.join(twice)}")
+        if self.idle_timeout and not self.autoscale:
+            raise ValueError("idle_timeout is for autoscaled clusters: add [autoscale]")
         if self.rebalance and len(self.pools) < 2:
             raise ValueError("rebalance needs two pools or more")
         return self
@@ -192,6 +248,9 @@ class FleetConfig(BaseModel):
     clusters: dict[str, ClusterSpec] = Field(default_factory=dict)
     providers: dict[str, ProviderLimits] = Field(default_factory=dict)
     source: str = "<memory>"
+    #: clusters the file no longer declares that still have workers, rebuilt from what Redis
+    #: keeps of them (`fleet.retire`): in `clusters`, with max_workers 0; never read from a file
+    retired: frozenset[str] = frozenset()
 
     @model_validator(mode="after")
     def _names(self) -> FleetConfig:
@@ -247,6 +306,8 @@ def _where(loc: tuple[Any, ...]) -> str:
 
 def parse_config(data: dict[str, Any], source: str = "<memory>") -> FleetConfig:
     """Validate a parsed TOML document; every problem is a ConfigError naming source and field."""
+    if "retired" in data:
+        raise ConfigError(f"{source}: retired: not a setting (a cluster is retired by removing it from the file)")
     try:
         config = FleetConfig.model_validate({**data, "source": source})
     except ValidationError as exc:

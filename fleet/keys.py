@@ -51,6 +51,9 @@ CLUSTER_KEYS: tuple[KeyInfo, ...] = (
     KeyInfo("pool:<pool>:unresponsive", "string", "as `unresponsive`, for one pool"),
     KeyInfo("notice", "hash", "handle -> when its interruption was noticed (until its replacement runs)"),
     KeyInfo("pools", "hash", "pool -> its provider and provider_options as the config last declared them"),
+    KeyInfo("rollout", "hash", "the rollout's `state` (paused, stopped) with `reason` and `at`, and `active`"),
+    KeyInfo("spec", "string", "what retiring the cluster needs: its pools, providers and options (no secrets)"),
+    KeyInfo("retiring", "string", "set once the cluster, removed from the config, is being retired"),
 )
 
 #: Per fleet: `fleet:<id>:<key>`.
@@ -163,6 +166,18 @@ class ClusterKeys:
     @property
     def pools(self) -> str:
         return self._k("pools")
+
+    @property
+    def rollout(self) -> str:
+        return self._k("rollout")
+
+    @property
+    def spec(self) -> str:
+        return self._k("spec")
+
+    @property
+    def retiring(self) -> str:
+        return self._k("retiring")
 
     def pool(self, pool: str) -> ClusterKeys:
         """The keys of the holds of one pool (`pool:<pool>:...`); the cluster's own for pool ""."""

@@ -25,6 +25,7 @@ from fleet.control.sweeper import Sweeper
 from fleet.holds import Holds
 from fleet.lease import lease_ttl
 from fleet.limits import Limits
+from fleet.retire import come_back, spec_record, with_retired
 from fleet.store import Store
 
 
@@ -47,11 +48,16 @@ class Manager:
         self.store = Store(client, config.fleet.id)
         self.holds = Holds(client, config.fleet.id)
         self.limits = Limits(client, self.url, config.fleet.id)
-        self.pool = ProviderPool(config, client, self.holds, self.limits, self.lease)
         try:
-            self.store.remember_pools(config.clusters)
+            declared = {c: s for c, s in config.clusters.items() if c not in config.retired}
+            self.store.remember_pools(declared, {c: spec_record(s) for c, s in declared.items()})
+            gone = [c for c in self.store.tracked_clusters() if c not in config.clusters]
+            config = with_retired(config, self.store.spec_records(gone))  # fleet.retire
+            self.config = config
+            come_back(self.store, config)
         except redis.RedisError:
             pass  # Redis not up yet: the next process start stores them
+        self.pool = ProviderPool(config, client, self.holds, self.limits, self.lease)
         self.epoch = EpochWatch(self.store, self.holds, config.fleet.launch_timeout)
         self.queries = Queries(config, client, self.store, self.holds)
         self.reconciler = Reconciler(config, self.store, self.holds, dispatcher, self.epoch, self.lease,

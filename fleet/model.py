@@ -41,7 +41,8 @@ TRANSITIONS: dict[HandleStatus | None, frozenset[HandleStatus | None]] = {
     None: frozenset({HandleStatus.INITIALIZING, HandleStatus.RUNNING, HandleStatus.STOPPING}),
     HandleStatus.INITIALIZING: frozenset({HandleStatus.RUNNING, HandleStatus.DRAINING, HandleStatus.STOPPING, None}),
     HandleStatus.RUNNING: frozenset({HandleStatus.INITIALIZING, HandleStatus.DRAINING, HandleStatus.STOPPING, None}),
-    HandleStatus.DRAINING: frozenset({HandleStatus.STOPPING, None}),
+    # draining -> running: a drain called off (a retired cluster put back in the config)
+    HandleStatus.DRAINING: frozenset({HandleStatus.RUNNING, HandleStatus.STOPPING, None}),
     HandleStatus.STOPPING: frozenset({None}),
 }
 
@@ -93,6 +94,11 @@ class EventKind(str, enum.Enum):
     INTERRUPTED = "interrupted"  # the cloud reclaims (or reclaimed) a worker: replaced, not failed
     FALLBACK = "fallback"  # a pool could not launch: its shortfall goes to the next pool
     REBALANCE = "rebalance"  # workers of a worse pool retired once their replacements run
+    ROLLOUT = "rollout"  # outdated workers replaced: new ones launched (surge), old ones retired
+    ROLLOUT_STOPPED = "rollout_stopped"  # a new worker failed to boot, or an operator paused it
+    ROLLOUT_DONE = "rollout_done"  # no outdated worker is left
+    EXPIRED = "expired"  # workers older than max_lifetime: outdated from now on
+    RETIRING = "retiring"  # the cluster left the config with workers: they are drained and killed
 
     def __str__(self) -> str:
         return self.value
@@ -128,15 +134,18 @@ class HandleRecord:
     kill_failed: bool = False  # its last kill failed (its remains need a kill after it stops)
     pool: str = ""  # the pool it was launched in ("": the cluster declares no pools)
     interrupted: str = ""  # the cloud reclaims it: the cause (fleet.provider.Cause); "" if not
+    rev: str = ""  # the revision of the spec it was launched from (ClusterSpec.revision)
+    born: float | None = None  # when it was recorded (launched or adopted): for max_lifetime
+    idle_since: float | None = None  # clusters with queues: since when its workers hold no task
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know: kept
 
     #: readable name -> stored name, where they differ
     STORED: ClassVar[dict[str, str]] = {"workers": "w", "status": "s", "requested_at": "req", "kill_failed": "kfail",
-                                        "pool": "p", "interrupted": "int"}
+                                        "pool": "p", "interrupted": "int", "born": "b", "idle_since": "idle"}
     _READ: ClassVar[dict[str, str]] = {v: k for k, v in STORED.items()}
     _KNOWN: ClassVar[frozenset[str]] = frozenset({"workers", "status", "since", "launch", "kills", "kill_at",
                                                   "requested_at", "busy", "hold", "drain_until", "kill_failed",
-                                                  "pool", "interrupted"})
+                                                  "pool", "interrupted", "rev", "born", "idle_since"})
 
     @classmethod
     def decode(cls, raw: bytes | str | Mapping[str, Any]) -> HandleRecord:
@@ -149,7 +158,8 @@ class HandleRecord:
             requested_at=_float(named.get("requested_at")), busy=int(named.get("busy", 0)),
             hold=bool(named.get("hold", False)), drain_until=_float(named.get("drain_until")),
             kill_failed=bool(named.get("kill_failed", False)), pool=str(named.get("pool") or ""),
-            interrupted=str(named.get("interrupted") or ""),
+            interrupted=str(named.get("interrupted") or ""), rev=str(named.get("rev") or ""),
+            born=_float(named.get("born")), idle_since=_float(named.get("idle_since")),
             extra={k: v for k, v in named.items() if k not in cls._KNOWN})
 
     def stored(self) -> dict[str, Any]:
@@ -172,6 +182,12 @@ class HandleRecord:
             out["p"] = self.pool
         if self.interrupted:
             out["int"] = self.interrupted
+        if self.rev:
+            out["rev"] = self.rev
+        if self.born is not None:
+            out["b"] = self.born
+        if self.idle_since is not None:
+            out["idle"] = self.idle_since
         return out
 
     def encode(self) -> str:
@@ -189,6 +205,12 @@ class HandleRecord:
             out["pool"] = self.pool
         if self.interrupted:
             out["interrupted"] = self.interrupted
+        if self.rev:
+            out["revision"] = self.rev
+        if self.born is not None:
+            out["born"] = self.born
+        if self.idle_since is not None:
+            out["idle_since"] = self.idle_since
         return {**out, **self.extra}
 
 
@@ -201,12 +223,13 @@ class LaunchRecord:
     at: float = 0.0  # when the reconcile planned it
     claimed: float | None = None  # when a run task last took it
     pool: str = ""  # the pool it launches in ("": the cluster declares no pools)
+    rev: str = ""  # the revision it launches (ClusterSpec.revision of its pool when planned)
 
     @classmethod
     def decode(cls, raw: bytes | str | Mapping[str, Any]) -> LaunchRecord:
         data = json.loads(raw) if isinstance(raw, (bytes, str)) else dict(raw)
         return cls(int(data["count"]), LaunchState(data["state"]), float(data.get("at") or 0.0),
-                   _float(data.get("claimed")), str(data.get("pool") or ""))
+                   _float(data.get("claimed")), str(data.get("pool") or ""), str(data.get("rev") or ""))
 
     def stored(self) -> dict[str, Any]:
         out: dict[str, Any] = {"count": self.count, "state": self.state.value, "at": self.at}
@@ -214,6 +237,8 @@ class LaunchRecord:
             out["claimed"] = self.claimed
         if self.pool:
             out["pool"] = self.pool
+        if self.rev:
+            out["rev"] = self.rev
         return out
 
     def encode(self) -> str:
@@ -242,6 +267,8 @@ class Counts:
     pools: dict[str, dict[HandleStatus, int]] = field(default_factory=dict)
     #: workers of handles the cloud reclaims that are still in Redis (`int`)
     interrupted: int = 0
+    #: revision -> workers of the live (initializing, running) handles launched from it (`r:<rev>`)
+    revs: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def decode(cls, raw: Mapping[bytes, bytes] | list[bytes]) -> Counts:
@@ -251,6 +278,7 @@ class Counts:
         handles: dict[HandleStatus, int] = {}
         pools: dict[str, dict[HandleStatus, int]] = {}
         whole, interrupted = False, 0
+        revs: dict[str, int] = {}
         for key, value in items:
             name = key.decode() if isinstance(key, bytes) else str(key)
             status, _, kind = name.partition(":")
@@ -260,11 +288,19 @@ class Counts:
                 whole = True
             elif name == "int":
                 interrupted = int(value)
+            elif status == "r" and kind:
+                if int(value):
+                    revs[kind] = int(value)
             else:
                 status, _, pool = name.partition("@")
                 if pool and status in _STATUS_VALUES and int(value):
                     pools.setdefault(pool, {})[HandleStatus(status)] = int(value)
-        return cls(workers, handles, whole, pools, interrupted)
+        return cls(workers, handles, whole, pools, interrupted, revs)
+
+    def outdated(self, current: frozenset[str]) -> int:
+        """Live workers launched from a revision that is not one of the `current` ones (handles
+        recorded without one, from before revisions, are never outdated)."""
+        return sum(n for rev, n in self.revs.items() if rev not in current)
 
     def of(self, status: HandleStatus | str) -> int:
         return self.workers.get(HandleStatus(status), 0)
@@ -337,6 +373,7 @@ class ClusterState:
         handles: dict[HandleStatus, int] = {}
         pools: dict[str, dict[HandleStatus, int]] = {}
         interrupted = 0
+        revs: dict[str, int] = {}
         for r in self.handles.values():
             workers[r.status] = workers.get(r.status, 0) + r.workers
             handles[r.status] = handles.get(r.status, 0) + 1
@@ -345,7 +382,9 @@ class ClusterState:
                 by[r.status] = by.get(r.status, 0) + r.workers
             if r.interrupted:
                 interrupted += r.workers
-        return Counts(workers, handles, True, pools, interrupted)
+            if r.rev and r.status in LIVE:
+                revs[r.rev] = revs.get(r.rev, 0) + r.workers
+        return Counts(workers, handles, True, pools, interrupted, revs)
 
     def count(self, status: HandleStatus | str) -> int:
         """Workers of the handles in `status`."""

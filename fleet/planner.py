@@ -34,6 +34,8 @@ class HandleView:
     busy: int = 0  # tasks active or reserved on its workers (last sweep), when known
     hold: bool = False  # an operator's hold: never chosen to be killed
     rank: int = 0  # its pool's rank (lower is better): a scale-down takes from worse pools first
+    outdated: bool = False  # launched from an older revision of the spec: a scale-down takes it first
+    idle_long: bool = False  # idle for the cluster's idle_timeout: a scale-down takes it before others
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", HandleStatus(self.status))
@@ -162,7 +164,8 @@ def plan(
             # idle ones first (a busy one's work would be lost), the worst pool first, then the newest
             def items() -> list[tuple[str, int]]:
                 chosen = sorted((h for h in all_handles() if h.status is status and not h.hold),
-                                key=lambda h: (h.busy > 0, -h.rank, h.busy, -h.since))
+                                key=lambda h: (h.busy > 0, not h.idle_long, not h.outdated, -h.rank, h.busy,
+                                               -h.since))
                 return [(h.handle, h.workers) for h in chosen]
             return items
 

@@ -59,6 +59,13 @@ class Probe:
             found.hostnames.setdefault(handle, []).append(hostname)
         return found
 
+    def start_consuming(self, queues: Iterable[str], hostnames: Sequence[str]) -> None:
+        """Tell these workers to take messages from `queues` again (a drain called off)."""
+        if not hostnames:
+            return
+        for queue in queues:
+            self.app.control.add_consumer(queue, destination=list(hostnames))
+
     def stop_consuming(self, queues: Iterable[str], hostnames: Sequence[str]) -> None:
         """Tell these workers to stop taking new messages from `queues` (they finish what they hold)."""
         if not hostnames:

@@ -116,6 +116,10 @@ class Cluster(Generic[O]):
     first_attempt: bool = False
     #: the pool this call is about ("": the cluster declares no pools); see the module's "Pools"
     pool: str = ""
+    #: the revision of the spec a launch is made from (`ClusterSpec.revision`; "" outside a
+    #: launch): a provider that tags its resources tags them with it too, and reports it back in
+    #: `Observation.revisions`, so that a rollout still knows after Redis lost its data
+    revision: str = ""
 
     def identity_env(self, handle: str, workers: int) -> dict[str, str]:
         """The FLEET_* environment every worker of `handle` must get."""
@@ -127,6 +131,8 @@ class Cluster(Generic[O]):
         }
         if self.pool:
             env["FLEET_POOL"] = self.pool
+        if self.revision:
+            env["FLEET_REVISION"] = self.revision
         return env
 
     def containers_for(self, count: int) -> list[int]:
@@ -169,6 +175,8 @@ class Observation:
     listed: dict[str, int] | None
     status: dict[str, WorkerStatus]
     interrupted: Mapping[str, Cause] = field(default_factory=dict)
+    #: the revision each listed handle was launched from, where its tags say (optional)
+    revisions: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,20 @@ def worker_role() -> str:
     return role
 
 
+def consumed_queue(config: FleetConfig, provider: str) -> str:
+    """The provider queue for `provider`'s work: its own if the config's clusters use it (only
+    those are consumed), else the first one that is (a retired cluster's provider may be one no
+    declared cluster uses; any provider worker can run it), else the control queue."""
+    used = sorted({p for c, s in config.clusters.items() if c not in config.retired for p in s.providers})
+    if provider in used or not used:
+        return provider_queue(config.fleet.id, provider) if used else control_queue(config.fleet.id)
+    return provider_queue(config.fleet.id, used[0])
+
+
 def queues_for(role: str, config: FleetConfig) -> list[str]:
     """The queues a worker of `role` consumes."""
     fid = config.fleet.id
-    providers = [provider_queue(fid, p) for p in sorted({p for s in config.clusters.values() for p in s.providers})]
+    providers = [provider_queue(fid, p) for p in sorted({p for c, s in config.clusters.items()
+                                                          if c not in config.retired for p in s.providers})]
     control = ["celery", control_queue(fid)]
     return {"control": control, "provider": providers, "all": control + providers}[role]

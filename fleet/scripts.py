@@ -28,6 +28,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "cleanup_due": ("prelude",),
     "adopt": ("prelude", "index"),
     "interrupt": ("prelude", "index"),
+    "expire": ("prelude", "index"),
     "sample": (),
 }
 

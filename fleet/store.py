@@ -57,6 +57,8 @@ class StatusResult:
     changed: int = 0  # handles whose record changed
     gone: int = 0  # handles that left Redis (died, or killed and confirmed)
     dead: dict[str, str] = field(default_factory=dict)  # the handles that died on their own -> pool
+    #: the ones of them that died before they ran -> their revision (a rollout's new worker failing)
+    died_booting: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -286,17 +288,37 @@ class Store:
                 return SweepView(_desired(d), _pending(p), *parse_index(index))
             self.rebuild_counts(cluster)
 
-    def remember_pools(self, specs: Mapping[str, Any]) -> None:
+    def remember_pools(self, specs: Mapping[str, Any], records: Mapping[str, str]) -> None:
         """Store each declared pool's provider and provider_options (cluster -> ClusterSpec), so
         that the handles of a pool later removed from the config are still swept and killed by
-        their own provider. Provider options hold no secrets (the provider contract)."""
+        their own provider; and each cluster's spec record (`fleet.retire.spec_record`), so that
+        a cluster removed from the config can be retired. Provider options hold no secrets (the
+        contract)."""
         pipe = self.r.pipeline(transaction=False)
         for cluster, spec in specs.items():
+            if cluster in records:
+                pipe.set(self.of(cluster).spec, records[cluster])
             if spec.pools:
                 pipe.hset(self.of(cluster).pools, mapping={
                     p.name: json.dumps({"provider": p.provider, "provider_options": p.provider_options})
                     for p in spec.pools})
         pipe.execute()
+
+    def spec_records(self, clusters: Iterable[str]) -> dict[str, bytes]:
+        """The stored spec records of these clusters (those that have one)."""
+        names = list(clusters)
+        raw = cast("list[bytes | None]", self.r.mget([self.of(c).spec for c in names])) if names else []
+        return {c: v for c, v in zip(names, raw, strict=True) if v}
+
+    def has_state(self, cluster: str) -> bool:
+        """Whether the cluster still has handles, pending launches or remains to kill."""
+        k = self.of(cluster)
+        return bool(self.r.exists(k.handles, k.pending, k.cleanup))
+
+    def forget(self, cluster: str) -> int:
+        """Delete every key of the cluster (a retired cluster with nothing left). Returns how many."""
+        keys = list(self.r.scan_iter(match=self.of(cluster).prefix + "*", count=1000))
+        return int(self.r.delete(*keys)) if keys else 0
 
     def pools_of(self, cluster: str, handles: Iterable[str]) -> dict[str, str]:
         """handle -> its pool ("" when recorded without one, or unknown): where to send its kill."""
@@ -373,6 +395,9 @@ class Store:
                 if rec.pool:
                     name = f"{status.value}@{rec.pool}"
                     delta[name] = delta.get(name, 0) + sign * rec.workers
+                if rec.rev and status in LIVE:
+                    name = f"r:{rec.rev}"
+                    delta[name] = delta.get(name, 0) + sign * rec.workers
         for name, n in delta.items():
             if n:
                 pipe.hincrby(k.counts, name, n)
@@ -399,14 +424,14 @@ class Store:
         return int(self.r.hlen(self.of(cluster).cleanup))
 
     # -- launches --------------------------------------------------------------------------
-    def claim_launch(self, cluster: str, launch_id: str) -> tuple[str, int, bool, str]:
+    def claim_launch(self, cluster: str, launch_id: str) -> tuple[str, int, bool, str, str]:
         """Mark a pending launch as taken by a run task: ('claimed', count, first: no run task
-        had taken it before, its pool); ('settle', count, False, pool) for a launch cancelled
-        after a run task had taken it (it may have made workers); or ('cancelled'|'missing', 0,
-        False, "")."""
-        state, count, first, pool = self._scripts["claim"](keys=[self.of(cluster).pending],
-                                                           args=[launch_id, time.time()])
-        return state.decode(), int(count), bool(int(first)), pool.decode()
+        had taken it before, its pool, its revision); ('settle', count, False, pool, rev) for a
+        launch cancelled after a run task had taken it (it may have made workers); or
+        ('cancelled'|'missing', 0, False, "", "")."""
+        state, count, first, pool, rev = self._scripts["claim"](keys=[self.of(cluster).pending],
+                                                                args=[launch_id, time.time()])
+        return state.decode(), int(count), bool(int(first)), pool.decode(), rev.decode()
 
     def sample(self, cluster: str, now: float) -> bool:
         """Add a sample of the running and desired workers to the cluster's series, unless the
@@ -433,14 +458,14 @@ class Store:
         return self._scripts[name](keys=[self.of(cluster).events, self.keys.metrics, *keys],
                                    args=[cluster, EVENTS_MAXLEN, time.time(), *args])
 
-    def record_launch(self, cluster: str, launch_id: str, handles: list[str], pool: str = "") -> str:
+    def record_launch(self, cluster: str, launch_id: str, handles: list[str], pool: str = "", rev: str = "") -> str:
         """Move a launch's handles into the cluster (initializing, or stopping if it was cancelled
         meanwhile), recorded under its pool, and drop the pending entry, atomically. Returns the
         launch's previous state."""
         counts: dict[str, int] = {}
         for h in handles:
             counts[h] = counts.get(h, 0) + 1
-        args: list[Any] = [launch_id, pool]
+        args: list[Any] = [launch_id, pool, rev]
         for h, w in counts.items():
             args += [h, w]
         k = self.of(cluster)
@@ -459,8 +484,9 @@ class Store:
         k = self.of(cluster)
         pruned, changed, gone, dead = self._script("status", cluster, [k.handles, k.cleanup, k.index, k.counts,
                                                                         k.notice], args)
-        return StatusResult(int(pruned), int(changed), int(gone),
-                            {h.decode(): p.decode() for h, p in zip(dead[::2], dead[1::2], strict=True)})
+        rows = [tuple(x.decode() for x in dead[i:i + 4]) for i in range(0, len(dead), 4)]
+        return StatusResult(int(pruned), int(changed), int(gone), {h: p for h, p, _, _ in rows},
+                            {h: rev for h, _, was, rev in rows if was == HandleStatus.INITIALIZING.value})
 
     def interrupt(self, cluster: str, notices: Mapping[str, tuple[str, float | None]],
                   default_notice: float = 120.0) -> list[str]:
@@ -526,6 +552,9 @@ class Store:
                         rec.status, rec.since, rec.kill_at = to, now, now
                         if drain_until is not None:
                             rec.drain_until = drain_until
+                        if to is HandleStatus.RUNNING:  # a drain called off (fleet.retire)
+                            rec.kill_at = rec.drain_until = None
+                            rec.extra.pop("retire", None)
                         moves[h] = (rec, was)
                         events.append({"handle": h, "workers": rec.workers, "was": was, **(event_fields or {})})
                     self._queue_moves(pipe, cluster, moves)
@@ -538,6 +567,10 @@ class Store:
     def set_busy(self, cluster: str, busy: Mapping[str, int]) -> int:
         """Store the tasks each handle's workers hold (the probe's answer); returns # changed."""
         return self._patch(cluster, "busy", busy)
+
+    def set_idle(self, cluster: str, since: Mapping[str, float | None]) -> int:
+        """Store since when each handle's workers hold no task (None: busy); writes changes only."""
+        return self._patch(cluster, "idle_since", since)
 
     def set_hold(self, cluster: str, handle: str, hold: bool) -> bool:
         """An operator's hold on one handle; False if the handle is unknown. Writes on change only."""
@@ -572,6 +605,43 @@ class Store:
                 except redis.WatchError:
                     continue
 
+    # -- rollouts --------------------------------------------------------------------------
+    def rollout_state(self, cluster: str) -> dict[str, str]:
+        """The cluster's rollout memory: `state` (paused | stopped, or absent: rolling when there is
+        anything to roll), `reason`, `at`, and `active` while outdated workers are being replaced."""
+        raw = cast("Mapping[bytes, bytes]", self.r.hgetall(self.of(cluster).rollout))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def hold_rollout(self, cluster: str, state: str, reason: str) -> bool:
+        """Pause or stop the cluster's rollout (`state`: paused | stopped); True if it was not so."""
+        k = self.of(cluster).rollout
+        was = self.r.hget(k, "state")
+        self.r.hset(k, mapping={"state": state, "reason": reason[:300], "at": time.time()})
+        return was != state.encode()
+
+    def release_rollout(self, cluster: str) -> bool:
+        """Let the cluster's rollout go on (resume, or a start after a stop); True if it was held."""
+        k = self.of(cluster).rollout
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hget(k, "state")
+            pipe.hdel(k, "state", "reason", "at")
+            was, _ = pipe.execute()
+        return was is not None
+
+    def mark_rollout(self, cluster: str, active: bool) -> bool:
+        """Remember whether a rollout is under way; True if that changed."""
+        k = self.of(cluster).rollout
+        return bool(self.r.hset(k, "active", "1")) if active else bool(self.r.hdel(k, "active"))
+
+    def expire(self, cluster: str, handles: Iterable[str]) -> list[str]:
+        """Mark live handles as outdated whatever their revision (max_lifetime): one script call;
+        returns the handles marked (a handle marked before is left alone)."""
+        wanted = list(dict.fromkeys(handles))
+        if not wanted:
+            return []
+        k = self.of(cluster)
+        return [h.decode() for h in self._script("expire", cluster, [k.handles, k.index, k.counts], wanted)]
+
     # -- recovery --------------------------------------------------------------------------
     def track_unknown(self, cluster: str, listed: Mapping[str, int], now: float,
                       pools: Mapping[str, str] | None = None) -> dict[str, float]:
@@ -597,13 +667,13 @@ class Store:
         return sum(int(json.loads(v)["w"]) for v in self.r.hvals(self.of(cluster).unknown))
 
     def adopt(self, cluster: str, found: Mapping[str, tuple[int, str]], set_desired: bool,
-              pools: Mapping[str, str] | None = None) -> int:
+              pools: Mapping[str, str] | None = None, revs: Mapping[str, str] | None = None) -> int:
         """Record handles found at the provider (handle -> (workers, status)), under the pool
         that listed each (`pools`); with set_desired and no desired number stored, desired :=
         the cluster's live workers (the seed's reconnect)."""
         args: list[Any] = ["1" if set_desired else "0"]
         for h, (w, s) in found.items():
-            args += [h, w, s, (pools or {}).get(h, "")]
+            args += [h, w, s, (pools or {}).get(h, ""), (revs or {}).get(h, "")]
         k = self.of(cluster)
         return int(self._script("adopt", cluster, [k.handles, k.unknown, k.desired, k.cleanup, k.index, k.counts],
                                 args))

@@ -126,6 +126,7 @@ STATUS = {"pending": WorkerStatus.INITIALIZING, "running": WorkerStatus.RUNNING}
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 USER_DATA_LIMIT = 16 * 1024
 TAG_POOL = "fleet:pool"
+TAG_REVISION = "fleet:revision"  # the spec revision an instance was launched from (a rollout's memory)
 #: the state reason of an instance EC2 took back (a spot interruption)
 SPOT_RECLAIMED = "Server.SpotInstanceTermination"
 #: catalogue types one launch may use by default: spot wants diversity, on-demand the cheapest fit
@@ -253,7 +254,7 @@ def tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
 def launch_tags(cluster: Cluster[EC2Options], launch_id: str, index: int, workers: int) -> list[dict[str, str]]:
     """The tags of the instances of call `index` of launch `launch_id`."""
     return tag_list({**identity_tags(cluster), "fleet:launch": launch_id, "fleet:workers": str(workers),
-                     "fleet:batch": str(index)})
+                     "fleet:batch": str(index), **({TAG_REVISION: cluster.revision} if cluster.revision else {})})
 
 
 def template_data(cluster: Cluster[EC2Options]) -> dict[str, Any]:
@@ -573,8 +574,9 @@ class EC2Provider(AwsProvider[EC2Options]):
         wanted = set(asked)
         interrupted = {i["InstanceId"]: Cause.SPOT_INTERRUPTION for i in found
                        if i["InstanceId"] in wanted and reclaimed(i)}
+        revisions = {i["InstanceId"]: rev for i in live if (rev := tag_dict(i.get("Tags")).get(TAG_REVISION))}
         return Observation(listed, {h: STATUS.get(state.get(h, ""), WorkerStatus.STOPPED) for h in asked},
-                           interrupted)
+                           interrupted, revisions)
     def worker_status(self, cluster: Cluster[EC2Options], handles: Sequence[str]) -> dict[str, WorkerStatus]:
         unique = list(dict.fromkeys(handles))
         if not any(INSTANCE_ID.fullmatch(h) for h in unique):

@@ -205,6 +205,8 @@ class DockerProvider(Provider[DockerOptions]):
                   LABEL_LAUNCH: launch_id, LABEL_WORKERS: str(workers)}
         if cluster.pool:
             labels[LABEL_POOL] = cluster.pool
+        if cluster.revision:
+            labels["fleet.revision"] = cluster.revision
         devices = ([docker.types.DeviceRequest(count=hardware.gpus, capabilities=[["gpu"]])]
                    if hardware.gpus else None)
         host_config = api.create_host_config(

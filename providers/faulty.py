@@ -130,7 +130,7 @@ class FaultyProvider(Provider[FaultyOptions]):
         cls = provider_class(opts.inner)
         ref = Cluster(cluster.fleet_id, cluster.name, cluster.workers_per_container,
                       cls.validate_options(opts.inner_options), cluster.excluded_types, cluster.first_attempt,
-                      cluster.pool)
+                      cluster.pool, cluster.revision)
         return self._inner[opts.inner], ref, opts
 
     def _chance(self, rate: float, opts: FaultyOptions | None = None) -> bool:

@@ -34,6 +34,7 @@ class Worker:
     boot_seconds: float
     env: dict[str, str]
     pool: str = ""
+    revision: str = ""
 
 
 @dataclass
@@ -111,7 +112,7 @@ class MemoryProvider(Provider[MemoryOptions]):
                 handle = f"mem-{launch_id[:12]}-{i}"
                 env = {**container.env, **cluster.identity_env(handle, size)}
                 world.workers[handle] = Worker(cluster.name, size, launch_id, time.monotonic(), boot, env,
-                                               cluster.pool)
+                                               cluster.pool, cluster.revision)
                 handles += [handle] * size
             world.launches[launch_id] = handles
             world.high_water[cluster.name] = max(world.high_water[cluster.name], world.live(cluster.name))
@@ -170,7 +171,8 @@ class MemoryProvider(Provider[MemoryOptions]):
         world = self.world(cluster.fleet_id)
         with world.lock:
             taken = {h: world.reclaimed[h] for h in asked if h in world.reclaimed}
-        return Observation(listed, status, taken)
+            revisions = {h: w.revision for h in listed if (w := world.workers.get(h)) and w.revision}
+        return Observation(listed, status, taken, revisions)
 
     def interruptions(self, cluster: Cluster[MemoryOptions]) -> list[Interruption]:
         world = self.world(cluster.fleet_id)

@@ -20,7 +20,7 @@ from kombu import Queue
 
 from fleet.config import FleetConfig, load_config
 from fleet.manager import Manager
-from fleet.runtime import control_queue, provider_queue, queues_for, resolve_redis_url, worker_role
+from fleet.runtime import consumed_queue, control_queue, queues_for, resolve_redis_url, worker_role
 from tasks.transport import broker_transport
 
 log = logging.getLogger(__name__)
@@ -96,15 +96,19 @@ app.add_defaults(celery_settings)
 class CeleryDispatcher:
     """The managed layer's outgoing work, as Celery messages on the right queues."""
 
-    def __init__(self, fleet_id: str) -> None:
-        self.fleet_id = fleet_id
+    def __init__(self, config: FleetConfig) -> None:
+        self.fleet_id = config.fleet.id
+        self.config = config
+
+    def _queue(self, provider: str) -> str:
+        return consumed_queue(self.config, provider)  # a retired cluster's provider may have no queue of its own
 
     def run(self, cluster: str, launch_id: str, provider: str) -> None:
-        app.send_task("fleet.run", (cluster, launch_id), queue=provider_queue(self.fleet_id, provider))
+        app.send_task("fleet.run", (cluster, launch_id), queue=self._queue(provider))
 
     def kill(self, cluster: str, handles: Sequence[str], provider: str, pool: str = "") -> None:
         args = (cluster, list(handles), pool) if pool else (cluster, list(handles))
-        app.send_task("fleet.kill", args, queue=provider_queue(self.fleet_id, provider))
+        app.send_task("fleet.kill", args, queue=self._queue(provider))
 
     def reconcile(self, cluster: str) -> None:
         # A short delay lets a burst coalesce: until the reconcile starts, the cluster's `queued`
@@ -113,10 +117,10 @@ class CeleryDispatcher:
 
     def drain(self, cluster: str, handles: Sequence[str], provider: str) -> None:
         # on the provider's queue: it waits for the cluster's workers to answer a broadcast
-        app.send_task("fleet.drain", (cluster, list(handles)), queue=provider_queue(self.fleet_id, provider))
+        app.send_task("fleet.drain", (cluster, list(handles)), queue=self._queue(provider))
 
     def check(self, cluster: str, delay: float, provider: str) -> None:
-        app.send_task("fleet.check", (cluster, delay), queue=provider_queue(self.fleet_id, provider),
+        app.send_task("fleet.check", (cluster, delay), queue=self._queue(provider),
                       countdown=delay)
 
 
@@ -152,5 +156,5 @@ def manager() -> Manager:
         if _manager is None:
             url = resolve_redis_url(cfg)
             client = redis.Redis.from_url(url, health_check_interval=30)
-            _manager = Manager(cfg, client, CeleryDispatcher(cfg.fleet.id), url=url)
+            _manager = Manager(cfg, client, CeleryDispatcher(cfg), url=url)
         return _manager

@@ -8,8 +8,8 @@ from typing import Any
 from celery import Task
 
 from fleet.errors import RateLimited, TransientProviderError
-from fleet.runtime import provider_queue
-from tasks.app import app, config, manager
+from fleet.runtime import consumed_queue
+from tasks.app import app, manager
 
 PROVIDER_TASK: dict[str, Any] = {
     "bind": True,
@@ -58,11 +58,11 @@ def drain(cluster: str, handles: list[str]) -> dict[str, Any]:
 @app.task(name="fleet.sweep", ignore_result=True)
 def sweep() -> int:
     """Beat's entry point: one sweep task per cluster, each expiring with the interval."""
-    cfg = config()
+    cfg = manager().config  # the retired clusters too (fleet.retire)
     for cluster, spec in cfg.clusters.items():
         # on the provider's queue: a sweep calls the provider, and may wait for it
         sweep_cluster.apply_async(
-            (cluster,), queue=provider_queue(cfg.fleet.id, spec.pool_list[0].provider),
+            (cluster,), queue=consumed_queue(cfg, spec.pool_list[0].provider),
             expires=cfg.fleet.sweep_interval
         )
     return len(cfg.clusters)

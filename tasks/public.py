@@ -43,6 +43,12 @@ def kill_handle(cluster: Any, handle: Any) -> dict[str, Any]:
     return manager().api.kill_handle(cluster, handle)
 
 
+@app.task(name="fleet.rollout", throws=(FleetError,))
+def rollout(cluster: Any, action: Any = "start") -> dict[str, Any]:
+    """The rollout of `cluster`'s outdated workers: `start`, `pause`, `resume` or `status`."""
+    return manager().api.rollout(cluster, action)
+
+
 @app.task(name="fleet.status", throws=(FleetError,))
 def status(cluster: Any) -> dict[str, Any]:
     """{cluster, desired, initializing, running, stopping, pending, handles, ...} of `cluster`."""

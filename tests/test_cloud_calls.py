@@ -38,9 +38,9 @@ def test_the_first_claim_of_a_launch_is_the_only_first_attempt(r: redis.Redis) -
 
     store = Store(r, "fc" + uuid.uuid4().hex[:8])
     r.hset(store.of("c").pending, "L1", LaunchRecord(3, LaunchState.QUEUED).encode())
-    assert store.claim_launch("c", "L1") == ("claimed", 3, True, "")
-    assert store.claim_launch("c", "L1") == ("claimed", 3, False, "")  # a retry, a redelivery, a re-send
-    assert store.claim_launch("c", "nope") == ("missing", 0, False, "")
+    assert store.claim_launch("c", "L1") == ("claimed", 3, True, "", "")
+    assert store.claim_launch("c", "L1") == ("claimed", 3, False, "", "")  # a retry, a redelivery, a re-send
+    assert store.claim_launch("c", "nope") == ("missing", 0, False, "", "")
     r.delete(store.of("c").pending)
 
 

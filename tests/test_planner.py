@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleet.model import HandleStatus
 from fleet.planner import HandleView, PendingView, choose_at_least, plan
 
 
@@ -102,3 +105,13 @@ def test_draining_workers_count_against_max_but_not_as_live() -> None:
     p = plan(4, 4, hs, [])
     assert p.launch == 0 and p.capped_by_max  # 2 live + 2 draining = max
     assert plan(4, 6, hs, []).launch == 2
+
+
+def test_a_scale_down_takes_idle_first_then_long_idle_outdated_and_worse_pools() -> None:
+    def h(name: str, busy: int = 0, **kw: Any) -> HandleView:
+        return HandleView(name, 1, HandleStatus.RUNNING, since=1.0, busy=busy, **kw)
+    handles = [h("busy-old-pool", busy=2, outdated=True, rank=5), h("fresh"), h("worse-pool", rank=1),
+               h("outdated", outdated=True), h("long-idle", idle_long=True)]
+    expected = ["long-idle", "outdated", "worse-pool", "fresh", "busy-old-pool"]
+    for n in range(1, 6):
+        assert set(plan(5 - n, 10, handles, []).kill) == set(expected[:n]), n

@@ -100,7 +100,7 @@ def create_app(config: FleetConfig, url: str, settings: ConsoleSettings = Consol
         WTF_CSRF_TIME_LIMIT=None,  # valid for the session: a page left open still works
     )
     csrf = CSRFProtect(app)
-    queries = Queries(config, redis.Redis.from_url(url))
+    queries = Queries.including_retired(config, redis.Redis.from_url(url))
     tasks = PublicTasks(url, timeout=30.0)
     refresh = settings.refresh or min(config.fleet.sweep_interval, 2.0)
 
@@ -274,6 +274,8 @@ def reasons(s: dict[str, Any]) -> list[str]:
     out += [f"{s['unknown']} unknown workers being checked"] if s.get("unknown") else []
     out += [f"{s['cleanup']} dead handles' remains still to kill"] if s.get("cleanup") else []
     out += [f"pool {p['pool']} skipped: {p['skipped']}" for p in s.get("pools", []) if p.get("skipped")]
+    out += [f"rollout: {s['outdated']} outdated worker(s) being replaced"] if s.get("outdated") else []
+    out += ["retired: removed from the config, being drained"] if s.get("retired") else []
     return out
 
 

@@ -57,6 +57,9 @@ class FleetAPI:
         autoscaled cluster the number is also the autoscaler's floor (0 clears it)."""
         spec = self.config.spec(cluster)
         n = validate_workers(workers)
+        if cluster in self.config.retired:
+            raise ScaleRefused(f"cluster {cluster!r} is retired (removed from the config): its workers are being "
+                               "drained and killed; put it back in the config to scale it")
         if not spec.min_workers <= n <= spec.max_workers:
             raise ScaleRefused(f"cluster {cluster!r} takes between {spec.min_workers} and {spec.max_workers} "
                                f"workers, got {shorten(n)}")
@@ -69,6 +72,24 @@ class FleetAPI:
 
     def status(self, cluster: Any) -> dict[str, Any]:
         return self.queries.status(cluster)
+
+    ROLLOUT_ACTIONS = ("start", "pause", "resume", "status")
+
+    def rollout(self, cluster: Any, action: Any = "start") -> dict[str, Any]:
+        """A cluster's rollout (the replacement of its outdated workers): `start` (let it go on,
+        after a stop too), `pause`, `resume` (as start), or `status`. Every action answers the
+        status: {cluster, state, reason, outdated, desired, running, revisions}."""
+        self.config.spec(cluster)
+        if action not in self.ROLLOUT_ACTIONS:
+            raise InvalidRequest(f"action must be one of {', '.join(self.ROLLOUT_ACTIONS)}, got {shorten(action)}")
+        if action == "pause":
+            if self.store.hold_rollout(cluster, "paused", "paused by an operator"):
+                self.store.event(cluster, EventKind.ROLLOUT_STOPPED, state="paused", reason="paused by an operator")
+        elif action in ("start", "resume"):
+            if self.store.release_rollout(cluster):
+                self.store.event(cluster, EventKind.ROLLOUT, resumed=1)
+            self.request_reconcile(cluster)
+        return self.queries.rollout(cluster)
 
     def clear(self, cluster: Any) -> dict[str, Any]:
         """An operator's reset of a cluster's permanent error, quota and no-capacity holds (and a

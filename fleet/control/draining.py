@@ -61,6 +61,9 @@ class CeleryWatch:
         held = {h: activity.of(h) if h in activity.hostnames or r.status not in LIVE else r.busy
                 for h, r in st.handles.items()}
         self.store.set_busy(cluster, held)
+        if spec.idle_timeout:  # since when each is idle: the longest idle go first on a scale-down
+            self.store.set_idle(cluster, {h: (None if held[h] else (r.idle_since or now))
+                                          for h, r in st.handles.items() if r.status in LIVE})
         draining = [(h, r) for h, r in st.handles.items() if r.status is HandleStatus.DRAINING]
         # an interrupted worker that holds nothing waits for its replacement to be launched (or
         # for its deadline): it can still serve, and it never leaves before what replaces it
@@ -100,6 +103,10 @@ class CeleryWatch:
         """Tell the workers of draining handles to stop consuming (the sweep kills them once idle)."""
         spec = self.config.spec(cluster)
         unique = validate_handles(handles)
+        # only those still draining: a drain called off meanwhile (fleet.retire) must not resume
+        unique = [h for h, r in self.store.records(cluster, unique).items() if r.status is HandleStatus.DRAINING]
+        if not unique:
+            return {"handles": 0, "workers": 0}
         probe = self.probe(spec)
         activity = probe.activity(unique)
         hostnames = [name for h in unique for name in activity.hostnames.get(h, [])]

@@ -56,7 +56,7 @@ class Launcher:
     def run_launch(self, cluster: str, launch_id: str) -> dict[str, Any]:
         """Carry out one pending launch, idempotently (see the module's contract)."""
         spec = self.config.spec(cluster)
-        claim, count, first, pool = self.store.claim_launch(cluster, launch_id)
+        claim, count, first, pool, rev = self.store.claim_launch(cluster, launch_id)
         if claim not in ("claimed", "settle"):
             return {"launch_id": launch_id, "state": claim, "handles": 0}
         lease = Lease(self.store.r, self.store.of(cluster).launch(launch_id), self.lease)
@@ -67,7 +67,7 @@ class Launcher:
             return self._settle(cluster, spec, launch_id, count, lease, pool)
         try:
             ref = self.pool.cluster(cluster, pool, excluded_types=self.holds.held_types(provider, pool),
-                                    first_attempt=first)
+                                    first_attempt=first, revision=rev)
             try:
                 handles = self.pool.of(cluster, pool).run_workers(ref, spec.container, spec.hardware, count,
                                                                   launch_id=launch_id)
@@ -79,7 +79,7 @@ class Launcher:
             except ProviderError as exc:
                 self._failed(cluster, spec, launch_id, exc, ref.excluded_types, pool)
                 return {"launch_id": launch_id, "state": "failed", "error": type(exc).__name__}
-            previous = self.store.record_launch(cluster, launch_id, handles, pool)
+            previous = self.store.record_launch(cluster, launch_id, handles, pool, rev)
             if previous == "missing":  # Redis lost the launch while we ran it
                 self.holds.start_recovery(self.config.fleet.launch_timeout)
         finally:

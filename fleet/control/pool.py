@@ -99,7 +99,7 @@ class ProviderPool:
         return self.get(ps.provider)
 
     def cluster(self, name: str, pool: str = "", excluded_types: frozenset[str] = frozenset(),
-                first_attempt: bool = False) -> Cluster[Any]:
+                first_attempt: bool = False, revision: str = "") -> Cluster[Any]:
         """The provider's view of cluster `name`'s pool `pool`, with its options validated (once
         per process)."""
         spec = self.config.spec(name)
@@ -109,7 +109,7 @@ class ProviderPool:
                 self._options[(name, pool)] = provider_class(ps.provider).validate_options(ps.provider_options)
             options = self._options[(name, pool)]
         return Cluster(self.config.fleet.id, name, spec.workers_per_container, options, excluded_types,
-                       first_attempt, pool)
+                       first_attempt, pool, revision)
 
     def launch_batch(self, name: str, pool: str = "") -> int:
         """Containers one cloud call of a pool's provider launches at most (0: no limit)."""

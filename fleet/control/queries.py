@@ -13,6 +13,7 @@ from fleet.config import ClusterSpec, FleetConfig
 from fleet.deadletters import DeadLetters, summary
 from fleet.holds import Holds
 from fleet.model import ClusterState, HandleStatus, LaunchState, Summary
+from fleet.retire import with_retired
 from fleet.store import Store
 
 
@@ -23,6 +24,17 @@ class Queries:
         self.client = client
         self.store = store or Store(client, config.fleet.id)
         self.holds = holds or Holds(client, config.fleet.id)
+
+    @classmethod
+    def including_retired(cls, config: FleetConfig, client: redis.Redis) -> Queries:
+        """Views of `config`'s clusters and of the retired ones Redis still tracks (`fleet.retire`)."""
+        store = Store(client, config.fleet.id)
+        try:
+            gone = [c for c in store.tracked_clusters() if c not in config.clusters]
+            config = with_retired(config, store.spec_records(gone))
+        except redis.RedisError:
+            pass  # the status itself will say that Redis cannot be read
+        return cls(config, client, store)
 
     def status(self, cluster: Any, st: ClusterState | None = None) -> dict[str, Any]:
         """Desired, initializing, running, stopping, draining and pending workers of a cluster
@@ -44,10 +56,30 @@ class Queries:
             unknown=self.store.unknown_workers(cluster),
             cleanup=self.store.cleanup_count(cluster),
             interrupted=summary.counts.interrupted,
+            outdated=summary.counts.outdated(spec.revisions),
         )
+        if cluster in self.config.retired:
+            summary_["retired"] = True
         if spec.pools:
             summary_["pools"] = self.pools(cluster, spec, summary)
         return summary_
+
+    def rollout(self, cluster: str) -> dict[str, Any]:
+        """Where the cluster's rollout is: held (paused or stopped, and why), how many live
+        workers are outdated, and the current revision of each pool."""
+        spec = self.config.spec(cluster)
+        summary = self.store.summary(cluster)
+        state = self.store.rollout_state(cluster)
+        outdated = summary.counts.outdated(spec.revisions)
+        shown = state.get("state") or ("rolling" if outdated else "idle")
+        return {"cluster": cluster, "state": shown, "reason": state.get("reason"), "outdated": outdated,
+                "desired": summary.desired.n if summary.desired else None,
+                "running": summary.counts.of(HandleStatus.RUNNING),
+                "updated": summary.counts.live - outdated,
+                "max_surge": spec.rollout.surge(summary.desired.n if summary.desired else 0),
+                "max_unavailable": spec.rollout.unavailable(summary.desired.n if summary.desired else 0),
+                "revisions": {p.name or "-": spec.revision(p.name) for p in spec.pool_list},
+                "by_revision": dict(sorted(summary.counts.revs.items()))}
 
     def pools(self, cluster: str, spec: ClusterSpec, summary: Summary) -> list[dict[str, Any]]:
         """Each pool of a cluster that declares pools: its workers by status, pending launches,
@@ -92,3 +124,7 @@ class Queries:
         longer declares -> handle count. Nothing sweeps or kills them (their provider options left
         with the config): an operator scales a cluster to 0 before removing it, or puts it back."""
         return {c: n for c, n in self.store.tracked_clusters().items() if c not in self.config.clusters}
+
+    def retired(self) -> list[str]:
+        """The retired clusters this view knows (removed from the config, still being drained)."""
+        return sorted(self.config.retired)

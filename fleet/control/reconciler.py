@@ -54,6 +54,7 @@ class ReconcileResult:
     drained: dict[str, str] = field(default_factory=dict)
     desired: int | None = None
     observed: int = 0
+    outdated: int = 0  # live workers of an older revision (a rollout replaces them)
 
 
 def target(spec: ClusterSpec, desired: Desired | None) -> int:
@@ -74,10 +75,32 @@ def split(count: int, per_container: int, batch: int = 0) -> list[tuple[str, int
     return [(uuid.uuid4().hex, min(chunk, count - i)) for i in range(0, count, chunk)]
 
 
-def handle_views(records: dict[str, HandleRecord], spec: ClusterSpec | None = None) -> list[planner.HandleView]:
+def handle_views(records: dict[str, HandleRecord], spec: ClusterSpec | None = None,
+                 current: frozenset[str] = frozenset(), now: float = 0.0) -> list[planner.HandleView]:
     first = spec.pool_list[0].name if spec else ""
+    idle = spec.idle_timeout if spec else None
     return [planner.HandleView(h, r.workers, r.status, r.since, r.busy, r.hold,
-                               spec.rank(r.pool or first) if spec else 0) for h, r in records.items()]
+                               spec.rank(r.pool or first) if spec else 0,
+                               bool(current) and bool(r.rev) and r.rev not in current,
+                               bool(idle) and r.idle_since is not None and now - r.idle_since >= (idle or 0))
+            for h, r in records.items()]
+
+
+def outdated_retirees(records: dict[str, HandleRecord], spec: ClusterSpec, current: frozenset[str],
+                      most: int) -> list[str]:
+    """Running outdated handles to retire, of `most` workers at most: idle ones first, then the
+    oldest. Never a held one; never a busy one where it would be killed without a drain."""
+    spare_busy = bool(spec.queues) and not spec.drain_timeout
+    old = sorted(((h, r) for h, r in records.items()
+                  if r.status is HandleStatus.RUNNING and r.rev and r.rev not in current and not r.hold
+                  and not (spare_busy and r.busy)),
+                 key=lambda hr: (hr[1].busy > 0, hr[1].busy, hr[1].born or 0.0))
+    chosen, total = [], 0
+    for h, r in old:
+        if total + r.workers <= most:
+            chosen.append(h)
+            total += r.workers
+    return chosen
 
 
 def pending_views(pending: dict[str, LaunchRecord]) -> list[planner.PendingView]:
@@ -160,6 +183,8 @@ class Reconciler:
         spec = self.config.spec(cluster)
         self.epoch.check()
         self.store.clear_queued(cluster)  # from now on, a new request sends a new reconcile
+        if cluster in self.config.retired and not self.store.has_state(cluster):
+            return ReconcileResult(cluster)  # retired, and gone: nothing to write (fleet.retire)
         lease = Lease(self.store.r, self.store.of(cluster).lock, self.lease)
         if not lease.acquire():
             self.store.mark_again(cluster, self.marker_ttl)
@@ -170,7 +195,9 @@ class Reconciler:
         while True:
             try:
                 self.store.take_again(cluster)  # this pass reads the state after any change it stands for
-                result = self._commit_plan(cluster, spec, self.blocked(cluster, spec))
+                rollout = self.store.rollout_state(cluster)
+                result = self._commit_plan(cluster, spec, self.blocked(cluster, spec), rollout.get("state"))
+                self._rollout_progress(cluster, rollout, result)
             finally:
                 lease.release()
             for launch_id, _, pool in result.launched:
@@ -198,7 +225,16 @@ class Reconciler:
             out[pool.name] = why
         return out
 
-    def _commit_plan(self, cluster: str, spec: ClusterSpec, blocked: dict[str, str | None]) -> ReconcileResult:
+    def _rollout_progress(self, cluster: str, rollout: dict[str, str], result: ReconcileResult) -> None:
+        """Remember that a rollout is under way, and say when it is done."""
+        if result.outdated and "active" not in rollout:
+            if self.store.mark_rollout(cluster, True):
+                self.store.event(cluster, EventKind.ROLLOUT, outdated=result.outdated, started=1)
+        elif not result.outdated and "active" in rollout and self.store.mark_rollout(cluster, False):
+            self.store.event(cluster, EventKind.ROLLOUT_DONE)
+
+    def _commit_plan(self, cluster: str, spec: ClusterSpec, blocked: dict[str, str | None],
+                     rollout_held: str | None = None) -> ReconcileResult:
         unknown = self.store.unknown_workers(cluster)
 
         def plan(view: PlanView) -> tuple[Writes, ReconcileResult]:
@@ -209,6 +245,9 @@ class Reconciler:
             may_launch = any(p.open for p in pools)
             # interrupted workers are on their way out: their replacements may go above max by as many
             ceiling = spec.max_workers + view.counts.interrupted
+            current = spec.revisions
+            outdated = view.counts.outdated(current)
+            result.outdated = outdated
             now = time.time()
             writes = Writes()
             drain: list[dict[str, Any]] = []
@@ -220,6 +259,8 @@ class Reconciler:
                 if spec.drain_timeout and was is HandleStatus.RUNNING:
                     # finish its work first: stop consuming, then killed by the sweep
                     rec.status, rec.since, rec.drain_until = HandleStatus.DRAINING, now, now + spec.drain_timeout
+                    if cluster in self.config.retired:
+                        rec.extra["retire"] = 1  # called off if the cluster comes back (fleet.retire)
                     result.drained[handle] = rec.pool
                     drain.append({"handle": handle, "workers": rec.workers, "was": was, **({"by": by} if by else {})})
                 else:
@@ -230,7 +271,24 @@ class Reconciler:
 
             live_total, going_total = view.counts.live, view.counts.going
             surge = 0
-            if spec.rebalance:
+            retired = cluster in self.config.retired  # nothing new for a retired cluster (fleet.retire)
+            if outdated and rollout_held is None and not retired:
+                # a rollout: launch up to max_surge new workers above desired (and above
+                # max_workers), retire outdated ones as soon as enough run (never below desired -
+                # max_unavailable), idle ones first
+                records.update(view.live_records())
+                surge_max, unavailable = spec.rollout.surge(goal), spec.rollout.unavailable(goal)
+                ceiling += surge_max
+                running = view.counts.of(HandleStatus.RUNNING)
+                for handle in outdated_retirees(records, spec, current, max(running - (goal - unavailable), 0)):
+                    retire(handle, "rollout")
+                moved = sum(records[h].workers for h in writes.moves)
+                live_total, going_total = live_total - moved, going_total + moved
+                surge = min(surge_max, outdated - moved)
+                if writes.moves:
+                    writes.event(EventKind.ROLLOUT, outdated=outdated - moved, retired=len(writes.moves),
+                                 surge=surge)
+            elif spec.rebalance and not retired:
                 waiting = sum(p.count for p in view.pending.values())
                 open_waiting = sum(p.count for p in view.pending.values() if p.state is not LaunchState.CANCELLED)
                 room = max(ceiling - live_total - going_total - waiting - unknown, 0)
@@ -257,7 +315,7 @@ class Reconciler:
             def live() -> list[planner.HandleView]:
                 if not records:
                     records.update(view.live_records())
-                return handle_views({h: r for h, r in records.items() if h not in writes.moves}, spec)
+                return handle_views({h: r for h, r in records.items() if h not in writes.moves}, spec, current, now)
 
             totals = planner.Totals(live_total, going_total)
             p = planner.plan(goal + surge, ceiling, live, pending_views(view.pending), totals=totals,
@@ -280,7 +338,8 @@ class Reconciler:
             for pool_name, n in where.counts.items():
                 for launch_id, count in split(n, spec.workers_per_container, self.launch_batch(cluster, pool_name)):
                     result.launched.append((launch_id, count, pool_name))
-                    writes.pending[launch_id] = LaunchRecord(count, LaunchState.QUEUED, now, pool=pool_name)
+                    writes.pending[launch_id] = LaunchRecord(count, LaunchState.QUEUED, now, pool=pool_name,
+                                                             rev=spec.revision(pool_name))
             launches = [{"launch": lid, "workers": n, **({"pool": pool} if pool else {})}
                         for lid, n, pool in result.launched]
             writes.events += [(EventKind.CANCELLED, cancelled), (EventKind.DRAIN, drain), (EventKind.KILL, kill),

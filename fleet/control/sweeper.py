@@ -103,6 +103,9 @@ class Sweeper:
         """Observe the cluster once, act on it, and ask for a reconcile."""
         spec = self.config.spec(cluster)
         self.epoch.check()
+        retired = cluster in self.config.retired
+        if retired and not self._retiring(cluster):
+            return {"cluster": cluster, "retired": "gone"}
         # A lease: a sweep whose worker died holds up the next ones for `self.lease` at most.
         lease = Lease(self.store.r, self.store.of(cluster).sweeping, self.lease)
         if not lease.acquire():
@@ -124,8 +127,23 @@ class Sweeper:
             report.update(self.act(cluster, spec, self.acted_on(cluster, spec, view, index), time.time()))
         finally:
             lease.release()
+        if retired and not self._retiring(cluster):
+            return {**report, "retired": "gone"}
         self.request_reconcile(cluster)
         return report
+
+    def _retiring(self, cluster: str) -> bool:
+        """A retired cluster (`fleet.retire`): say once that it is being retired; once it has
+        nothing left (no handle, launch or remains to kill), forget it. True while it has."""
+        k = self.store.of(cluster)
+        if self.store.has_state(cluster):
+            if self.store.r.set(k.retiring, "1", nx=True):
+                self.store.event(cluster, EventKind.RETIRING, workers=self.store.summary(cluster).counts.live)
+            return True
+        if self.store.r.exists(k.retiring) or self.store.r.exists(k.spec):
+            log.info("retired cluster %s has nothing left: its keys leave Redis", cluster)
+            self.store.forget(cluster)
+        return False
 
     # -- the passive step --------------------------------------------------------------------
     def observe(self, cluster: str, spec: ClusterSpec,
@@ -139,6 +157,7 @@ class Sweeper:
         observed: dict[str, str] = {}
         unknown: dict[str, int] = {}
         listed_by: dict[str, str] = {}
+        revisions: dict[str, str] = {}
         interrupted: dict[str, tuple[str, float | None]] = {}
         notices: dict[str, list[Interruption]] = {}
         failures: list[tuple[str, ProviderError]] = []
@@ -168,6 +187,8 @@ class Sweeper:
             for h, w in (seen.listed or {}).items():
                 if h not in known and h not in unknown:
                     unknown[h], listed_by[h] = int(w), pool
+                    # a provider that cannot tell the revision: taken for the current one
+                    revisions[h] = seen.revisions.get(h) or spec.revision(pool)
             raw: dict[str, Any] = seen.status
             for h in list(mine) + [h for h, p in listed_by.items() if p == pool]:
                 st = _SEEN.get(raw.get(h))
@@ -199,7 +220,7 @@ class Sweeper:
         due = {h: (w, observed[h]) for h, w in live_unknown.items()
                if lost_desired or (not in_flight and now - first_seen[h] >= self.config.fleet.orphan_grace)}
         adopted = self.store.adopt(cluster, due, set_desired=lost_desired and bool(known or due),
-                                   pools=listed_by) if due else 0
+                                   pools=listed_by, revs=revisions) if due else 0
         if lost_desired and not due and known:
             self.store.adopt(cluster, {}, set_desired=True)
         index = after_observe(known, observed)
@@ -263,12 +284,24 @@ class Sweeper:
         grace = max(self.pool.of(cluster, p.name).grace for p in spec.pool_list) if pool is None \
             else self.pool.of(cluster, pool).grace
         applied = self.store.apply_status(cluster, changed, grace, self.config.fleet.kill_retry)
+        if applied.died_booting:
+            self._boot_failed(cluster, spec, applied.died_booting, "stopped before it ran")
         if applied.dead:
             # Dead is not necessarily gone (an exited container, a stopped VM): clean up, idempotently.
             kill_by_pool(self.dispatcher, spec, cluster, applied.dead)
         if applied.gone:
             self.holds.worker_went_away(cluster, [p.name for p in spec.pool_list])
         return applied
+
+    def _boot_failed(self, cluster: str, spec: ClusterSpec, failed: dict[str, str], how: str) -> None:
+        """New workers (of a current revision) that never ran stop a rollout under way: no
+        further outdated worker is retired until an operator resumes it (`fleet rollout`)."""
+        new = sorted(h for h, rev in failed.items() if rev and rev in spec.revisions)
+        if not new or not self.store.summary(cluster).counts.outdated(spec.revisions):
+            return
+        reason = f"new worker {new[0]} {how}" + (f" (and {len(new) - 1} more)" if len(new) > 1 else "")
+        if self.store.hold_rollout(cluster, "stopped", reason):
+            self.store.event(cluster, EventKind.ROLLOUT_STOPPED, state="stopped", reason=reason)
 
     def check_initializing(self, cluster: str) -> int:
         """Part of the passive step, for a follow-up after a launch: ask the status of the
@@ -304,7 +337,8 @@ class Sweeper:
                  index: dict[str, HandleStatus]) -> ClusterState:
         """The state the active step works on: the records of the handles it may act on (every
         handle's for a cluster with queues, whose workers are asked what they hold)."""
-        wanted = list(index) if spec.queues else [h for h, s in index.items() if s is not HandleStatus.RUNNING]
+        wanted = list(index) if spec.queues or spec.max_lifetime else [
+            h for h, s in index.items() if s is not HandleStatus.RUNNING]
         records = self.store.records(cluster, wanted)
         for h, rec in records.items():
             if rec.status not in GOING and h in index:
@@ -316,6 +350,8 @@ class Sweeper:
         """Boot timeouts, the Celery workers (drains, autoscaling), and lost work re-sent. `st`
         holds the records `acted_on` reads."""
         self._boot_timeouts(cluster, spec, st, now)
+        if spec.max_lifetime:
+            self._lifetimes(cluster, spec, st, now)
         if not spec.queues:
             self._drain_deadlines(cluster, spec, st, now)
         report = self.celery.watch(cluster, spec, st, now) if spec.queues else {}
@@ -329,6 +365,17 @@ class Sweeper:
                                       EventKind.BOOT_TIMEOUT) if late else []
         if moved:
             kill_by_pool(self.dispatcher, spec, cluster, {h: st.handles[h].pool for h in moved})
+            self._boot_failed(cluster, spec, {h: st.handles[h].rev for h in moved},
+                              f"did not run within boot_timeout ({spec.boot_timeout:g} s)")
+
+    def _lifetimes(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> None:
+        """Workers older than max_lifetime become outdated: the rollout replaces them (new ones
+        first, then they drain), as after a change of the spec."""
+        assert spec.max_lifetime is not None
+        old = [h for h, r in st.handles.items() if r.status in (HandleStatus.INITIALIZING, HandleStatus.RUNNING)
+               and r.born is not None and now - r.born > spec.max_lifetime and r.rev != "expired"]
+        if old and self.store.expire(cluster, old):
+            self.request_reconcile(cluster)
 
     def _drain_deadlines(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> None:
         """Without `queues` nobody asks a draining worker what it holds (an interrupted one, in

@@ -4,6 +4,7 @@
 --           compares the provider's answer with, and which pool it asks)
 --   counts: status -> workers, status:h -> handles, status@pool -> workers of the handles recorded
 --           under a pool (field p), int -> workers of the handles the cloud reclaims (field int),
+--           r:<rev> -> workers of the live handles launched from revision rev (field rev),
 --           and v = 1 once built (what a reconcile reads)
 -- ensure_counts() (re)builds both from the records when `v` is missing (an upgrade from a version
 -- without them, or records written by hand); only it sets `v`, so counts that have `v` are whole.
@@ -13,7 +14,8 @@
 -- worker. nil for a record that is not a JSON object with a status: a script leaves it alone
 -- rather than fail half-way (Redis does not undo what a failed script already wrote).
 local READABLE = {workers = 'w', status = 's', requested_at = 'req', kill_failed = 'kfail', pool = 'p',
-  interrupted = 'int'}
+  interrupted = 'int', born = 'b', idle_since = 'idle'}
+local LIVE = {initializing = true, running = true}
 local function read_record(raw)
   local ok, r = pcall(cjson.decode, raw)
   if not ok or type(r) ~= 'table' then return nil end
@@ -41,6 +43,7 @@ local function ensure_counts(handles, index, counts)
       redis.call('HINCRBY', counts, r.s .. ':h', 1)
       if r.p and r.p ~= '' then redis.call('HINCRBY', counts, r.s .. '@' .. r.p, r.w) end
       if r.int and r.int ~= '' then redis.call('HINCRBY', counts, 'int', r.w) end
+      if r.rev and r.rev ~= '' and LIVE[r.s] then redis.call('HINCRBY', counts, 'r:' .. r.rev, r.w) end
     end
   end
   redis.call('HSET', counts, 'v', 1)
@@ -50,6 +53,11 @@ end
 -- it leaves; a script that marks one interrupted adds it there itself (see interrupt.lua).
 local function move(index, counts, h, r, old, new)
   local pooled = r.p and r.p ~= ''
+  if r.rev and r.rev ~= '' then  -- live workers by revision: what a rollout replaces
+    local was, is = old and LIVE[old], new and LIVE[new]
+    if was and not is then redis.call('HINCRBY', counts, 'r:' .. r.rev, -r.w) end
+    if is and not was then redis.call('HINCRBY', counts, 'r:' .. r.rev, r.w) end
+  end
   if old then
     redis.call('HINCRBY', counts, old, -r.w)
     redis.call('HINCRBY', counts, old .. ':h', -1)

@@ -36,6 +36,8 @@ local function clean_up(h, r)
   redis.call('HSET', KEYS[4], h, cjson.encode(c))
   table.insert(dead, h)
   table.insert(dead, r.p or '')
+  table.insert(dead, r.s)
+  table.insert(dead, r.rev or '')
 end
 for i = 6, #ARGV, 2 do
   local h, s = ARGV[i], ARGV[i + 1]
@@ -77,4 +79,4 @@ for i = 6, #ARGV, 2 do
   end
 end
 flush()
-return {pruned, changed, gone, dead}  -- dead: handle, pool pairs
+return {pruned, changed, gone, dead}  -- dead: handle, pool, status it had, revision quadruples

@@ -1,0 +1,104 @@
+"""Retired clusters: a cluster removed from the config while it still has workers.
+
+Every control-plane process stores, when it starts, what it needs to sweep and kill each of its
+clusters' workers (`fleet:<id>:<cluster>:spec`: the pools with their providers and options, the
+workers per container, the queues and drain timeout; never the container's env or a broker URL,
+and provider options hold no secrets by the provider contract). A process whose config no longer
+declares a cluster that Redis still tracks rebuilds it from that record as *retired*: the same
+managed layer serves it with `max_workers` 0, so it launches nothing, its workers are drained and
+killed, its cleanup kills are finished, and then its keys leave Redis. A cluster put back under
+the same name before that ends is an ordinary cluster again: its live workers are still in Redis
+and are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fleet.config import ClusterSpec, FleetConfig
+from fleet.model import EventKind, HandleStatus
+from fleet.probe import Probe
+from fleet.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def spec_record(spec: ClusterSpec) -> str:
+    """What Redis keeps of a cluster to retire it one day (JSON, no secrets)."""
+    return json.dumps({
+        "pools": [{"name": p.name, "provider": p.provider, "provider_options": p.provider_options}
+                  for p in spec.pool_list],
+        "declared_pools": bool(spec.pools), "workers_per_container": spec.workers_per_container,
+        # a broker of its own is not kept (its URL may hold a password): then no drain, a kill
+        "queues": [] if spec.broker_url else list(spec.queues),
+        "drain_timeout": 0.0 if spec.broker_url else spec.drain_timeout, "boot_timeout": spec.boot_timeout,
+    }, sort_keys=True)
+
+
+def retired_spec(raw: str | bytes) -> ClusterSpec:
+    """The spec of a retired cluster, from its record: nothing to launch (max_workers 0)."""
+    data = json.loads(raw)
+    base: dict[str, Any] = {
+        "min_workers": 0, "max_workers": 0, "container": {"command": ["retired"]},
+        "workers_per_container": data.get("workers_per_container", 1), "queues": data.get("queues", []),
+        "drain_timeout": data.get("drain_timeout", 0.0), "boot_timeout": data.get("boot_timeout", 600.0),
+    }
+    pools = data["pools"]
+    if data.get("declared_pools"):
+        base["pools"] = pools
+    else:
+        base["provider"], base["provider_options"] = pools[0]["provider"], pools[0]["provider_options"]
+    return ClusterSpec.model_validate(base)
+
+
+def come_back(store: Store, config: FleetConfig, probe: Callable[[str], Probe] = Probe) -> dict[str, list[str]]:
+    """Clusters declared again while they were being retired: their drains are called off (the
+    workers drained by the retirement run and consume again), so what is still alive is kept.
+    Every process does it when it starts (a transition moves a handle once); it reads the records
+    of draining handles only. Returns the handles taken back, by cluster."""
+    back: dict[str, list[str]] = {}
+    for cluster, spec in config.clusters.items():
+        if cluster in config.retired:
+            continue
+        store.r.delete(store.of(cluster).retiring)
+        draining = [h for h, st in store.index(cluster).items() if st is HandleStatus.DRAINING]
+        records = store.records(cluster, draining) if draining else {}
+        drained = [h for h, r in records.items() if r.status is HandleStatus.DRAINING and r.extra.get("retire")]
+        if not drained:
+            continue
+        moved = store.transition(cluster, drained, [HandleStatus.DRAINING], HandleStatus.RUNNING,
+                                 EventKind.ADOPTED, event_fields={"by": "put back in the config"})
+        if moved and spec.queues:
+            try:
+                p = probe(spec.broker_url or store_url(store))
+                names = p.activity(moved).hostnames
+                p.start_consuming(spec.queues, [n for h in moved for n in names.get(h, [])])
+            except Exception as exc:  # noqa: BLE001 - the workers' broker may be down: they stay idle, not lost
+                log.warning("cannot tell the workers of %s to consume again: %s", cluster, exc)
+        back[cluster] = moved
+    return back
+
+
+def store_url(store: Store) -> str:
+    kw = store.r.connection_pool.connection_kwargs
+    return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+def with_retired(config: FleetConfig, records: Mapping[str, str | bytes]) -> FleetConfig:
+    """`config` with the clusters of `records` (name -> spec record) it does not declare, retired.
+    A record that no longer validates (a provider this version lacks) is left out."""
+    retired: dict[str, ClusterSpec] = {}
+    for name, raw in records.items():
+        if name in config.clusters:
+            continue
+        try:
+            retired[name] = retired_spec(raw)
+        except (ValueError, KeyError, IndexError):
+            continue
+    if not retired:
+        return config
+    return config.model_copy(update={"clusters": {**config.clusters, **retired},
+                                     "retired": frozenset(retired) | config.retired})
