@@ -161,14 +161,16 @@ class ClusterSpec(BaseModel):
 
     def revision(self, pool: str) -> str:
         """The revision of what pool `pool`'s workers are launched from: a stable hash of the
-        container, hardware, workers per container, and the pool with its provider and options
-        (not of min/max, autoscaling or rollout settings, which need no new workers)."""
+        container, hardware, workers per container, and the pool's provider and options (not of
+        the pool's name, so that a cluster that moves from `provider` to `pools` with the same
+        provider keeps its workers; nor of min/max, autoscaling or rollout settings, which need
+        no new workers)."""
         try:
             p = self.pool(pool)
         except KeyError:
             return ""
         what = {"container": self.container.model_dump(mode="json"), "hardware": self.hardware.model_dump(mode="json"),
-                "workers_per_container": self.workers_per_container, "pool": p.name, "provider": p.provider,
+                "workers_per_container": self.workers_per_container, "provider": p.provider,
                 "provider_options": p.provider_options}
         return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 

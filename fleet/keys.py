@@ -54,6 +54,7 @@ CLUSTER_KEYS: tuple[KeyInfo, ...] = (
     KeyInfo("rollout", "hash", "the rollout's `state` (paused, stopped) with `reason` and `at`, and `active`"),
     KeyInfo("spec", "string", "what retiring the cluster needs: its pools, providers and options (no secrets)"),
     KeyInfo("retiring", "string", "set once the cluster, removed from the config, is being retired"),
+    KeyInfo("declared", "string", "set, with a TTL, by every process whose config declares the cluster"),
 )
 
 #: Per fleet: `fleet:<id>:<key>`.
@@ -178,6 +179,10 @@ class ClusterKeys:
     @property
     def retiring(self) -> str:
         return self._k("retiring")
+
+    @property
+    def declared(self) -> str:
+        return self._k("declared")
 
     def pool(self, pool: str) -> ClusterKeys:
         """The keys of the holds of one pool (`pool:<pool>:...`); the cluster's own for pool ""."""

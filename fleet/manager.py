@@ -25,7 +25,7 @@ from fleet.control.sweeper import Sweeper
 from fleet.holds import Holds
 from fleet.lease import lease_ttl
 from fleet.limits import Limits
-from fleet.retire import come_back, spec_record, with_retired
+from fleet.retire import come_back, declared_ttl, spec_record, with_retired
 from fleet.store import Store
 
 
@@ -50,11 +50,12 @@ class Manager:
         self.limits = Limits(client, self.url, config.fleet.id)
         try:
             declared = {c: s for c, s in config.clusters.items() if c not in config.retired}
+            self.store.declare(declared, declared_ttl(config))
             self.store.remember_pools(declared, {c: spec_record(s) for c, s in declared.items()})
             gone = [c for c in self.store.tracked_clusters() if c not in config.clusters]
             config = with_retired(config, self.store.spec_records(gone))  # fleet.retire
             self.config = config
-            come_back(self.store, config)
+            come_back(self.store, config, self.url)
         except redis.RedisError:
             pass  # Redis not up yet: the next process start stores them
         self.pool = ProviderPool(config, client, self.holds, self.limits, self.lease)

@@ -117,6 +117,12 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _name(value: Any) -> str:
+    """A field that names something (a pool, a revision, a cause): a string, else none (as the
+    Lua scripts read it: lua/index.lua read_record)."""
+    return value if isinstance(value, str) else ""
+
+
 @dataclass
 class HandleRecord:
     """What the store keeps of one handle."""
@@ -157,8 +163,8 @@ class HandleRecord:
             kills=int(named.get("kills", 0)), kill_at=_float(named.get("kill_at")),
             requested_at=_float(named.get("requested_at")), busy=int(named.get("busy", 0)),
             hold=bool(named.get("hold", False)), drain_until=_float(named.get("drain_until")),
-            kill_failed=bool(named.get("kill_failed", False)), pool=str(named.get("pool") or ""),
-            interrupted=str(named.get("interrupted") or ""), rev=str(named.get("rev") or ""),
+            kill_failed=bool(named.get("kill_failed", False)), pool=_name(named.get("pool")),
+            interrupted=_name(named.get("interrupted")), rev=_name(named.get("rev")),
             born=_float(named.get("born")), idle_since=_float(named.get("idle_since")),
             extra={k: v for k, v in named.items() if k not in cls._KNOWN})
 

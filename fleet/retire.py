@@ -21,9 +21,16 @@ from typing import Any
 from fleet.config import ClusterSpec, FleetConfig
 from fleet.model import EventKind, HandleStatus
 from fleet.probe import Probe
+from fleet.registry import provider_class
 from fleet.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def declared_ttl(config: FleetConfig) -> float:
+    """How long a process's word that its config declares a cluster holds (it says so again at
+    every sweep of it): three sweeps, and never less than 5 s."""
+    return max(3 * config.fleet.sweep_interval, 5.0)
 
 
 def spec_record(spec: ClusterSpec) -> str:
@@ -54,7 +61,8 @@ def retired_spec(raw: str | bytes) -> ClusterSpec:
     return ClusterSpec.model_validate(base)
 
 
-def come_back(store: Store, config: FleetConfig, probe: Callable[[str], Probe] = Probe) -> dict[str, list[str]]:
+def come_back(store: Store, config: FleetConfig, url: str,
+              probe: Callable[[str], Probe] = Probe) -> dict[str, list[str]]:
     """Clusters declared again while they were being retired: their drains are called off (the
     workers drained by the retirement run and consume again), so what is still alive is kept.
     Every process does it when it starts (a transition moves a handle once); it reads the records
@@ -66,25 +74,21 @@ def come_back(store: Store, config: FleetConfig, probe: Callable[[str], Probe] =
         store.r.delete(store.of(cluster).retiring)
         draining = [h for h, st in store.index(cluster).items() if st is HandleStatus.DRAINING]
         records = store.records(cluster, draining) if draining else {}
-        drained = [h for h, r in records.items() if r.status is HandleStatus.DRAINING and r.extra.get("retire")]
+        drained = [h for h, r in records.items()
+                   if r.status is HandleStatus.DRAINING and r.extra.get("retire") and not r.interrupted]
         if not drained:
             continue
         moved = store.transition(cluster, drained, [HandleStatus.DRAINING], HandleStatus.RUNNING,
                                  EventKind.ADOPTED, event_fields={"by": "put back in the config"})
         if moved and spec.queues:
             try:
-                p = probe(spec.broker_url or store_url(store))
+                p = probe(spec.broker_url or url)
                 names = p.activity(moved).hostnames
                 p.start_consuming(spec.queues, [n for h in moved for n in names.get(h, [])])
             except Exception as exc:  # noqa: BLE001 - the workers' broker may be down: they stay idle, not lost
                 log.warning("cannot tell the workers of %s to consume again: %s", cluster, exc)
         back[cluster] = moved
     return back
-
-
-def store_url(store: Store) -> str:
-    kw = store.r.connection_pool.connection_kwargs
-    return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 def with_retired(config: FleetConfig, records: Mapping[str, str | bytes]) -> FleetConfig:
@@ -95,9 +99,13 @@ def with_retired(config: FleetConfig, records: Mapping[str, str | bytes]) -> Fle
         if name in config.clusters:
             continue
         try:
-            retired[name] = retired_spec(raw)
-        except (ValueError, KeyError, IndexError):
+            spec = retired_spec(raw)
+            for pool in spec.pool_list:  # a provider this version lacks, options it refuses
+                provider_class(pool.provider).validate_options(pool.provider_options)
+        except Exception:  # noqa: BLE001 - a record written by hand or by another version: left alone
+            log.warning("cluster %r left the config, but what Redis keeps of it cannot be read: not retired", name)
             continue
+        retired[name] = spec
     if not retired:
         return config
     return config.model_copy(update={"clusters": {**config.clusters, **retired},

@@ -310,6 +310,23 @@ class Store:
         raw = cast("list[bytes | None]", self.r.mget([self.of(c).spec for c in names])) if names else []
         return {c: v for c, v in zip(names, raw, strict=True) if v}
 
+    def declare(self, clusters: Iterable[str], ttl: float) -> None:
+        """This process's config declares these clusters (for `ttl` seconds): a process still on an
+        older config that retired one of them stands down meanwhile (fleet.retire)."""
+        pipe = self.r.pipeline(transaction=False)
+        for c in clusters:
+            pipe.set(self.of(c).declared, "1", px=max(int(ttl * 1000), 1))
+        pipe.execute()
+
+    def declared(self, cluster: str) -> bool:
+        return bool(self.r.exists(self.of(cluster).declared))
+
+    def leftovers(self, cluster: str) -> bool:
+        """Whether any key of the cluster is left (a retired cluster to forget again)."""
+        k = self.of(cluster)
+        return bool(self.r.exists(k.counts, k.index, k.events, k.series, k.rollout, k.spec, k.retiring, k.desired,
+                                  k.autoscale, k.unknown, k.pools, k.notice))
+
     def has_state(self, cluster: str) -> bool:
         """Whether the cluster still has handles, pending launches or remains to kill."""
         k = self.of(cluster)

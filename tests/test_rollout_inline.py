@@ -4,6 +4,7 @@ dispatcher. (tests/test_rollout.py does the same with real processes and real Ce
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import Counter
@@ -120,6 +121,8 @@ def test_a_cluster_removed_from_the_config_is_retired_then_forgotten(fid: str) -
     settle(m, d, "c", 2)
     m2, d2 = make(fid, {"keep": cluster()})  # restarted without "c"
     assert m2.config.retired == {"c"}
+    assert m2.sweeper.sweep_cluster("c")["retired"] == "declared elsewhere"  # the old process's word holds
+    m2.redis.delete(f"fleet:{fid}:c:declared")  # until it expires: the old process is gone
     assert m2.queries.status("c")["retired"] is True
     with pytest.raises(ScaleRefused, match="retired"):
         m2.api.scale("c", 3)
@@ -155,3 +158,61 @@ def test_the_revision_survives_a_loss_of_redis_data_from_the_ec2_tags(fid: str, 
     finally:
         m2.api.scale("c", 0)
         settle(m2, d2, "c", 4)
+
+
+def test_a_paused_rollout_freezes_and_a_held_outdated_worker_does_not_surge_forever(fid: str) -> None:
+    m, d = make(fid, {"c": cluster(provider_options={"boot_seconds": 0.0})})
+    m.api.scale("c", 2)
+    settle(m, d, "c", 2)
+    held = sorted(m.store.read("c").handles)[0]
+    m.api.hold("c", held, True)
+    m2, d2 = make(fid, {"c": cluster("v2")})
+    m2.api.rollout("c", "pause")
+    launched = MemoryProvider.world(fid).calls["run"]
+    settle(m2, d2, "c", 4)
+    assert MemoryProvider.world(fid).calls["run"] == launched  # paused before it began: nothing moves
+    assert m2.api.rollout("c", "status")["state"] == "paused"
+    m2.api.rollout("c", "resume")
+    settle(m2, d2, "c", 10)
+    handles = m2.store.read("c").handles
+    new = m2.config.spec("c").revision("")
+    assert held in handles and sorted(r.rev == new for r in handles.values()) == [False, True]  # held one stays
+    counts = m2.store.counts("c")
+    assert counts.live == 2 and counts.going == 0  # and no surge is kept for it
+    runs = MemoryProvider.world(fid).calls["run"]
+    settle(m2, d2, "c", 4)
+    assert MemoryProvider.world(fid).calls["run"] == runs
+
+
+def test_a_retired_cluster_launches_nothing_and_bad_records_never_stop_a_process(fid: str) -> None:
+    m, d = make(fid, {"c": cluster(), "keep": cluster()})
+    m.api.scale("c", 2)
+    work(d)
+    m.api.scale("c", 3)  # a launch planned, its run task not yet run when the process goes
+    d.jobs.clear()
+    m.reconciler.reconcile("c")
+    pending = [args for kind, args in d.jobs if kind == "run"]
+    assert pending
+    m2, _ = make(fid, {"keep": cluster()})
+    m2.redis.delete(f"fleet:{fid}:c:declared")
+    for args in pending:
+        assert m2.launcher.run_launch(*args)["state"] == "retired"
+    assert MemoryProvider.world(fid).calls["run"] == 1  # only the first launch, before the restart
+    for bad in ("null", "[]", "5", '{"pools": "x"}', '{"pools": [{"name": "", "provider": "nope"}]}'):
+        m2.redis.set(f"fleet:{fid}:c:spec", bad)
+        m3, _ = make(fid, {"keep": cluster()})  # starts; the unreadable record is left alone
+        assert "c" not in m3.config.retired and m3.queries.including_retired(m3.config, m3.redis).retired() == []
+
+
+def test_odd_field_types_in_a_record_are_read_alike_by_python_and_lua(fid: str) -> None:
+    m, _ = make(fid, {"c": cluster()})
+    k = m.store.of("c")
+    odd = {"h1": {"w": 1, "s": "running", "rev": 0}, "h2": {"w": 1, "s": "running", "rev": True, "p": 5},
+           "h3": {"w": 2, "s": "running", "rev": {"x": 1}, "int": []}, "h4": {"w": 1, "s": "running", "rev": 5.0}}
+    m.redis.hset(k.handles, mapping={h: json.dumps(r) for h, r in odd.items()})
+    m.redis.delete(k.counts)
+    counts = m.store.counts("c")
+    assert counts.live == 5 and counts.revs == {} and counts.pools == {} and counts.interrupted == 0
+    assert counts.revs == m.store.read("c").counts.revs
+    applied = m.store.apply_status("c", {"h1": "stopped", "h2": "stopped", "h3": "stopped", "h4": "stopped"})
+    assert applied.gone == 4 and set(applied.dead) == set(odd)

@@ -82,6 +82,8 @@ class FleetAPI:
         self.config.spec(cluster)
         if action not in self.ROLLOUT_ACTIONS:
             raise InvalidRequest(f"action must be one of {', '.join(self.ROLLOUT_ACTIONS)}, got {shorten(action)}")
+        if cluster in self.config.retired and action != "status":
+            raise InvalidRequest(f"cluster {cluster!r} is retired (removed from the config): nothing to roll out")
         if action == "pause":
             if self.store.hold_rollout(cluster, "paused", "paused by an operator"):
                 self.store.event(cluster, EventKind.ROLLOUT_STOPPED, state="paused", reason="paused by an operator")

@@ -63,6 +63,12 @@ class Launcher:
         if not lease.acquire():
             return {"launch_id": launch_id, "state": "busy", "handles": 0}
         provider = spec.pool_or_first(pool).provider
+        if cluster in self.config.retired:  # a launch planned before the cluster left the config
+            if first:
+                self.store.drop_launch(cluster, launch_id)
+                lease.release()
+                return {"launch_id": launch_id, "state": "retired", "handles": 0}
+            claim = "settle"  # an earlier attempt may have made workers: find them and kill them
         if claim == "settle":
             return self._settle(cluster, spec, launch_id, count, lease, pool)
         try:

@@ -56,7 +56,7 @@ class Queries:
             unknown=self.store.unknown_workers(cluster),
             cleanup=self.store.cleanup_count(cluster),
             interrupted=summary.counts.interrupted,
-            outdated=summary.counts.outdated(spec.revisions),
+            outdated=0 if cluster in self.config.retired else summary.counts.outdated(spec.revisions),
         )
         if cluster in self.config.retired:
             summary_["retired"] = True
@@ -70,7 +70,7 @@ class Queries:
         spec = self.config.spec(cluster)
         summary = self.store.summary(cluster)
         state = self.store.rollout_state(cluster)
-        outdated = summary.counts.outdated(spec.revisions)
+        outdated = 0 if cluster in self.config.retired else summary.counts.outdated(spec.revisions)
         shown = state.get("state") or ("rolling" if outdated else "idle")
         return {"cluster": cluster, "state": shown, "reason": state.get("reason"), "outdated": outdated,
                 "desired": summary.desired.n if summary.desired else None,

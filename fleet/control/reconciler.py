@@ -183,8 +183,8 @@ class Reconciler:
         spec = self.config.spec(cluster)
         self.epoch.check()
         self.store.clear_queued(cluster)  # from now on, a new request sends a new reconcile
-        if cluster in self.config.retired and not self.store.has_state(cluster):
-            return ReconcileResult(cluster)  # retired, and gone: nothing to write (fleet.retire)
+        if cluster in self.config.retired and (not self.store.has_state(cluster) or self.store.declared(cluster)):
+            return ReconcileResult(cluster)  # retired and gone, or declared again elsewhere (fleet.retire)
         lease = Lease(self.store.r, self.store.of(cluster).lock, self.lease)
         if not lease.acquire():
             self.store.mark_again(cluster, self.marker_ttl)
@@ -246,7 +246,8 @@ class Reconciler:
             # interrupted workers are on their way out: their replacements may go above max by as many
             ceiling = spec.max_workers + view.counts.interrupted
             current = spec.revisions
-            outdated = view.counts.outdated(current)
+            retired = cluster in self.config.retired  # nothing new for a retired cluster (fleet.retire)
+            outdated = 0 if retired else view.counts.outdated(current)
             result.outdated = outdated
             now = time.time()
             writes = Writes()
@@ -271,26 +272,33 @@ class Reconciler:
 
             live_total, going_total = view.counts.live, view.counts.going
             surge = 0
-            retired = cluster in self.config.retired  # nothing new for a retired cluster (fleet.retire)
-            if outdated and rollout_held is None and not retired:
+            open_waiting = sum(p.count for p in view.pending.values() if p.state is not LaunchState.CANCELLED)
+            if outdated and not retired:
                 # a rollout: launch up to max_surge new workers above desired (and above
                 # max_workers), retire outdated ones as soon as enough run (never below desired -
-                # max_unavailable), idle ones first
+                # max_unavailable), idle ones first. Paused or stopped, it freezes: the surge
+                # already there stays, nothing more is launched or retired.
                 records.update(view.live_records())
                 surge_max, unavailable = spec.rollout.surge(goal), spec.rollout.unavailable(goal)
                 ceiling += surge_max
-                running = view.counts.of(HandleStatus.RUNNING)
-                for handle in outdated_retirees(records, spec, current, max(running - (goal - unavailable), 0)):
-                    retire(handle, "rollout")
+                if rollout_held is None:
+                    running = view.counts.of(HandleStatus.RUNNING)
+                    for handle in outdated_retirees(records, spec, current, max(running - (goal - unavailable), 0)):
+                        retire(handle, "rollout")
                 moved = sum(records[h].workers for h in writes.moves)
                 live_total, going_total = live_total - moved, going_total + moved
-                surge = min(surge_max, outdated - moved)
+                # only outdated workers a rollout may retire call for new ones (not held ones)
+                movable = sum(r.workers for h, r in records.items() if h not in writes.moves and not r.hold
+                              and r.status in (HandleStatus.INITIALIZING, HandleStatus.RUNNING)
+                              and r.rev and r.rev not in current)
+                surge = min(surge_max, movable)
+                if rollout_held is not None:
+                    surge = max(min(surge, live_total + open_waiting - goal), 0)
                 if writes.moves:
                     writes.event(EventKind.ROLLOUT, outdated=outdated - moved, retired=len(writes.moves),
                                  surge=surge)
             elif spec.rebalance and not retired:
                 waiting = sum(p.count for p in view.pending.values())
-                open_waiting = sum(p.count for p in view.pending.values() if p.state is not LaunchState.CANCELLED)
                 room = max(ceiling - live_total - going_total - waiting - unknown, 0)
                 above = live_total + open_waiting - goal
                 step = allocation.rebalance(pools, goal, view.counts.of(HandleStatus.RUNNING),
@@ -349,9 +357,9 @@ class Reconciler:
                              skipped=";".join(f"{name}: {why}" for name, why in where.skipped))
                 for name, why in where.skipped:
                     writes.counters[fallback_field(cluster, name, why)] = where.total
-            if surge and where.counts:
+            if surge and where.counts and spec.rebalance and not outdated:
                 writes.event(EventKind.REBALANCE, surge=surge, retired=sum(1 for e in drain + kill if e.get("by")))
-            if p.capped_by_max:
+            if p.capped_by_max and not surge:  # a surge waiting for room is no news
                 writes.event(EventKind.AT_MAX, max_workers=spec.max_workers)
             result.cancelled = p.cancel
             return writes, result

@@ -35,6 +35,7 @@ from fleet.holds import Holds
 from fleet.lease import Lease
 from fleet.model import GOING, ClusterState, EventKind, HandleStatus, LaunchState
 from fleet.provider import Interruption, WorkerStatus
+from fleet.retire import declared_ttl
 from fleet.store import SERIES_EVERY, StatusResult, Store, SweepView
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,12 @@ class Sweeper:
         spec = self.config.spec(cluster)
         self.epoch.check()
         retired = cluster in self.config.retired
-        if retired and not self._retiring(cluster):
+        if retired and self.store.declared(cluster):
+            # another process's config declares it again: this one, on an older config, stands down
+            return {"cluster": cluster, "retired": "declared elsewhere"}
+        if not retired:
+            self.store.declare([cluster], declared_ttl(self.config))
+        elif not self._retiring(cluster):
             return {"cluster": cluster, "retired": "gone"}
         # A lease: a sweep whose worker died holds up the next ones for `self.lease` at most.
         lease = Lease(self.store.r, self.store.of(cluster).sweeping, self.lease)
@@ -140,7 +146,7 @@ class Sweeper:
             if self.store.r.set(k.retiring, "1", nx=True):
                 self.store.event(cluster, EventKind.RETIRING, workers=self.store.summary(cluster).counts.live)
             return True
-        if self.store.r.exists(k.retiring) or self.store.r.exists(k.spec):
+        if self.store.leftovers(cluster):  # also keys a status read or a late task wrote since
             log.info("retired cluster %s has nothing left: its keys leave Redis", cluster)
             self.store.forget(cluster)
         return False

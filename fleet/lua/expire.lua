@@ -8,12 +8,14 @@ for i = 4, #ARGV do
   local h = ARGV[i]
   local raw = redis.call('HGET', KEYS[3], h)
   local r = raw and read_record(raw)
-  if r and LIVE[r.s] and r.rev ~= 'expired' then
+  if r and LIVE[r.s] and r.rev ~= 'expired' and not r.int then
     -- out of the live workers of its revision (if it had one), into those of `expired`
-    move(KEYS[4], KEYS[5], h, r, r.s, nil)
+    local old = r.rev
     r.rev = 'expired'
-    move(KEYS[4], KEYS[5], h, r, nil, r.s)
-    redis.call('HSET', KEYS[3], h, cjson.encode(r))
+    local encoded = cjson.encode(r)
+    if old then redis.call('HINCRBY', KEYS[5], 'r:' .. old, -r.w) end
+    redis.call('HINCRBY', KEYS[5], 'r:expired', r.w)
+    redis.call('HSET', KEYS[3], h, encoded)
     batch('expired', h, r.w)
     table.insert(marked, h)
   end

@@ -27,6 +27,11 @@ local function read_record(raw)
   end
   if type(r.s) ~= 'string' then return nil end
   r.w = tonumber(r.w) or 1
+  -- the fields that name something (pool, revision, cause) count only as non-empty strings, as
+  -- HandleRecord.decode reads them: anything else is as if absent
+  for _, name in ipairs({'p', 'rev', 'int'}) do
+    if type(r[name]) ~= 'string' or r[name] == '' then r[name] = nil end
+  end
   return r
 end
 local function ensure_counts(handles, index, counts)
