@@ -156,3 +156,14 @@ class Holds:
         if self.recovering():
             return "recovering from a loss of Redis data"
         return None
+
+    def skipped(self, cluster: str, fingerprint: str, pool: str, provider: str, calls: bool = True) -> str | None:
+        """Why pool `pool` gets no launch now: `blocked`, and with `calls` also a rate-limited
+        provider or an unresponsive pool (its launches then go to the next pool). None: it may."""
+        why = self.blocked(cluster, fingerprint, pool)
+        if why is None and calls:
+            if self.provider_hold(provider):
+                return "rate limited"
+            if self.unresponsive(cluster, pool):
+                return "unresponsive"
+        return why

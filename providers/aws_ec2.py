@@ -262,20 +262,27 @@ def template_data(cluster: Cluster[EC2Options]) -> dict[str, Any]:
     the type, the subnet, the market (the fleet's call gives them) and the user data (each call
     gives its own: it names the launch and the workers of its instances)."""
     opts = cluster.options
-    data: dict[str, Any] = {
+    return {
         "ImageId": opts.ami,
         "InstanceInitiatedShutdownBehavior": "terminate",
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         "TagSpecifications": [{"ResourceType": "volume", "Tags": tag_list(identity_tags(cluster))}],
+        **access_options(opts),
     }
+
+
+def access_options(opts: EC2Options) -> dict[str, Any]:
+    """The optional security groups, key pair and instance profile, as RunInstances and a launch
+    template's data both spell them."""
+    out: dict[str, Any] = {}
     if opts.security_group_ids:
-        data["SecurityGroupIds"] = list(opts.security_group_ids)
+        out["SecurityGroupIds"] = list(opts.security_group_ids)
     if opts.key_name:
-        data["KeyName"] = opts.key_name
+        out["KeyName"] = opts.key_name
     if opts.iam_instance_profile:
         prof = opts.iam_instance_profile
-        data["IamInstanceProfile"] = {"Arn": prof} if prof.startswith("arn:") else {"Name": prof}
-    return data
+        out["IamInstanceProfile"] = {"Arn": prof} if prof.startswith("arn:") else {"Name": prof}
+    return out
 
 
 def template_name(cluster: Cluster[EC2Options], data: Mapping[str, Any]) -> str:
@@ -478,13 +485,7 @@ class EC2Provider(AwsProvider[EC2Options]):
             params["InstanceMarketOptions"] = spot_market(opts)
         if opts.subnet_id:
             params["SubnetId"] = opts.subnet_id
-        if opts.security_group_ids:
-            params["SecurityGroupIds"] = list(opts.security_group_ids)
-        if opts.key_name:
-            params["KeyName"] = opts.key_name
-        if opts.iam_instance_profile:
-            prof = opts.iam_instance_profile
-            params["IamInstanceProfile"] = {"Arn": prof} if prof.startswith("arn:") else {"Name": prof}
+        params.update(access_options(opts))
         with aws_errors("ec2:RunInstances", instance_type=itype, hints=HINTS):
             resp = client.run_instances(**params)
         return [(i["InstanceId"], workers) for i in resp.get("Instances", [])]

@@ -9,7 +9,9 @@ import sys
 import tempfile
 import textwrap
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +204,63 @@ def converged(manager: Any, cluster: str, n: int) -> Callable[[], bool]:
 
 def workers_by_handle(manager: Any, cluster: str) -> list[int]:
     return sorted(r.workers for r in manager.store.read(cluster).handles.values())
+
+
+# -- the managed layer in this process, its work run in order (fleet.testing.inline) ------------
+
+def wipe(fleet_id: str) -> None:
+    """Delete every key of a test's own fleet from the session's Redis."""
+    r = redis.Redis.from_url(REDIS_URL)
+    keys = list(r.scan_iter(match=f"fleet:{fleet_id}:*"))
+    if keys:
+        r.delete(*keys)
+
+
+@pytest.fixture
+def fid() -> Iterator[str]:
+    """A fleet id of this test's own, its keys deleted afterwards."""
+    fleet_id = "t" + uuid.uuid4().hex[:9]
+    yield fleet_id
+    wipe(fleet_id)
+
+
+def inline(fleet_id: str, clusters: dict[str, Any], state: Path | None = None) -> tuple[Any, Any]:
+    """(Manager, InlineDispatcher) of `clusters` on the session's Redis (no orphan adoption during
+    a test: orphan_grace of an hour; no rate limit on the memory and local providers)."""
+    from fleet.config import parse_config
+    from fleet.testing.inline import inline_manager
+
+    config = parse_config({"fleet": {"id": fleet_id, "orphan_grace": 3600, **({"state_dir": str(state)} if state else {})},
+                           "providers": {"memory": {"ops_per_second": 10000}, "local": {"ops_per_second": 10000}},
+                           "clusters": clusters}, "<test>")
+    return inline_manager(config, REDIS_URL)
+
+
+def work(d: Any, most: int = 300) -> Counter[str]:
+    """Run the queued jobs in order, `most` at most: a livelock must fail the test, not hang it
+    (no retry: an error fails the test too)."""
+    done: Counter[str] = Counter()
+    while d.jobs and sum(done.values()) < most:
+        kind, args = d.jobs.popleft()
+        done[kind] += 1
+        d.do(kind, args)
+    assert not d.jobs, f"still {len(d.jobs)} jobs after {most}: a livelock ({dict(done)})"
+    return done
+
+
+@contextmanager
+def inline_cloud(fake: Any, config: Any) -> Iterator[tuple[Any, Any]]:
+    """(Manager, InlineDispatcher) of `config` (clusters on moto and the fake GCE server), every
+    cluster scaled back to 0 and the fleet's keys deleted afterwards."""
+    from fleet.testing.inline import drive, inline_manager
+
+    fake.clear_faults()
+    fake.ready_after_reads = 0
+    manager, dispatcher = inline_manager(config, REDIS_URL)
+    try:
+        yield manager, dispatcher
+    finally:
+        for cluster in config.clusters:
+            drive(manager, dispatcher, cluster, 0, timeout=120)
+        fake.ready_after_reads = 1
+        wipe(config.fleet.id)

@@ -18,7 +18,7 @@ from fleet.control.reconciler import split
 from fleet.manager import Manager
 from fleet.testing.backends.gce import FakeGCE
 from fleet.testing.inline import InlineDispatcher, drive
-from tests.conftest import REDIS_URL
+from tests.conftest import inline_cloud
 from tests.kits.aws import AwsWorld
 from tests.kits.gce import PROJECT, ZONE, gce_options
 
@@ -47,8 +47,6 @@ def test_the_first_claim_of_a_launch_is_the_only_first_attempt(r: redis.Redis) -
 @pytest.fixture
 def managed(aws_world: AwsWorld, gce_server: tuple[FakeGCE, str]) -> Iterator[tuple[Manager, InlineDispatcher]]:
     fake, url = gce_server
-    fake.clear_faults()
-    fake.ready_after_reads = 0
     fid = "cc" + uuid.uuid4().hex[:8]
     common = {"max_workers": 300, "boot_timeout": 3600, "container": {"command": ["worker"]}}
     config = parse_config({
@@ -60,16 +58,8 @@ def managed(aws_world: AwsWorld, gce_server: tuple[FakeGCE, str]) -> Iterator[tu
                     "provider_options": aws_world.ecs_options()},
             "gce": {**common, "provider": "gce", "provider_options": gce_options(url)},
         }}, "<test>")
-    dispatcher = InlineDispatcher()
-    manager = Manager(config, redis.Redis.from_url(REDIS_URL), dispatcher, url=REDIS_URL)
-    dispatcher.manager = manager
-    yield manager, dispatcher
-    for cluster in config.clusters:
-        drive(manager, dispatcher, cluster, 0, timeout=120)
-    fake.ready_after_reads = 1
-    keys = list(manager.redis.scan_iter(match=f"fleet:{fid}:*"))
-    if keys:
-        manager.redis.delete(*keys)
+    with inline_cloud(fake, config) as managed:
+        yield managed
 
 
 def aws_calls(manager: Manager, cluster: str) -> Counter[str]:

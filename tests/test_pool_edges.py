@@ -8,64 +8,21 @@ memory provider in this process (and the local one where real processes matter).
 from __future__ import annotations
 
 import sys
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from fleet.config import parse_config
 from fleet.errors import PermanentProviderError
 from fleet.manager import Manager
 from fleet.provider import Cause, Cluster, Interruption, ProviderContext
 from fleet.testing.inline import InlineDispatcher
 from providers.local import LocalProvider
 from providers.memory import MemoryProvider
-from tests.conftest import REDIS_URL
+from tests.conftest import inline, work
 
 CMD = [sys.executable, "-c", "import time; time.sleep(600)"]
-
-
-@pytest.fixture
-def fid() -> Iterator[str]:
-    fleet_id = "pe" + uuid.uuid4().hex[:8]
-    yield fleet_id
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(match=f"fleet:{fleet_id}:*"))
-    if keys:
-        r.delete(*keys)
-
-
-def make(fid: str, clusters: dict[str, Any], state: Path | None = None) -> tuple[Manager, InlineDispatcher]:
-    config = parse_config({"fleet": {"id": fid, "orphan_grace": 3600, **({"state_dir": str(state)} if state else {})},
-                           "providers": {"memory": {"ops_per_second": 10000}, "local": {"ops_per_second": 10000}},
-                           "clusters": clusters}, "<test>")
-    dispatcher = InlineDispatcher()
-    manager = Manager(config, redis.Redis.from_url(REDIS_URL), dispatcher, url=REDIS_URL)
-    dispatcher.manager = manager
-    return manager, dispatcher
-
-
-def work(d: InlineDispatcher, most: int = 300) -> Counter[str]:
-    """Run the queued jobs in order, `most` at most: a livelock must fail the test, not hang it."""
-    done: Counter[str] = Counter()
-    while d.jobs and sum(done.values()) < most:
-        kind, args = d.jobs.popleft()
-        done[kind] += 1
-        manager = d.manager
-        if kind == "run":
-            manager.launcher.run_launch(*args)
-        elif kind == "kill":
-            manager.launcher.kill_handles(*args)
-        elif kind == "check":
-            manager.followups.check(*args)
-        else:
-            manager.reconciler.reconcile(*args)
-    assert not d.jobs, f"still {len(d.jobs)} jobs after {most}: a livelock ({dict(done)})"
-    return done
 
 
 def by_pool(m: Manager, cluster: str) -> dict[tuple[str, str], int]:
@@ -96,7 +53,7 @@ def on_demand_first(m: Manager, d: InlineDispatcher, n: int) -> None:
     two_pools({"provider_options": {"boot_seconds": 30}, "max_workers": 1}),  # the surge fills spot's cap
 ], ids=["surge-at-max", "surge-fills-the-pool-cap"])
 def test_a_surge_that_boots_slowly_is_kept_not_cancelled_and_launched_again(fid: str, clusters: dict[str, Any]) -> None:
-    m, d = make(fid, clusters)
+    m, d = inline(fid, clusters)
     desired = 4 if clusters["c"]["max_workers"] == 5 else 2
     on_demand_first(m, d, desired)
     m.dispatcher.reconcile("c")
@@ -110,7 +67,7 @@ def test_a_surge_that_boots_slowly_is_kept_not_cancelled_and_launched_again(fid:
 
 
 def test_a_held_handle_in_a_worse_pool_stays_and_nothing_churns(fid: str) -> None:
-    m, d = make(fid, two_pools())
+    m, d = inline(fid, two_pools())
     on_demand_first(m, d, 2)
     held = sorted(m.store.read("c").handles)[0]
     m.api.hold("c", held, True)
@@ -130,7 +87,7 @@ def test_a_held_handle_in_a_worse_pool_stays_and_nothing_churns(fid: str) -> Non
 
 def test_switching_a_cluster_to_pools_keeps_its_live_workers(fid: str, tmp_path: Path) -> None:
     local = {"kill_grace": 1}
-    m, d = make(fid, {"c": {"provider": "local", "provider_options": local, "max_workers": 4,
+    m, d = inline(fid, {"c": {"provider": "local", "provider_options": local, "max_workers": 4,
                             "container": {"command": CMD}}}, tmp_path)
     lp = LocalProvider(ProviderContext(fid, tmp_path))
     everything = Cluster(fid, "c", 1, lp.options_model())
@@ -142,7 +99,7 @@ def test_switching_a_cluster_to_pools_keeps_its_live_workers(fid: str, tmp_path:
         before = set(m.store.read("c").handles)
         pools = [{"name": "a", "provider": "local", "provider_options": local},
                  {"name": "b", "provider": "local", "provider_options": local}]
-        m2, d2 = make(fid, {"c": {"max_workers": 4, "container": {"command": CMD}, "pools": pools}}, tmp_path)
+        m2, d2 = inline(fid, {"c": {"max_workers": 4, "container": {"command": CMD}, "pools": pools}}, tmp_path)
         for _ in range(3):
             report = m2.sweeper.sweep_cluster("c")
             assert report["pruned"] == 0, report
@@ -163,13 +120,13 @@ def test_a_pool_removed_from_the_config_is_still_swept_and_killed_by_its_own_pro
         fid: str, tmp_path: Path) -> None:
     a = {"name": "a", "provider": "local", "provider_options": {"kill_grace": 1}}
     b = {"name": "b", "provider": "memory"}
-    m, d = make(fid, {"c": {"max_workers": 4, "container": {"command": CMD}, "pools": [a, b]}}, tmp_path)
+    m, d = inline(fid, {"c": {"max_workers": 4, "container": {"command": CMD}, "pools": [a, b]}}, tmp_path)
     m.holds.set_no_capacity("c", 3600, "a")
     m.api.scale("c", 2)
     work(d)
     assert by_pool(m, "c") == {("b", "running"): 2}
     m.holds.clear("c", ["a", "b"])
-    m2, d2 = make(fid, {"c": {"max_workers": 4, "container": {"command": CMD}, "pools": [a]}}, tmp_path)
+    m2, d2 = inline(fid, {"c": {"max_workers": 4, "container": {"command": CMD}, "pools": [a]}}, tmp_path)
     world = MemoryProvider.world(fid)
     lp = LocalProvider(ProviderContext(fid, tmp_path))
     try:
@@ -193,7 +150,7 @@ def test_a_pool_removed_from_the_config_is_still_swept_and_killed_by_its_own_pro
 
 
 def test_a_failing_interruption_signal_does_not_blind_the_sweep(fid: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    m, d = make(fid, {"c": {"max_workers": 4, "container": {"command": ["w"]},
+    m, d = inline(fid, {"c": {"max_workers": 4, "container": {"command": ["w"]},
                             "pools": [{"name": "spot", "provider": "memory"}]}})
     m.api.scale("c", 2)
     work(d)
@@ -211,7 +168,7 @@ def test_a_failing_interruption_signal_does_not_blind_the_sweep(fid: str, monkey
 
 @pytest.mark.parametrize("deadline", [float("inf"), float("nan")])
 def test_a_nonsense_deadline_is_no_deadline_and_leaves_the_counts_whole(fid: str, deadline: float) -> None:
-    m, d = make(fid, {"c": {"max_workers": 4, "container": {"command": ["w"]},
+    m, d = inline(fid, {"c": {"max_workers": 4, "container": {"command": ["w"]},
                             "pools": [{"name": "spot", "provider": "memory"}]}})
     m.api.scale("c", 1)
     work(d)

@@ -6,40 +6,16 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
-from fleet.config import parse_config
 from fleet.errors import ScaleRefused
 from fleet.manager import Manager
 from fleet.testing.inline import InlineDispatcher
 from providers.memory import MemoryProvider
-from tests.conftest import REDIS_URL
-from tests.test_pool_edges import work
-
-
-@pytest.fixture
-def fid() -> Iterator[str]:
-    fleet_id = "ro" + uuid.uuid4().hex[:8]
-    yield fleet_id
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(match=f"fleet:{fleet_id}:*"))
-    if keys:
-        r.delete(*keys)
-
-
-def make(fid: str, clusters: dict[str, Any]) -> tuple[Manager, InlineDispatcher]:
-    config = parse_config({"fleet": {"id": fid, "orphan_grace": 3600}, "providers": {"memory": {"ops_per_second": 10000}},
-                           "clusters": clusters}, "<test>")
-    dispatcher = InlineDispatcher()
-    manager = Manager(config, redis.Redis.from_url(REDIS_URL), dispatcher, url=REDIS_URL)
-    dispatcher.manager = manager
-    return manager, dispatcher
+from tests.conftest import inline, work
 
 
 def cluster(command: str = "v1", **extra: Any) -> dict[str, Any]:
@@ -63,12 +39,12 @@ def settle(m: Manager, d: InlineDispatcher, name: str, rounds: int = 12, watch: 
 
 
 def test_a_changed_spec_rolls_out_one_surge_at_a_time(fid: str) -> None:
-    m, d = make(fid, {"c": cluster()})
+    m, d = inline(fid, {"c": cluster()})
     m.api.scale("c", 4)
     settle(m, d, "c", 2)
     old = m.config.spec("c").revision("")
     assert revs(m, "c") == {old: 4}
-    m2, d2 = make(fid, {"c": cluster("v2")})  # the control plane restarts with a changed command
+    m2, d2 = inline(fid, {"c": cluster("v2")})  # the control plane restarts with a changed command
     new = m2.config.spec("c").revision("")
     assert new != old and m2.api.rollout("c", "status")["outdated"] == 4
     seen: list[tuple[int, int]] = []
@@ -83,12 +59,12 @@ def test_a_changed_spec_rolls_out_one_surge_at_a_time(fid: str) -> None:
 
 
 def test_new_workers_that_never_boot_stop_the_rollout_after_the_first_surge(fid: str) -> None:
-    m, d = make(fid, {"c": cluster()})
+    m, d = inline(fid, {"c": cluster()})
     m.api.scale("c", 4)
     settle(m, d, "c", 2)
     before = set(m.store.read("c").handles)
     broken = cluster(provider_options={"boot_seconds": 3600})  # a new revision whose workers never run
-    m2, d2 = make(fid, {"c": broken})
+    m2, d2 = inline(fid, {"c": broken})
     settle(m2, d2, "c", 8, pause=0.3)
     status = m2.api.rollout("c", "status")
     assert status["state"] == "stopped" and "did not run within boot_timeout" in status["reason"], status
@@ -102,7 +78,7 @@ def test_new_workers_that_never_boot_stop_the_rollout_after_the_first_surge(fid:
 
 
 def test_max_lifetime_replaces_old_workers_without_a_gap(fid: str) -> None:
-    m, d = make(fid, {"c": cluster(max_lifetime=1.0)})
+    m, d = inline(fid, {"c": cluster(max_lifetime=1.0)})
     m.api.scale("c", 2)
     settle(m, d, "c", 1)
     first = set(m.store.read("c").handles)
@@ -116,10 +92,10 @@ def test_max_lifetime_replaces_old_workers_without_a_gap(fid: str) -> None:
 
 
 def test_a_cluster_removed_from_the_config_is_retired_then_forgotten(fid: str) -> None:
-    m, d = make(fid, {"c": cluster(), "keep": cluster()})
+    m, d = inline(fid, {"c": cluster(), "keep": cluster()})
     m.api.scale("c", 3)
     settle(m, d, "c", 2)
-    m2, d2 = make(fid, {"keep": cluster()})  # restarted without "c"
+    m2, d2 = inline(fid, {"keep": cluster()})  # restarted without "c"
     assert m2.config.retired == {"c"}
     assert m2.sweeper.sweep_cluster("c")["retired"] == "declared elsewhere"  # the old process's word holds
     m2.redis.delete(f"fleet:{fid}:c:declared")  # until it expires: the old process is gone
@@ -138,7 +114,7 @@ def test_the_revision_survives_a_loss_of_redis_data_from_the_ec2_tags(fid: str, 
     def ec2(command: str) -> dict[str, Any]:
         return {"c": {"provider": "aws_ec2", "max_workers": 4, "container": {"command": [command]},
                       "provider_options": aws_world.ec2_options()}}
-    m, d = make(fid, ec2("v1"))
+    m, d = inline(fid, ec2("v1"))
     m.api.scale("c", 2)
     settle(m, d, "c", 2)
     launched = {h: r.rev for h, r in m.store.read("c").handles.items()}
@@ -146,7 +122,7 @@ def test_the_revision_survives_a_loss_of_redis_data_from_the_ec2_tags(fid: str, 
     assert set(launched.values()) == {old} and len(launched) == 2
     keys = list(m.redis.scan_iter(match=f"fleet:{fid}:*"))
     m.redis.delete(*keys)  # Redis loses everything (a restart without persistence)
-    m2, d2 = make(fid, ec2("v2"))  # and the control plane comes back with a changed command
+    m2, d2 = inline(fid, ec2("v2"))  # and the control plane comes back with a changed command
     m2.sweeper.sweep_cluster("c")  # the desired number is gone: the listed instances are adopted at once
     adopted = m2.store.read("c").handles
     assert {h: r.rev for h, r in adopted.items()} == launched  # read back from the fleet:revision tags
@@ -161,12 +137,12 @@ def test_the_revision_survives_a_loss_of_redis_data_from_the_ec2_tags(fid: str, 
 
 
 def test_a_paused_rollout_freezes_and_a_held_outdated_worker_does_not_surge_forever(fid: str) -> None:
-    m, d = make(fid, {"c": cluster(provider_options={"boot_seconds": 0.0})})
+    m, d = inline(fid, {"c": cluster(provider_options={"boot_seconds": 0.0})})
     m.api.scale("c", 2)
     settle(m, d, "c", 2)
     held = sorted(m.store.read("c").handles)[0]
     m.api.hold("c", held, True)
-    m2, d2 = make(fid, {"c": cluster("v2")})
+    m2, d2 = inline(fid, {"c": cluster("v2")})
     m2.api.rollout("c", "pause")
     launched = MemoryProvider.world(fid).calls["run"]
     settle(m2, d2, "c", 4)
@@ -185,7 +161,7 @@ def test_a_paused_rollout_freezes_and_a_held_outdated_worker_does_not_surge_fore
 
 
 def test_a_retired_cluster_launches_nothing_and_bad_records_never_stop_a_process(fid: str) -> None:
-    m, d = make(fid, {"c": cluster(), "keep": cluster()})
+    m, d = inline(fid, {"c": cluster(), "keep": cluster()})
     m.api.scale("c", 2)
     work(d)
     m.api.scale("c", 3)  # a launch planned, its run task not yet run when the process goes
@@ -193,19 +169,19 @@ def test_a_retired_cluster_launches_nothing_and_bad_records_never_stop_a_process
     m.reconciler.reconcile("c")
     pending = [args for kind, args in d.jobs if kind == "run"]
     assert pending
-    m2, _ = make(fid, {"keep": cluster()})
+    m2, _ = inline(fid, {"keep": cluster()})
     m2.redis.delete(f"fleet:{fid}:c:declared")
     for args in pending:
         assert m2.launcher.run_launch(*args)["state"] == "retired"
     assert MemoryProvider.world(fid).calls["run"] == 1  # only the first launch, before the restart
     for bad in ("null", "[]", "5", '{"pools": "x"}', '{"pools": [{"name": "", "provider": "nope"}]}'):
         m2.redis.set(f"fleet:{fid}:c:spec", bad)
-        m3, _ = make(fid, {"keep": cluster()})  # starts; the unreadable record is left alone
+        m3, _ = inline(fid, {"keep": cluster()})  # starts; the unreadable record is left alone
         assert "c" not in m3.config.retired and m3.queries.including_retired(m3.config, m3.redis).retired() == []
 
 
 def test_odd_field_types_in_a_record_are_read_alike_by_python_and_lua(fid: str) -> None:
-    m, _ = make(fid, {"c": cluster()})
+    m, _ = inline(fid, {"c": cluster()})
     k = m.store.of("c")
     odd = {"h1": {"w": 1, "s": "running", "rev": 0}, "h2": {"w": 1, "s": "running", "rev": True, "p": 5},
            "h3": {"w": 2, "s": "running", "rev": {"x": 1}, "int": []}, "h4": {"w": 1, "s": "running", "rev": 5.0}}

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from fleet.config import parse_config
 from fleet.manager import Manager
@@ -19,15 +18,13 @@ from fleet.model import FAILURE_KINDS
 from fleet.testing.backends.aws import AwsWorld, interrupt_fargate_spot
 from fleet.testing.backends.gce import FakeGCE
 from fleet.testing.inline import InlineDispatcher, drive
-from tests.conftest import REDIS_URL
+from tests.conftest import inline_cloud
 from tests.kits.gce import PROJECT, ZONE, gce_options
 
 
 @pytest.fixture
 def managed(aws_world: AwsWorld, gce_server: tuple[FakeGCE, str]) -> Iterator[tuple[Manager, InlineDispatcher]]:
     fake, url = gce_server
-    fake.clear_faults()
-    fake.ready_after_reads = 0
     fid = "sr" + uuid.uuid4().hex[:8]
     common = {"max_workers": 4, "boot_timeout": 3600, "container": {"command": ["worker"]}}
     config = parse_config({
@@ -38,16 +35,8 @@ def managed(aws_world: AwsWorld, gce_server: tuple[FakeGCE, str]) -> Iterator[tu
             "espot": {**common, "hardware": {"cpu": 0.25, "memory_mb": 512}, "pools": [
                 {"name": "spot", "provider": "aws_ecs", "provider_options": aws_world.ecs_options(market="spot")}]},
         }}, "<test>")
-    dispatcher = InlineDispatcher()
-    manager = Manager(config, redis.Redis.from_url(REDIS_URL), dispatcher, url=REDIS_URL)
-    dispatcher.manager = manager
-    yield manager, dispatcher
-    for cluster in config.clusters:
-        drive(manager, dispatcher, cluster, 0, timeout=60)
-    fake.ready_after_reads = 1
-    keys = list(manager.redis.scan_iter(match=f"fleet:{fid}:*"))
-    if keys:
-        manager.redis.delete(*keys)
+    with inline_cloud(fake, config) as managed:
+        yield managed
 
 
 def replaced(manager: Manager, dispatcher: InlineDispatcher, cluster: str, victim: str, cause: str) -> dict[str, Any]:

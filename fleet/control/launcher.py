@@ -62,7 +62,7 @@ class Launcher:
         lease = Lease(self.store.r, self.store.of(cluster).launch(launch_id), self.lease)
         if not lease.acquire():
             return {"launch_id": launch_id, "state": "busy", "handles": 0}
-        provider = spec.pool_or_first(pool).provider
+        provider = self.pool.of(cluster, pool).name  # the one that launches it (see ProviderPool.definition)
         if cluster in self.config.retired:  # a launch planned before the cluster left the config
             if first:
                 self.store.drop_launch(cluster, launch_id)
@@ -108,7 +108,7 @@ class Launcher:
         made (or makes it). Whatever exists is recorded as stopping and killed; only then does the
         pending entry go, so until the provider has answered the launch counts against max."""
         provider = self.pool.of(cluster, pool)
-        name = spec.pool_or_first(pool).provider
+        name = provider.name
         try:
             ref = self.pool.cluster(cluster, pool, excluded_types=self.holds.held_types(name, pool))
             try:
@@ -148,7 +148,7 @@ class Launcher:
         self.store.drop_launch(cluster, launch_id)
         fields: dict[str, Any] = {"op": "run", "launch": launch_id, "error": type(exc).__name__,
                                   "message": str(exc)[:500], **({"pool": pool} if pool else {})}
-        provider = spec.pool_or_first(pool).provider
+        provider = self.pool.of(cluster, pool).name
         if isinstance(exc, QuotaExceeded):
             self.holds.set_at_quota(cluster, self.config.fleet.quota_hold, pool)
             self.store.event(cluster, EventKind.AT_QUOTA, **fields)

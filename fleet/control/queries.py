@@ -87,11 +87,7 @@ class Queries:
         first = spec.pool_list[0].name
         out = []
         for pool in spec.pool_list:
-            why = self.holds.blocked(cluster, spec.fingerprint, pool.name)
-            if why is None and self.holds.provider_hold(pool.provider):
-                why = "rate limited"
-            elif why is None and self.holds.unresponsive(cluster, pool.name):
-                why = "unresponsive"
+            why = self.holds.skipped(cluster, spec.fingerprint, pool.name, pool.provider)
             by = {s.value: summary.counts.in_pool(pool.name, s, first) for s in HandleStatus}
             pending = sum(p.count for p in summary.pending.values()
                           if (p.pool or first) == pool.name and p.state is not LaunchState.CANCELLED)

@@ -95,8 +95,14 @@ def outdated_retirees(records: dict[str, HandleRecord], spec: ClusterSpec, curre
                   if r.status is HandleStatus.RUNNING and r.rev and r.rev not in current and not r.hold
                   and not (spare_busy and r.busy)),
                  key=lambda hr: (hr[1].busy > 0, hr[1].busy, hr[1].born or 0.0))
+    return up_to(old, most)
+
+
+def up_to(ranked: list[tuple[str, HandleRecord]], most: int) -> list[str]:
+    """The handles of `ranked` (best first) taken in order while their workers fit in `most`:
+    a retirement never takes more than it may (never below the desired number)."""
     chosen, total = [], 0
-    for h, r in old:
+    for h, r in ranked:
         if total + r.workers <= most:
             chosen.append(h)
             total += r.workers
@@ -151,12 +157,7 @@ def retirees(records: dict[str, HandleRecord], spec: ClusterSpec, best: int, mos
                     if r.status is HandleStatus.RUNNING and not r.hold and spec.rank(r.pool or first) > best
                     and not (spare_busy and r.busy)),
                    key=lambda hr: (hr[1].busy > 0, -spec.rank(hr[1].pool or first), hr[1].busy, -hr[1].since))
-    chosen, total = [], 0
-    for h, r in worse:
-        if total + r.workers <= most:
-            chosen.append(h)
-            total += r.workers
-    return chosen
+    return up_to(worse, most)
 
 
 class Reconciler:
@@ -214,16 +215,9 @@ class Reconciler:
     def blocked(self, cluster: str, spec: ClusterSpec) -> dict[str, str | None]:
         """Why each pool may not launch now (None: it may). With several pools, a rate-limited
         provider or an unresponsive pool is skipped too: its launches go to the next pool."""
-        out: dict[str, str | None] = {}
-        for pool in spec.pool_list:
-            why = self.holds.blocked(cluster, spec.fingerprint, pool.name)
-            if why is None and len(spec.pool_list) > 1:
-                if self.holds.provider_hold(pool.provider):
-                    why = "rate limited"
-                elif self.holds.unresponsive(cluster, pool.name):
-                    why = "unresponsive"
-            out[pool.name] = why
-        return out
+        several = len(spec.pool_list) > 1
+        return {p.name: self.holds.skipped(cluster, spec.fingerprint, p.name, p.provider, several)
+                for p in spec.pool_list}
 
     def _rollout_progress(self, cluster: str, rollout: dict[str, str], result: ReconcileResult) -> None:
         """Remember that a rollout is under way, and say when it is done."""

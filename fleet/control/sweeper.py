@@ -172,8 +172,12 @@ class Sweeper:
         for pool in pools:
             # a cluster that declares pools asks about its handles recorded without one (from
             # before it had pools) with pool "": those resources carry no pool tag
-            mine = {h: s for h, s in known.items() if view.pools.get(h, "") == pool} if spec.pools \
-                else view.in_pool(pool, first)
+            if not spec.pools and not view.pools:
+                mine = known  # the one pool "" holds every handle: no copy of the index
+            elif spec.pools:
+                mine = {h: s for h, s in known.items() if view.pools.get(h, "") == pool}
+            else:
+                mine = view.in_pool(pool, first)
             if pool not in declared and (not mine or self.pool.definition(cluster, pool) is None):
                 if mine:
                     log.warning("%d handle(s) of %s are in pool %r, which the config no longer has and Redis does "
@@ -190,11 +194,11 @@ class Sweeper:
             except ProviderError as exc:  # the optional signal failed: the statuses still count
                 log.warning("cannot read the interruption notices of %s pool %r: %s", cluster, pool, exc)
                 notices[pool] = []
+            current = spec.revision(pool)  # a provider that cannot tell a revision: taken for this one
             for h, w in (seen.listed or {}).items():
                 if h not in known and h not in unknown:
                     unknown[h], listed_by[h] = int(w), pool
-                    # a provider that cannot tell the revision: taken for the current one
-                    revisions[h] = seen.revisions.get(h) or spec.revision(pool)
+                    revisions[h] = seen.revisions.get(h) or current
             raw: dict[str, Any] = seen.status
             for h in list(mine) + [h for h, p in listed_by.items() if p == pool]:
                 st = _SEEN.get(raw.get(h))

@@ -455,10 +455,9 @@ GCE_MUTATING = {"insert", "bulk_insert", "delete"}
 def section_cloud(work: Path, n: int, say: Callable[[str], None]) -> dict[str, Any]:
     from fleet.config import parse_config
     from fleet.control.reconciler import LAUNCH_CHUNK
-    from fleet.manager import Manager
     from fleet.testing.backends.aws import moto_world
     from fleet.testing.backends.gce import FakeGCE
-    from fleet.testing.inline import InlineDispatcher, drive
+    from fleet.testing.inline import drive, inline_manager
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log
 
@@ -489,9 +488,7 @@ def section_cloud(work: Path, n: int, say: Callable[[str], None]) -> dict[str, A
                             "operation_timeout": 60, "retry_deadline": 5}},
                     }}
             config = parse_config(data, "<bench>")
-            dispatcher = InlineDispatcher()
-            manager = Manager(config, redis.Redis.from_url(url), dispatcher, url=url)
-            dispatcher.manager = manager
+            manager, dispatcher = inline_manager(config, url)
             for cluster, mutating in (("ec2", EC2_MUTATING), ("ec2spot", EC2_MUTATING), ("ecs", ECS_MUTATING),
                                       ("gce", GCE_MUTATING)):
                 calls: Counter[str] = Counter()

@@ -9,7 +9,11 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+import redis
+
+from fleet.config import FleetConfig
 from fleet.errors import TransientProviderError
+from fleet.manager import Manager
 
 
 class InlineDispatcher:
@@ -34,22 +38,33 @@ class InlineDispatcher:
     def check(self, cluster: str, delay: float, provider: str) -> None:
         self.jobs.append(("check", (cluster, delay)))
 
+    def do(self, kind: str, args: tuple[Any, ...]) -> Any:
+        """Run one job as its task would."""
+        if kind == "run":
+            return self.manager.launcher.run_launch(*args)
+        if kind == "kill":
+            return self.manager.launcher.kill_handles(*args)
+        if kind == "check":
+            return self.manager.followups.check(*args)
+        return self.manager.reconciler.reconcile(*args)
+
     def work(self) -> None:
         """Run every queued job (and what they queue), in order; a transient error re-queues it."""
         while self.jobs:
             kind, args = self.jobs.popleft()
             try:
-                if kind == "run":
-                    self.manager.launcher.run_launch(*args)
-                elif kind == "kill":
-                    self.manager.launcher.kill_handles(*args)
-                elif kind == "check":
-                    self.manager.followups.check(*args)
-                else:
-                    self.manager.reconciler.reconcile(*args)
+                self.do(kind, args)
             except TransientProviderError:
                 time.sleep(0.2)
                 self.jobs.append((kind, args))
+
+
+def inline_manager(config: FleetConfig, url: str) -> tuple[Manager, InlineDispatcher]:
+    """A Manager of `config` on the Redis at `url` whose work waits in an InlineDispatcher."""
+    dispatcher = InlineDispatcher()
+    manager = Manager(config, redis.Redis.from_url(url), dispatcher, url=url)
+    dispatcher.manager = manager
+    return manager, dispatcher
 
 
 def drive(manager: Any, dispatcher: InlineDispatcher, cluster: str, n: int, timeout: float) -> dict[str, Any]:
