@@ -130,7 +130,7 @@ def run_chaos(tmp: Path, seed: int) -> None:
     over: list[str] = []
     watching = threading.Event()
     watching.set()
-    interrupted_key = f"fleet:{fleet_id}:{POOLED}:counts"
+    pooled_counts = f"fleet:{fleet_id}:{POOLED}:counts"
 
     story: Counter[str] = Counter()
     seen = dict.fromkeys(CLUSTERS, "0")
@@ -147,7 +147,7 @@ def run_chaos(tmp: Path, seed: int) -> None:
             lost its data the marks are gone, but the interrupted workers live on until the
             cloud takes them (within notice_seconds), legitimately above max_workers."""
             try:
-                now_int = int(reader.hget(interrupted_key, "int") or 0)
+                now_int = int(reader.hget(pooled_counts, "int") or 0)
             except redis.RedisError:
                 return 1 << 20  # Redis is restarting: the allowance cannot be read; no verdict
             now = time.monotonic()
@@ -222,6 +222,12 @@ def run_chaos(tmp: Path, seed: int) -> None:
             n = rng.randint(0, CLUSTERS[name][1])
             if i == 50:  # the spot pool runs out of capacity for a while: its scale-up falls back
                 (tmp / "no-spot").touch()
+                # from 0, so that the scale-up surely launches (and so falls back)
+                client.send_task("fleet.scale", args=[POOLED, 0]).get(timeout=30)
+                deadline = time.monotonic() + 30
+                while int(r.hget(pooled_counts, "running") or 0) + int(r.hget(pooled_counts, "initializing") or 0):
+                    assert time.monotonic() < deadline, "the pooled cluster did not go to 0"
+                    time.sleep(0.05)
                 name, n = POOLED, CLUSTERS[POOLED][1]
             if i == 60:
                 (tmp / "no-spot").unlink()
@@ -233,11 +239,28 @@ def run_chaos(tmp: Path, seed: int) -> None:
                                     if json.loads(v).get("p") == "spot" and json.loads(v)["s"] == "running"]):
                     assert time.monotonic() < deadline, "no running spot worker to warn"
                     time.sleep(0.1)
+                # held, so that no scale-down kills it before its notice is read (a stopping worker
+                # is not marked interrupted: it goes anyway)
+                client.send_task("fleet.hold", args=[POOLED, spot[0], True]).get(timeout=30)
                 (tmp / "notices").write_text(spot[0] + "\n")
+                marked = f"interruptions|{POOLED}|spot|spot_interruption"
+                deadline = time.monotonic() + 30
+                while not r.hexists(f"fleet:{fleet_id}:metrics", marked):
+                    assert time.monotonic() < deadline, "the warned spot worker was never marked interrupted"
+                    time.sleep(0.05)
+                try:  # released again, if it has not gone meanwhile (its drain lasts notice_seconds)
+                    client.send_task("fleet.hold", args=[POOLED, spot[0], False]).get(timeout=30)
+                except Exception as exc:  # noqa: BLE001 - the task's InvalidRequest, rebuilt by Celery
+                    assert "has no handle" in str(exc), exc
             print(f"{time.monotonic() - started:6.1f}s request {i}: {name} -> {n}", flush=True)
             reply = client.send_task("fleet.scale", args=[name, n]).get(timeout=30)
             assert reply["desired"] == n
             last[name] = n
+            if i == 50:
+                deadline = time.monotonic() + 30
+                while not r.hexists(f"fleet:{fleet_id}:metrics", f"events|{POOLED}|fallback"):
+                    assert time.monotonic() < deadline, "the scale-up without spot capacity did not fall back"
+                    time.sleep(0.05)
             time.sleep(rng.uniform(0, 0.15))
         sent_in = time.monotonic() - started
 
