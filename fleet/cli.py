@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import signal
 import sys
 import time
@@ -15,14 +17,16 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from fleet import clock
 from fleet.client import PublicTasks, masked, refused
 from fleet.config import FleetConfig, config_path, load_config
+from fleet.connection import access_error, connect
 from fleet.control.queries import Queries
-from fleet.errors import FleetError
+from fleet.errors import FleetError, InvalidRequest
 from fleet.model import ClusterState
 from fleet.progress import wait_converged
+from fleet.requests import DEFAULT_TIMEOUT
 from fleet.runtime import resolve_redis_url
-from fleet.store import Store
 
 console = Console()
 err = Console(stderr=True)
@@ -41,7 +45,7 @@ def _config() -> FleetConfig:
 
 def _queries(config: FleetConfig) -> Queries:
     """Read-only views of the fleet in Redis: the CLI sends work only as public tasks."""
-    return Queries.including_retired(config, redis.Redis.from_url(resolve_redis_url(config)))
+    return Queries.including_retired(config, connect(resolve_redis_url(config)))
 
 
 class FleetGroup(click.Group):
@@ -53,11 +57,12 @@ class FleetGroup(click.Group):
         except FleetError as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
-        except redis.ConnectionError as exc:
-            err.print(f"[red]error:[/red] cannot reach Redis: {exc}", highlight=False, soft_wrap=True)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # refused, broken, or silent (fleet.connection)
+            why = access_error(exc) or f"cannot reach Redis: {exc}"  # a wrong password, a rejected certificate
+            err.print(f"[red]error:[/red] {why}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except redis.ResponseError as exc:
-            err.print(f"[red]error:[/red] {refused(exc)}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {access_error(exc) or refused(exc)}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
 
@@ -109,25 +114,47 @@ def up(control_workers: int, workers: int) -> None:
     console.print("stopped")
 
 
-@main.command()
+def _workers(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if value < 0:
+        raise click.BadParameter(f"workers must be a non-negative integer, not {value}")
+    return value
+
+
+# ignore_unknown_options: "-1" reaches WORKERS (and is refused there), not "No such option: -1"
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("cluster")
-@click.argument("workers", type=int)
-@click.option("--wait", is_flag=True, help="show progress until the cluster has converged")
+@click.argument("workers", type=int, callback=_workers)
+@click.option("--wait", is_flag=True, help="show progress until the cluster has converged, or cannot")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="seconds to wait")
 def scale(cluster: str, workers: int, wait: bool, timeout: float) -> None:
-    """Ask the control plane for WORKERS workers in CLUSTER (through the `fleet.scale` task)."""
+    """Ask the control plane for WORKERS workers in CLUSTER (through the `fleet.scale` task).
+    With --wait, show progress until it has converged; exit 1 on timeout, or at once (with the
+    reason) when it cannot converge: a permanent error, every pool held, a retired cluster."""
     config = _config()
     url = resolve_redis_url(config)
-    config.spec(cluster)
-    reply = _call(url, "fleet.scale", cluster, workers)
+    # a wrong password or no Redis: said at once, as `fleet status` does (the Celery client
+    # would retry its result backend for about 20 s, then blame Celery)
+    connect(url).ping()
+    queries = _queries(config)
+    queries.config.spec(cluster)  # a retired cluster too: the control plane says why it refuses it
+    reply = _call(config, "fleet.scale", cluster, workers)
     console.print(f"{cluster}: desired {reply['desired']} (version {reply['version']})")
-    if wait and not wait_converged(Store(redis.Redis.from_url(url), config.fleet.id), cluster, timeout, console):
+    if wait and not wait_converged(queries.store, cluster, timeout, console, queries=queries):
         sys.exit(1)
 
 
-def _call(url: str, task: str, *args: Any) -> Any:
-    """Send a public task by name and wait for its reply (a FleetError if it fails)."""
-    return PublicTasks(url).call(task, *args)
+def _call(config: FleetConfig, task: str, *args: Any) -> Any:
+    """Send a public task by name to this fleet and wait for its reply (a FleetError if it fails,
+    `NotApplied` only when it is sure never to be applied). FLEET_REQUEST_TIMEOUT (seconds,
+    default 30) is how long it waits, and when the request expires."""
+    raw = os.environ.get("FLEET_REQUEST_TIMEOUT") or str(DEFAULT_TIMEOUT)
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = math.nan
+    if not 0 < timeout <= 3600:
+        raise InvalidRequest(f"FLEET_REQUEST_TIMEOUT must be a number of seconds in (0, 3600], got {raw[:20]!r}")
+    return PublicTasks.of(config, resolve_redis_url(config), timeout).call(task, *args)
 
 
 @main.command()
@@ -137,7 +164,7 @@ def _call(url: str, task: str, *args: Any) -> Any:
 def hold(cluster: str, handle: str, release: bool) -> None:
     """Never kill HANDLE of CLUSTER automatically (until --release)."""
     config = _config()
-    reply = _call(resolve_redis_url(config), "fleet.hold", cluster, handle, not release)
+    reply = _call(config, "fleet.hold", cluster, handle, not release)
     console.print(f"{cluster}/{handle}: {'held' if reply['hold'] else 'released'}")
 
 
@@ -147,7 +174,7 @@ def hold(cluster: str, handle: str, release: bool) -> None:
 def drain(cluster: str, handle: str) -> None:
     """Drain HANDLE of CLUSTER: stop consuming, finish its tasks, then go (it is replaced)."""
     config = _config()
-    _call(resolve_redis_url(config), "fleet.drain_handle", cluster, handle)
+    _call(config, "fleet.drain_handle", cluster, handle)
     console.print(f"{cluster}/{handle}: draining")
 
 
@@ -157,7 +184,7 @@ def drain(cluster: str, handle: str) -> None:
 def kill(cluster: str, handle: str) -> None:
     """Kill HANDLE of CLUSTER now, held or not (it is replaced)."""
     config = _config()
-    _call(resolve_redis_url(config), "fleet.kill_handle", cluster, handle)
+    _call(config, "fleet.kill_handle", cluster, handle)
     console.print(f"{cluster}/{handle}: killed")
 
 
@@ -171,7 +198,7 @@ def rollout(cluster: str, action: str | None) -> None:
     new ones first, up to max_surge above desired, then the old ones drained and killed. A
     changed spec rolls out by itself; this resumes a stopped or paused rollout, or shows it."""
     config = _config()
-    s = _call(resolve_redis_url(config), "fleet.rollout", cluster, action or "start")
+    s = _call(config, "fleet.rollout", cluster, action or "start")
     why = f" ({s['reason']})" if s.get("reason") else ""
     console.print(f"{cluster}: rollout {s['state']}{why}: {s['outdated']} outdated, {s['updated']} updated, "
                   f"desired {s['desired'] if s['desired'] is not None else '-'}, running {s['running']} "
@@ -203,6 +230,7 @@ def console_cmd(host: str, port: int, read_only: bool) -> None:
     auth = "token from FLEET_CONSOLE_TOKEN" if token else "no authentication (loopback only)"
     console.print(f"console of fleet {config.fleet.id} at http://{host}:{server.effective_port}/ ({auth}"
                   f"{', read-only' if read_only else ''}); Redis {masked(url)}", highlight=False)
+    _ctrl_c_stops()
     try:
         server.run()
     except KeyboardInterrupt:
@@ -217,8 +245,9 @@ def metrics(port: int, addr: str) -> None:
     from fleet.metrics import serve
 
     config = _config()
-    server, thread = serve(config, redis.Redis.from_url(resolve_redis_url(config)), port, addr)
+    server, thread = serve(config, connect(resolve_redis_url(config)), port, addr)
     console.print(f"metrics of fleet {config.fleet.id} at http://{addr}:{server.server_port}/metrics")
+    _ctrl_c_stops()
     try:
         thread.join()
     except KeyboardInterrupt:
@@ -232,11 +261,12 @@ def clear(cluster: str) -> None:
     fleet-wide recovery hold), so that it launches again."""
     config = _config()
     config.spec(cluster)
-    reply = _call(resolve_redis_url(config), "fleet.clear", cluster)
+    reply = _call(config, "fleet.clear", cluster)
     console.print(f"{cluster}: {'cleared' if reply['cleared'] else 'nothing to clear'}")
 
 
-def _table(state: ClusterState, s: dict[str, Any]) -> Table:
+def _table(state: ClusterState, s: dict[str, Any], now: float) -> Table:
+    """One cluster's table; `now` is Redis time (`fleet.clock`), as the records' times are."""
     flags = [f"[red]error: {s['error']}[/red]"] if s["error"] else []
     flags += [f"[yellow]at quota for {s['at_quota']:.0f}s[/yellow]"] if s["at_quota"] else []
     flags += [f"[yellow]no capacity for {s['no_capacity']:.0f}s[/yellow]"] if s["no_capacity"] else []
@@ -264,7 +294,6 @@ def _table(state: ClusterState, s: dict[str, Any]) -> Table:
     pooled = bool(s.get("pools"))
     for col in ("handle", "workers", "status", "for", "launch") + (("pool",) if pooled else ()):
         table.add_column(col)
-    now = time.time()
     first = s["pools"][0]["pool"] if pooled else ""
     for handle, rec in sorted(state.handles.items(), key=lambda kv: kv[1].since):
         status = rec.status.value + (f" ({rec.interrupted})" if rec.interrupted else "")
@@ -286,29 +315,56 @@ def status(cluster: str | None, as_json: bool, watch: bool) -> None:
     names = [cluster] if cluster else list(config.clusters)
 
     def tables() -> list[Table]:
-        return [_table(st, s) for st, s in queries.detailed(names)]
+        now = clock.now(queries.client)
+        return [_table(st, s, now) for st, s in queries.detailed(names)]
 
     if as_json:
         # the `fleet.status` task's shape, plus every handle's record (readable names) under "workers"
         out = [queries.with_handles(c, st, s) for c, (st, s) in zip(names, queries.detailed(names))]
         click.echo(json.dumps(out[0] if cluster else out, indent=2))
     elif watch:
-        from rich.console import Group
-        from rich.live import Live
-
+        _ctrl_c_stops()
         try:
-            with Live(Group(*tables()), console=console, refresh_per_second=2) as live:
-                while True:
-                    time.sleep(1)
-                    live.update(Group(*tables()))
+            _watch(tables)
         except KeyboardInterrupt:
             pass
     else:
         for table in tables():
             console.print(table)
         _warn_dead_letters(queries)
+        _warn_clock_skew(queries)
         if not cluster:
             _warn_forgotten(queries)
+
+
+def _warn_clock_skew(queries: Queries) -> None:
+    for entry in queries.clock_skew():
+        err.print(f"[yellow]{clock.describe(entry)}[/yellow]", soft_wrap=True, highlight=False)
+
+
+def _watch(tables: Callable[[], list[Table]]) -> None:
+    """Every second, the tables: a live table on a terminal; else (a pipe, a file) each refresh
+    as plain text under a time line, flushed, so that a reader sees it at once. Until Ctrl-C."""
+    from rich.console import Group
+    from rich.live import Live
+
+    if console.is_terminal:
+        with Live(Group(*tables()), console=console, refresh_per_second=2) as live:
+            while True:
+                time.sleep(1)
+                live.update(Group(*tables()))
+    while True:
+        console.print(f"-- {time.strftime('%Y-%m-%d %H:%M:%S')}", highlight=False)
+        for table in tables():
+            console.print(table)
+        console.file.flush()
+        time.sleep(1)
+
+
+def _ctrl_c_stops() -> None:
+    """Ctrl-C (SIGINT) stops a command that runs until Ctrl-C, even if it was started where
+    SIGINT is ignored (`cmd &` in a shell without job control)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _warn_dead_letters(queries: Queries) -> None:
@@ -364,6 +420,17 @@ def events(cluster: str, count: int) -> None:
         at = time.strftime("%H:%M:%S", time.localtime(e.pop("at")))
         kind = e.pop("kind")
         console.print(f"{at} [bold]{kind:<12}[/bold] " + " ".join(f"{k}={v}" for k, v in e.items()), highlight=False)
+
+
+@main.command()
+@click.option("--role", type=click.Choice(["control", "read-only", "requester"]), required=True)
+@click.option("--user", help="the ACL user's name (default: fleet-ROLE)")
+def acl(role: str, user: str | None) -> None:
+    """The `ACL SETUSER` line of a least-privilege Redis user in ROLE for this fleet (fleet.acl)."""
+    from fleet.acl import setuser
+
+    config = _config()
+    click.echo(setuser(role, config.fleet.id, user or f"fleet-{role}", config.fleet.public_queue))
 
 
 @main.command()

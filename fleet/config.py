@@ -11,9 +11,9 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleet.errors import ConfigError, FleetError, UnknownCluster
 from fleet.provider import ContainerSpec, Hardware
@@ -22,11 +22,38 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 DEFAULT_CONFIG = "fleet.toml"
 
 
+class RedisTLS(BaseModel):
+    """`fleet.redis_tls`: TLS files for a `rediss://` Redis (paths on the control plane's host)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: the CA that signed the server's certificate (else the system's CAs)
+    ca_file: Path | None = None
+    #: a client certificate and its key, for a server with `tls-auth-clients yes`
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: "required": the server's certificate must be valid for its host name; "none": not checked
+    verify: Literal["required", "none"] = "required"
+
+    @model_validator(mode="after")
+    def _pair(self) -> RedisTLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file, or neither")
+        return self
+
+
 class FleetSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(pattern=NAME_PATTERN)
     redis_url: str | None = None
+    #: Redis connection details a URL carries badly (fleet.connection.RedisTarget): an ACL user,
+    #: a file holding the password (FLEET_REDIS_PASSWORD / FLEET_REDIS_PASSWORD_FILE win), TLS
+    #: files, and a Sentinel master name (with a sentinel:// URL)
+    redis_username: str | None = Field(default=None, min_length=1, max_length=256)
+    redis_password_file: Path | None = None
+    redis_tls: RedisTLS | None = None
+    redis_sentinel_master: str | None = Field(default=None, min_length=1, max_length=256)
     sweep_interval: float = Field(default=5.0, gt=0, le=3600)
     state_dir: Path | None = None
     #: seconds a worker the provider lists but Redis does not know may wait to be explained by a
@@ -44,6 +71,17 @@ class FleetSettings(BaseModel):
     #: Celery task events (what Flower shows live); off by default: they cost a Redis PUBLISH per
     #: task and state change. Flower turns them on in the workers it sees whatever this says.
     task_events: bool = False
+    #: the Celery queue the public tasks (fleet.scale, ...) arrive on, and which only this fleet's
+    #: control plane may consume in its Redis database (see docs/configuration.md: two fleets on
+    #: one Redis server)
+    public_queue: str = Field(default="celery", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+    @field_validator("public_queue")
+    @classmethod
+    def _not_internal(cls, value: str) -> str:
+        if value.startswith("fleet."):
+            raise ValueError("must not start with 'fleet.': those are the fleets' internal queues")
+        return value
 
 
 class ProviderLimits(BaseModel):
@@ -146,6 +184,8 @@ class ClusterSpec(BaseModel):
     queues: tuple[Annotated[str, Field(min_length=1, max_length=255)], ...] = Field(default=(), max_length=64)
     #: the workers' Celery broker, if not the fleet's Redis
     broker_url: str | None = None
+    #: RabbitMQ's management API (http(s)://...) of an amqp `broker_url`: the load counts its unacked messages
+    broker_management_url: str | None = None
     #: seconds a worker chosen for scale-down may finish its tasks (after it stops consuming)
     #: before it is killed; 0 kills at once. Needs `queues` and workers named `${FLEET_HANDLE}@...`
     drain_timeout: float = Field(default=0.0, ge=0, le=86400)
@@ -169,7 +209,8 @@ class ClusterSpec(BaseModel):
             p = self.pool(pool)
         except KeyError:
             return ""
-        what = {"container": self.container.model_dump(mode="json"), "hardware": self.hardware.model_dump(mode="json"),
+        container = self.container.model_dump(mode="json", exclude={"secrets"} if not self.container.secrets else None)
+        what = {"container": container, "hardware": self.hardware.model_dump(mode="json"),
                 "workers_per_container": self.workers_per_container, "provider": p.provider,
                 "provider_options": p.provider_options}
         return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
@@ -236,6 +277,10 @@ class ClusterSpec(BaseModel):
         if len(set(names)) != len(names):
             twice = sorted(n for n in set(names) if names.count(n) > 1)
             raise ValueError(f"pool names must differ: {', '.join(twice)}")
+        if self.broker_management_url and not (self.broker_url or "").startswith(("amqp://", "amqps://", "pyamqp://")):
+            raise ValueError("broker_management_url is RabbitMQ's: it needs an amqp:// broker_url")
+        if self.broker_management_url and not self.broker_management_url.startswith(("http://", "https://")):
+            raise ValueError("broker_management_url must be an http:// or https:// URL")
         if self.idle_timeout and not self.autoscale:
             raise ValueError("idle_timeout is for autoscaled clusters: add [autoscale]")
         if self.rebalance and len(self.pools) < 2:
@@ -324,12 +369,21 @@ def parse_config(data: dict[str, Any], source: str = "<memory>") -> FleetConfig:
                 cls = provider_class(pool.provider)
             except FleetError as exc:
                 raise ConfigError(f"{where}.provider: {exc}") from None
+            _check_secrets(spec, cls, f"{source}: clusters.{name}.container.secrets", pool.provider)
             try:
                 cls.validate_options(pool.provider_options)
             except ValidationError as exc:
                 problems = "; ".join(f"{where}.provider_options.{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
                 raise ConfigError(problems) from None
     return config
+
+
+def _check_secrets(spec: ClusterSpec, cls: Any, where: str, provider: str) -> None:
+    """A ConfigError naming the field when `provider` cannot serve a secret reference of `spec`."""
+    for secret, ref in spec.container.secrets.items():
+        problem = cls.secret_problem(ref)
+        if problem:
+            raise ConfigError(f"{where}.{secret}: provider {provider!r}: {problem}")
 
 
 def load_config(path: str | Path | None = None) -> FleetConfig:

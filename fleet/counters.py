@@ -12,6 +12,7 @@ instrumentation and by the transport, and read by `fleet.metrics` at scrape time
 | `op_sum|{provider}|{op}`, `op_count|{provider}|{op}` | seconds and number of operations            |
 | `op_errors|{provider}|{op}|{error}`    | failed operations by exception class name                 |
 | `dead_letters|{reason}`                | poison messages set aside (`fleet.deadletters`)           |
+| `unreadable|{cluster}|{source}|{reason}` | inputs from outside skipped or set aside (`fleet.inputs`) |
 | `pool_launches|{cluster}|{pool}`       | workers launched in a pool (recorded by `lua/record.lua`)  |
 | `fallbacks|{cluster}|{pool}|{cause}`   | workers launched elsewhere because the pool was skipped    |
 | `interruptions|{cluster}|{pool}|{cause}` | workers the cloud reclaims (`lua/interrupt.lua`)        |
@@ -105,6 +106,19 @@ def record_op(client: redis.Redis, keys: Keyspace, provider: str, op: str, secon
         pipe.execute()
     except redis.RedisError as exc:
         log.warning("cannot record a %s %s operation in the metrics: %s", provider, op, exc)
+
+
+def unreadable_field(cluster: str, source: str, reason: str) -> str:
+    return f"unreadable|{cluster}|{source}|{reason}"
+
+
+def record_unreadable(client: redis.Redis, keys: Keyspace, cluster: str, source: str, reason: str, n: int) -> None:
+    """Count `n` inputs from outside of `source` that could not be read (`Provider.unreadable`;
+    `source` and `reason` are slugs). Never raises a Redis error."""
+    try:
+        client.hincrby(keys.metrics, unreadable_field(cluster, source, reason), n)
+    except redis.RedisError as exc:
+        log.warning("cannot count unreadable inputs of %s in the metrics: %s", cluster, exc)
 
 
 def lua_constants() -> str:

@@ -28,8 +28,40 @@ class ScaleRefused(InvalidRequest):
     """The requested worker number is outside the cluster's [min_workers, max_workers]."""
 
 
+class WrongFleet(InvalidRequest):
+    """The request names another fleet (its `fleet_id` header) than the control plane that
+    received it. Nothing was changed."""
+
+
+class RequestExpired(FleetError):
+    """A control plane refused a request whose deadline (its `fleet_deadline` header, in Redis
+    time) had passed, or whose sender had given up on it: it was not applied, and never will be."""
+
+
+class NotApplied(FleetError):
+    """The caller gave up waiting for an answer and made sure the request is never applied (no
+    control plane had taken it). Nothing was changed."""
+
+
+class NoAnswer(FleetError):
+    """A control plane took the request but its answer did not come in time: it may have been applied."""
+
+
+class QueueTaken(FleetError):
+    """Another fleet's control plane consumes the same public queue of the same Redis database."""
+
+
 class NoRedis(FleetError):
     """No Redis URL is configured and no embedded Redis is running."""
+
+
+class RedisRefusesWrites(FleetError):
+    """Redis refuses writes for its own state (its memory full: OOM; its disk full: MISCONF; a
+    read-only replica). Nothing was changed; the same request succeeds once Redis accepts writes."""
+
+
+class RedisUnreachable(FleetError):
+    """Redis (the broker) could not be reached, or did not answer in time. Nothing may have been sent."""
 
 
 class ProviderNotFound(FleetError):

@@ -19,18 +19,13 @@ held for capacity are per provider and pool (spot capacity says nothing of on-de
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import redis
 
+from fleet import clock
 from fleet.keys import Keyspace
-
-
-def _left(raw: Any) -> float:
-    """Seconds left of a hold whose key holds the time it ends (0: none, or over)."""
-    return max(float(raw) - time.time(), 0.0) if raw else 0.0
 
 
 class Holds:
@@ -38,15 +33,19 @@ class Holds:
         self.r = client
         self.keys = Keyspace(fleet_id)
 
+    def _left(self, raw: Any) -> float:
+        """Seconds left of a hold whose key holds the time it ends, in Redis time (0: none, or over)."""
+        return max(float(raw) - clock.now(self.r), 0.0) if raw else 0.0
+
     def _set(self, key: str, seconds: float) -> None:
-        self.r.set(key, time.time() + seconds, px=max(int(seconds * 1000), 1))
+        self.r.set(key, clock.now(self.r) + seconds, px=max(int(seconds * 1000), 1))
 
     # -- provider-wide ---------------------------------------------------------------------
     def hold_provider(self, provider: str, seconds: float) -> None:
         """No call to `provider` for `seconds` (a later, longer hold wins; a shorter one is ignored)."""
         key = self.keys.provider_hold(provider)
         seconds = max(seconds, 0.05)
-        until = time.time() + seconds
+        until = clock.now(self.r) + seconds
         with self.r.pipeline() as pipe:
             pipe.set(key, until, px=int(seconds * 1000), nx=True)
             pipe.get(key)
@@ -56,14 +55,14 @@ class Holds:
 
     def provider_hold(self, provider: str) -> float:
         """Seconds left of a rate-limit hold on `provider` (0: none)."""
-        return _left(self.r.get(self.keys.provider_hold(provider)))
+        return self._left(self.r.get(self.keys.provider_hold(provider)))
 
     def call_holds(self, provider: str, cluster: str, pool: str = "") -> tuple[float, float]:
         """(seconds left of a rate-limit hold on `provider`, of an unresponsive hold on `cluster`'s
         `pool`), in one round trip: what every provider call checks first."""
         held, unresponsive = self.r.mget(self.keys.provider_hold(provider),
                                          self.keys.cluster(cluster).pool(pool).unresponsive)
-        return _left(held), _left(unresponsive)
+        return self._left(held), self._left(unresponsive)
 
     @staticmethod
     def capacity_scope(provider: str, pool: str = "") -> str:
@@ -72,11 +71,11 @@ class Holds:
 
     def hold_type(self, provider: str, instance_type: str, seconds: float, pool: str = "") -> None:
         self.r.zadd(self.keys.provider_capacity(self.capacity_scope(provider, pool)),
-                    {instance_type: time.time() + seconds})
+                    {instance_type: clock.now(self.r) + seconds})
 
     def held_types(self, provider: str, pool: str = "") -> frozenset[str]:
         key = self.keys.provider_capacity(self.capacity_scope(provider, pool))
-        now = time.time()
+        now = clock.now(self.r)
         with self.r.pipeline() as pipe:
             pipe.zremrangebyscore(key, "-inf", now)
             pipe.zrangebyscore(key, now, "+inf")
@@ -85,10 +84,10 @@ class Holds:
 
     def start_recovery(self, seconds: float) -> None:
         """Hold every launch of the fleet for `seconds` (Redis lost data under us)."""
-        self.r.set(self.keys.recovering, time.time() + seconds, px=int(seconds * 1000), nx=True)
+        self.r.set(self.keys.recovering, clock.now(self.r) + seconds, px=int(seconds * 1000), nx=True)
 
     def recovering(self) -> float:
-        return _left(self.r.get(self.keys.recovering))
+        return self._left(self.r.get(self.keys.recovering))
 
     # -- per cluster -----------------------------------------------------------------------
     def _of(self, cluster: str, pool: str) -> Any:
@@ -99,14 +98,14 @@ class Holds:
 
     def at_quota(self, cluster: str, pool: str = "") -> float:
         """Seconds left at quota (0: not at quota)."""
-        return _left(self.r.get(self._of(cluster, pool).at_quota))
+        return self._left(self.r.get(self._of(cluster, pool).at_quota))
 
     def set_no_capacity(self, cluster: str, seconds: float, pool: str = "") -> None:
         """No launch for the cluster (or pool) for a while: no capacity for anything it may use."""
         self._set(self._of(cluster, pool).no_capacity, seconds)
 
     def no_capacity(self, cluster: str, pool: str = "") -> float:
-        return _left(self.r.get(self._of(cluster, pool).no_capacity))
+        return self._left(self.r.get(self._of(cluster, pool).no_capacity))
 
     def hold_unresponsive(self, cluster: str, seconds: float, pool: str = "") -> None:
         """A provider call of the cluster (pool) timed out: fail its next calls at once for `seconds`."""
@@ -114,14 +113,18 @@ class Holds:
 
     def unresponsive(self, cluster: str, pool: str = "") -> float:
         """Seconds left of the hold after a provider call of the cluster timed out (0: none)."""
-        return _left(self.r.get(self._of(cluster, pool).unresponsive))
+        return self._left(self.r.get(self._of(cluster, pool).unresponsive))
+
+    def lift_unresponsive(self, cluster: str, pool: str = "") -> None:
+        """The call that timed out answered after all: the provider is slow, not gone; end the hold."""
+        self.r.delete(self._of(cluster, pool).unresponsive)
 
     def worker_went_away(self, cluster: str, pools: Iterable[str] = ("",)) -> None:
         """A worker left: the quota may have room again."""
         self.r.delete(*(self._of(cluster, p).at_quota for p in pools))
 
     def set_error(self, cluster: str, message: str, fingerprint: str, pool: str = "") -> None:
-        record = {"message": message[:1000], "fingerprint": fingerprint, "at": time.time()}
+        record = {"message": message[:1000], "fingerprint": fingerprint, "at": clock.now(self.r)}
         self.r.set(self._of(cluster, pool).error, json.dumps(record))
 
     def error(self, cluster: str, pool: str = "") -> dict[str, Any] | None:

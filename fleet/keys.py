@@ -63,10 +63,14 @@ FLEET_KEYS: tuple[KeyInfo, ...] = (
     KeyInfo("recovering", "string", "the time the recovery hold (no launch in the whole fleet) ends"),
     KeyInfo("metrics", "hash", "every counter and histogram bucket (`fleet.counters`)"),
     KeyInfo("dead_letters", "list", "messages the control plane could not decode or dispatch, newest first, capped"),
+    KeyInfo("clocks", "hash", "`<host>/<pid>` -> each control-plane process's clock offset (`fleet.clock`)"),
+    KeyInfo("sweep_tick", "string", "set for half a sweep interval by each beat sweep: a backlog of them runs once"),
+    KeyInfo("request:<task id>", "string",
+            "a public request's fate (`applying`, `expired`, `abandoned`: `fleet.requests`), kept past its deadline"),
     KeyInfo("provider:<p>:hold", "string", "the time a rate-limit hold on provider p ends"),
     KeyInfo("provider:<p>:capacity", "sorted set", "instance types without capacity, scored by when their hold ends"),
     KeyInfo("provider:<p>:slot:<i>", "string", "the concurrent-launch slots of provider p (leases)"),
-    KeyInfo("limits...", "(prefix)", "the `limits` library's moving windows for `ops_per_second`"),
+    KeyInfo("limits...", "(prefix)", "each provider's `ops_per_second` moving window (`fleet.limits`)"),
 )
 
 KEY_TABLE: tuple[KeyInfo, ...] = CLUSTER_KEYS + FLEET_KEYS
@@ -219,6 +223,18 @@ class Keyspace:
         return self.prefix + "dead_letters"
 
     @property
+    def clocks(self) -> str:
+        return self.prefix + "clocks"
+
+    @property
+    def sweep_tick(self) -> str:
+        return self.prefix + "sweep_tick"
+
+    def request(self, task_id: str) -> str:
+        """The fate of one public request (`fleet.requests`)."""
+        return self.prefix + "request:" + task_id
+
+    @property
     def limits_prefix(self) -> str:
         return self.prefix + "limits"
 
@@ -243,3 +259,10 @@ class Keyspace:
     def pattern(self, kind: str) -> str:
         """A SCAN pattern for every cluster's `kind` key."""
         return f"{self.prefix}*:{kind}"
+
+
+def queue_owner(queue: str) -> str:
+    """The one key outside every fleet's prefix: which fleet's control plane consumes the public
+    queue `queue` of this Redis database (its fleet id, with a TTL its heartbeat renews:
+    `fleet.owner`)."""
+    return f"fleet-queue:{queue}:owner"

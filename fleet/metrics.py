@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -29,6 +28,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from fleet import clock
 from fleet.config import FleetConfig
 from fleet.counters import OP_BUCKETS, OPS, READY_BUCKETS
 from fleet.keys import Keyspace
@@ -149,8 +149,7 @@ class FleetCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        now = time.time()
-        yield from self._gauges(data, now)
+        yield from self._gauges(data, clock.now(self.r))  # holds end at Redis times (fleet.clock)
         yield from self._counters(data["metrics"])
         yield from self._histograms(data["metrics"])
 
@@ -224,6 +223,8 @@ class FleetCollector(Collector):
                 op_errors[(parts[1], parts[2], parts[3])] = _num(value)
             elif parts[0] == "dead_letters" and len(parts) == 2:
                 dead[parts[1]] = _num(value)
+            elif parts[0] == "unreadable" and len(parts) == 4:
+                pooled["unreadable"][tuple(parts[1:])] = _num(value)
         clusters = sorted(set(self.config.clusters) | {c for c, _ in events})
 
         def count(cluster: str, *kinds: str) -> float:
@@ -261,12 +262,16 @@ class FleetCollector(Collector):
         interruptions = CounterMetricFamily("fleet_interruptions",
                                             "Workers the cloud reclaimed (counted as interrupted, not failed), by "
                                             "pool and cause", labels=["cluster", "pool", "cause"])
+        unreadable = CounterMetricFamily("fleet_unreadable_inputs",
+                                         "Inputs from outside (queue messages, tags, labels, operations) that could "
+                                         "not be read and were skipped or set aside, by source and reason",
+                                         labels=["cluster", "source", "reason"])
         for family, name in ((pool_launches, "pool_launches"), (fallbacks, "fallbacks"),
-                             (interruptions, "interruptions")):
+                             (interruptions, "interruptions"), (unreadable, "unreadable")):
             for labels, n in sorted(pooled[name].items()):
                 family.add_metric(list(labels), n)
         yield from (total, launches, kills, replacements, failures, errors, dead_letters, pool_launches, fallbacks,
-                    interruptions)
+                    interruptions, unreadable)
 
     # -- histograms ------------------------------------------------------------------------
     def _histograms(self, metrics: dict[str, str]) -> Iterator[Metric]:

@@ -99,6 +99,7 @@ class EventKind(str, enum.Enum):
     ROLLOUT_DONE = "rollout_done"  # no outdated worker is left
     EXPIRED = "expired"  # workers older than max_lifetime: outdated from now on
     RETIRING = "retiring"  # the cluster left the config with workers: they are drained and killed
+    REQUEST_EXPIRED = "request_expired"  # a public request refused: past its deadline, or its sender gave up
 
     def __str__(self) -> str:
         return self.value

@@ -5,11 +5,17 @@ by hostname: start them with `--hostname ${FLEET_HANDLE}@%h`.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from celery import Celery
+
+from fleet.amqp_management import Depth, Management
+from fleet.connection import target, transport_options
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,11 +30,27 @@ class Activity:
 
 
 class Probe:
-    """One per broker URL; cheap to keep (connections are pooled by kombu)."""
+    """One per broker URL; cheap to keep (connections are pooled by kombu). With `management_url`
+    (RabbitMQ's management API), `depth` reads ready and unacknowledged messages there."""
 
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, broker_url: str, management_url: str | None = None) -> None:
         self.app = Celery("fleet-probe", broker=broker_url, set_as_current=False)
         self.app.conf.broker_connection_retry_on_startup = True
+        if broker_url.startswith(("redis://", "rediss://")):  # timeouts and keepalive (fleet.connection)
+            self.app.conf.broker_transport_options = transport_options()
+            self.app.conf.update(target(broker_url).broker_access())  # the fleet's Redis: its user, TLS
+        self.management = Management(management_url, broker_url) if management_url else None
+
+    def depth(self, queues: Sequence[str]) -> Depth:
+        """What `queues` hold: from the management API when there is one (ready and unacked;
+        if it cannot be read, a warning and what follows), else ready only, by passive declare."""
+        if self.management is not None:
+            try:
+                return self.management.depth(queues)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read the broker's management API (%s): counting ready messages only",
+                            type(exc).__name__)
+        return Depth(self.waiting(queues))
 
     def waiting(self, queues: Sequence[str]) -> int:
         """Messages waiting in `queues` (for Redis, priority sub-queues included)."""
@@ -47,8 +69,8 @@ class Probe:
         broadcasts only they answer, each done when all answered or after `timeout` seconds."""
         if not handles:
             return Activity()
-        pattern = "^(?:" + "|".join(re.escape(h) for h in handles) + ")@"
-        inspect = self.app.control.inspect(timeout=timeout, limit=len(handles), pattern=pattern, matcher="pcre")
+        inspect = self.app.control.inspect(timeout=timeout, limit=len(handles), pattern=_pattern(handles),
+                                           matcher="pcre")
         replies = inspect.active() or {}
         reserved = inspect.reserved() or {}
         found = Activity()
@@ -66,9 +88,16 @@ class Probe:
         for queue in queues:
             self.app.control.add_consumer(queue, destination=list(hostnames))
 
-    def stop_consuming(self, queues: Iterable[str], hostnames: Sequence[str]) -> None:
-        """Tell these workers to stop taking new messages from `queues` (they finish what they hold)."""
-        if not hostnames:
+    def stop_consuming(self, queues: Iterable[str], handles: Sequence[str]) -> None:
+        """Tell the workers of `handles` (hostnames `<handle>@...`) to stop taking new messages
+        from `queues`; they finish what they hold. Sent by hostname pattern, to no list of
+        names: a worker that cannot answer now (busy, stopped) reads it when it reads again."""
+        if not handles:
             return
         for queue in queues:
-            self.app.control.cancel_consumer(queue, destination=list(hostnames))
+            self.app.control.cancel_consumer(queue, pattern=_pattern(handles), matcher="pcre")
+
+
+def _pattern(handles: Sequence[str]) -> str:
+    """The hostname pattern of the workers of `handles`."""
+    return "^(?:" + "|".join(re.escape(h) for h in handles) + ")@"

@@ -44,6 +44,11 @@ Assumptions every provider may rely on, and every caller must honour:
   `PermanentProviderError`. Anything else is treated as transient.
 * **No secrets in arguments.** Credentials come from the SDK's own chain (environment, profiles,
   metadata), never from a cluster spec or a task argument.
+* **Secrets by reference.** `container.secrets` maps a variable name to a reference
+  (`fleet.secrets`), never a value. A provider serves the schemes of `secret_schemes`: it has the
+  VM or task fetch the value at boot with its own identity, or reads `env:`/`file:` at launch and
+  hands the value straight to the process. A secret's value goes into no VM metadata, task
+  definition, override or tag; neither it nor a `container.env` value into an error or a log.
 
 Cross-cutting concerns (rate limiting, metrics, fault injection) wrap a provider; they are not
 written into each one.
@@ -52,13 +57,19 @@ written into each one.
 from __future__ import annotations
 
 import enum
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from fleet.inputs import slug
+from fleet.secrets import check_name, check_ref
+
+log = logging.getLogger(__name__)
 
 
 class WorkerStatus(str, enum.Enum):
@@ -77,6 +88,16 @@ class ContainerSpec(BaseModel):
     command: tuple[str, ...] = Field(min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
     image: str = ""
+    #: environment variable name -> a reference to its value (`fleet.secrets`): never the value
+    secrets: dict[Annotated[str, AfterValidator(check_name)], Annotated[str, AfterValidator(check_ref)]] = Field(
+        default_factory=dict, max_length=100)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ContainerSpec:
+        both = sorted(set(self.env) & set(self.secrets))
+        if both:
+            raise ValueError(f"{', '.join(both)}: in both env and secrets; keep each in one of them")
+        return self
 
 
 class Hardware(BaseModel):
@@ -179,12 +200,19 @@ class Observation:
     revisions: Mapping[str, str] = field(default_factory=dict)
 
 
+#: `ProviderContext.report`'s signature: (cluster, source, reason, how many)
+Report = Callable[[str, str, str, int], None]
+
+
 @dataclass(frozen=True)
 class ProviderContext:
-    """What a provider instance is built with: the fleet it serves and a folder it may write to."""
+    """What a provider instance is built with: the fleet it serves, a folder it may write to, and
+    where it counts the inputs from outside it could not read (`Provider.unreadable`; None: only
+    logged)."""
 
     fleet_id: str
     state_dir: Path
+    report: Report | None = field(default=None, compare=False)
 
 
 def import_sdk(module: str, extra: str) -> Any:
@@ -218,9 +246,24 @@ class Provider(ABC, Generic[O]):
     #: reaches `sweep_interval` (the sweep takes over): fast providers' workers are seen running
     #: at once without a shorter sweep interval for everybody. Slow ones leave it above it.
     first_check: ClassVar[float] = 30.0
+    #: The `container.secrets` reference schemes this provider can serve (`fleet.secrets`);
+    #: a cluster whose secrets use another is refused at config load. None by default.
+    secret_schemes: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, context: ProviderContext) -> None:
         self.context = context
+
+    @classmethod
+    def secret_problem(cls, ref: str) -> str | None:
+        """Why this provider cannot serve the (valid) secret reference `ref`; None if it can.
+        Default: its scheme is not in `secret_schemes`. Override to refuse some forms too."""
+        from fleet.secrets import parse_ref
+
+        scheme = parse_ref(ref).scheme
+        if scheme in cls.secret_schemes:
+            return None
+        can = ", ".join(f"{s}:" for s in sorted(cls.secret_schemes)) or "none"
+        return f"this provider cannot serve {scheme}: references (it serves: {can})"
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> BaseModel:
@@ -306,6 +349,19 @@ class Provider(ABC, Generic[O]):
 
     def acknowledge(self, cluster: Cluster[O], notices: Sequence[Interruption]) -> None:
         """Forget notices `interruptions` returned (delete their SQS messages). Default: nothing."""
+
+    def unreadable(self, cluster: Cluster[O], source: str, reason: str, n: int = 1) -> None:
+        """Count `n` inputs from outside (a queue message, a tag, a label, an operation) of
+        `source` that could not be read, for `reason`, and were skipped, set aside or treated
+        safely (see fleet.inputs): a warning without the value (it is not ours to log) and the
+        context's `report`. Never raises: a count must not cost the items beside it."""
+        log.warning("%s of cluster %s: %d unreadable input(s) skipped or set aside: %s", source, cluster.name, n,
+                    reason)
+        if self.context.report is not None:
+            try:
+                self.context.report(cluster.name, slug(source), slug(reason), n)
+            except Exception as exc:  # noqa: BLE001 - the count is best effort, the sweep is not
+                log.warning("cannot count unreadable inputs of %s: %s", cluster.name, exc)
 
     def _is(self, cluster: Cluster[O], handles: Sequence[str], wanted: WorkerStatus) -> dict[str, bool]:
         status = self.worker_status(cluster, list(dict.fromkeys(handles)))

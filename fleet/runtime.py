@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from fleet.config import FleetConfig
+from fleet.connection import RedisTarget
 from fleet.embedded import running_url
 from fleet.errors import ConfigError, NoRedis
 
@@ -15,14 +16,21 @@ ROLES = ("all", "control", "provider")
 
 
 def resolve_redis_url(config: FleetConfig) -> str:
-    """FLEET_REDIS_URL, else `fleet.redis_url`, else the running embedded Redis of this fleet."""
+    """FLEET_REDIS_URL, else `fleet.redis_url`, else the running embedded Redis of this fleet.
+    `connect(url)` then uses the fleet's ACL user, password and TLS files (`resolve_redis_target`)."""
+    return resolve_redis_target(config).url
+
+
+def resolve_redis_target(config: FleetConfig) -> RedisTarget:
+    """The fleet's Redis (`resolve_redis_url`) with `[fleet]`'s and the environment's ACL user,
+    password and TLS files, registered for `connect` in this process."""
     url = config.redis_url or running_url(config.state_dir)
     if not url:
         raise NoRedis(
             "no Redis configured: set FLEET_REDIS_URL or fleet.redis_url, "
             f"or start the embedded one with `fleet up` (state folder {config.state_dir})"
         )
-    return url
+    return RedisTarget.from_settings(url, config.fleet).register()
 
 
 def control_queue(fleet_id: str) -> str:
@@ -43,6 +51,11 @@ def worker_role() -> str:
     return role
 
 
+def public_queue(config: FleetConfig) -> str:
+    """The queue of the fleet's public tasks (`fleet.public_queue`, default "celery")."""
+    return config.fleet.public_queue
+
+
 def consumed_queue(config: FleetConfig, provider: str) -> str:
     """The provider queue for `provider`'s work: its own if the config's clusters use it (only
     those are consumed), else the first one that is (a retired cluster's provider may be one no
@@ -58,5 +71,5 @@ def queues_for(role: str, config: FleetConfig) -> list[str]:
     fid = config.fleet.id
     providers = [provider_queue(fid, p) for p in sorted({p for c, s in config.clusters.items()
                                                           if c not in config.retired for p in s.providers})]
-    control = ["celery", control_queue(fid)]
+    control = [config.fleet.public_queue, control_queue(fid)]
     return {"control": control, "provider": providers, "all": control + providers}[role]

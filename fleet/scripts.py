@@ -30,6 +30,9 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "interrupt": ("prelude", "index"),
     "expire": ("prelude", "index"),
     "sample": (),
+    "admit": (),
+    "abandon": (),
+    "owner": (),
 }
 
 

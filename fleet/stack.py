@@ -18,9 +18,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+import redis
 
 from fleet.config import FleetConfig
 from fleet.embedded import EmbeddedRedis, die_with_parent, free_port
@@ -55,13 +57,15 @@ class Stack:
     `redis_url` and `state_dir` override the configuration's (and so FLEET_REDIS_URL and
     FLEET_STATE_DIR); `redis_url=""` asks for an embedded Redis whatever the environment says.
     `in_process=True` runs one worker and the beat as threads of this process, with the app of
-    `tasks` (configured from this process's environment, which the stack sets)."""
+    `tasks` (configured from this process's environment, which the stack sets). `role_env` adds
+    environment variables to some roles' processes (e.g. libfaketime's, to skew one's clock)."""
 
     def __init__(self, config: FleetConfig, config_path: Path, *, log: IO[bytes] | None = None,
                  concurrency: int = 8, workers: int = 1, control_workers: int = 1, beat: bool = True,
                  persist: bool = True,
                  worker_args: Sequence[str] = (), redis_url: str | None = None,
-                 state_dir: Path | None = None, in_process: bool = False, die_with_parent: bool = False) -> None:
+                 state_dir: Path | None = None, in_process: bool = False, die_with_parent: bool = False,
+                 role_env: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self.config = config
         self.config_path = config_path.resolve()
         self.state_dir = (state_dir or config.state_dir).resolve()
@@ -77,6 +81,7 @@ class Stack:
         self.in_process = in_process
         self.die_with_parent = die_with_parent  # every process started ends with this one (tests, bench)
         self._threads: list[Any] = []  # what an in-process stack stops: (worker context, beat)
+        self.role_env = {role: dict(extra) for role, extra in (role_env or {}).items()}  # extra variables, by role
 
     def env(self, role: str = "") -> dict[str, str]:
         env = {**os.environ, "FLEET_CONFIG": str(self.config_path), "FLEET_REDIS_URL": self.url,
@@ -91,6 +96,7 @@ class Stack:
             env["FLEET_ROLE"] = "control"
         elif role.startswith("worker"):
             env["FLEET_ROLE"] = "provider"
+        env.update(self.role_env.get(role, {}))
         return env
 
     def start(self) -> Stack:
@@ -99,12 +105,27 @@ class Stack:
             self.redis = EmbeddedRedis(self.state_dir, port=_stable_port(self.state_dir), persist=self.persist,
                                        die_with_parent=self.die_with_parent)
             self.url = self.redis.start()
+        self._check_public_queue()
         if self.in_process:
             self._start_threads()
             return self
         for role in self.roles:
             self.start_role(role)
         return self
+
+    def _check_public_queue(self) -> None:
+        """QueueTaken (one line) before anything starts if another fleet's control plane consumes
+        this fleet's public queue; each control-plane process checks again as it starts (fleet.owner)."""
+        from fleet.client import masked
+        from fleet.connection import RedisTarget, connect
+        from fleet.owner import check_free
+
+        if self.redis is None:  # the config's Redis: with its ACL user, password and TLS files
+            RedisTarget.from_settings(self.url, self.config.fleet).register()
+        try:
+            check_free(connect(self.url), self.config.fleet.public_queue, self.config.fleet.id, masked(self.url))
+        except redis.RedisError:
+            pass  # Redis not answering yet: the workers wait for it, and check then
 
     def _start_threads(self) -> None:
         """A real Celery worker (threads pool) and beat in this process (celery.contrib.testing)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any, TypeVar, cast
 
 import redis
 
+from fleet import clock
 from fleet.counters import record_event
 from fleet.keys import ClusterKeys, Keyspace
 from fleet.model import (
@@ -176,6 +176,10 @@ class Store:
 
     def of(self, cluster: str) -> ClusterKeys:
         return self.keys.cluster(cluster)
+
+    def now(self) -> float:
+        """Redis time (`fleet.clock`): every time stored in or compared with the state."""
+        return clock.now(self.r)
 
     # -- desired ---------------------------------------------------------------------------
     def set_desired(self, cluster: str, n: int, *, floor: int | None = None, source: str = "request",
@@ -447,7 +451,7 @@ class Store:
         launch cancelled after a run task had taken it (it may have made workers); or
         ('cancelled'|'missing', 0, False, "", "")."""
         state, count, first, pool, rev = self._scripts["claim"](keys=[self.of(cluster).pending],
-                                                                args=[launch_id, time.time()])
+                                                                args=[launch_id, self.now()])
         return state.decode(), int(count), bool(int(first)), pool.decode(), rev.decode()
 
     def sample(self, cluster: str, now: float) -> bool:
@@ -473,7 +477,7 @@ class Store:
     def _script(self, name: str, cluster: str, keys: list[str], args: list[Any]) -> Any:
         """Run one of the event-writing scripts (see lua/prelude.lua for the leading keys and args)."""
         return self._scripts[name](keys=[self.of(cluster).events, self.keys.metrics, *keys],
-                                   args=[cluster, EVENTS_MAXLEN, time.time(), *args])
+                                   args=[cluster, EVENTS_MAXLEN, self.now(), *args])
 
     def record_launch(self, cluster: str, launch_id: str, handles: list[str], pool: str = "", rev: str = "") -> str:
         """Move a launch's handles into the cluster (initializing, or stopping if it was cancelled
@@ -560,7 +564,7 @@ class Store:
                     moved = [h for h, r in records.items() if r.status in ok]
                     if not moved:
                         return []
-                    now = time.time()
+                    now = self.now()
                     pipe.multi()
                     events, moves = [], {}
                     for h in moved:
@@ -633,7 +637,7 @@ class Store:
         """Pause or stop the cluster's rollout (`state`: paused | stopped); True if it was not so."""
         k = self.of(cluster).rollout
         was = self.r.hget(k, "state")
-        self.r.hset(k, mapping={"state": state, "reason": reason[:300], "at": time.time()})
+        self.r.hset(k, mapping={"state": state, "reason": reason[:300], "at": self.now()})
         return was != state.encode()
 
     def release_rollout(self, cluster: str) -> bool:

@@ -3,8 +3,9 @@
 * `Normalized`: anything a provider raises that is not a `ProviderError` becomes a
   `TransientProviderError` (the contract), and a result of the wrong shape a
   `PermanentProviderError`.
-* `Deadlined`: every call has a deadline (`call_timeout`); a call that misses it raises
-  `ProviderTimeout` and holds the cluster's calls off (`fleet.deadline`, `Holds.hold_unresponsive`).
+* `Deadlined`: every call has a deadline (`call_timeout`, per page of a listing); a call that
+  misses it raises `ProviderTimeout` and holds the cluster's calls off (`fleet.deadline`,
+  `Holds.hold_unresponsive`) until it answers after all (a listing's late answer is kept).
 * `Instrumented`: every call's latency and error class go to the metrics hash.
 * `LaunchSlots`: a launch takes one of the provider's concurrent-launch slots.
 * `Throttled`: every call takes one of the provider's operation tokens.
@@ -134,21 +135,29 @@ class Normalized(ProviderWrapper):
 
 
 class Deadlined(ProviderWrapper):
-    """No call takes longer than `seconds`; one that would raises ProviderTimeout and holds the
-    cluster's calls off for `hold` seconds in every process (see fleet.deadline)."""
+    """No call waits longer than `seconds` for an answer, or for the next page of one; one that
+    would raises ProviderTimeout and holds the cluster's calls off for `hold` seconds in every
+    process (see fleet.deadline). A listing (`READS`) that answers after all lifts the hold, and
+    its answer is the next listing's."""
+
+    #: the operations whose late answer is kept for the next call (their answer needs no argument)
+    READS = ("observe", "list")
 
     def __init__(self, inner: Provider[Any], name: str, seconds: float, holds: Holds, hold: float) -> None:
         super().__init__(inner, name)
-        self.deadline = Deadline(name, seconds)
+        self.deadline = Deadline(name, seconds, on_late=holds.lift_unresponsive)
         self.holds = holds
         self.hold = hold
 
     def _call(self, op: str, cluster: Cluster[Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
-            return self.deadline.call(cluster.name, op, fn, cluster, *args, **kwargs)
+            return self.deadline.run(cluster.name, cluster.pool, op, fn, (cluster, *args), kwargs,
+                                     keep=op in self.READS)
         except ProviderTimeout as exc:
             if not exc.held:
                 self.holds.hold_unresponsive(cluster.name, self.hold, cluster.pool)
+                if not self.deadline.abandoned(cluster.name):  # it answered while the hold was set
+                    self.holds.lift_unresponsive(cluster.name, cluster.pool)
             raise
 
 

@@ -42,6 +42,7 @@ from fleet.errors import (
     RateLimited,
     TransientProviderError,
 )
+from fleet.inputs import revision, worker_count
 from fleet.provider import Cluster, Provider, ProviderContext, import_sdk
 
 T = TypeVar("T")
@@ -298,3 +299,22 @@ class AwsProvider(Provider[A], Generic[A]):
     def client(self, cluster: Cluster[A]) -> Any:
         """The (cached) boto3 client for `cluster`'s options."""
         return self._clients.get(self.service, cluster.options)
+
+    def tagged_workers(self, cluster: Cluster[A], tags: Mapping[str, str]) -> int:
+        """The worker count of a resource by its `fleet:workers` tag (absent: 1). Anyone allowed to
+        tag it may have written anything there: a value that is not a count (fleet.inputs) is
+        counted as unreadable and taken as 1, so the resource stays listed (adopted, killed)."""
+        count = worker_count(tags.get("fleet:workers"))
+        if count is None:
+            self.unreadable(cluster, f"{self.service}:tags", "fleet:workers is not a worker count")
+            return 1
+        return count
+
+    def tagged_revision(self, cluster: Cluster[A], tags: Mapping[str, str]) -> str | None:
+        """The spec revision of a resource by its `fleet:revision` tag; None when absent or when
+        it is not a revision (counted as unreadable: the resource is then taken for current)."""
+        raw = tags.get("fleet:revision")
+        rev = revision(raw)
+        if raw is not None and rev is None:
+            self.unreadable(cluster, f"{self.service}:tags", "fleet:revision is not a revision")
+        return rev

@@ -27,8 +27,12 @@ read from the instance metadata service with an IMDSv2 token), runs the worker (
 `container.image` when one is given, otherwise `container.command` directly) and runs
 `shutdown -h now` when it exits; with `InstanceInitiatedShutdownBehavior=terminate` the instance
 then goes away, so a dead control plane leaks nothing. Fleet puts no credential in user data
-(anyone allowed DescribeInstanceAttribute can read it): do not put secrets in `container.env`
-either; give the instance a role instead.
+(anyone allowed DescribeInstanceAttribute can read it): do not put secrets in `container.env`;
+use `container.secrets` with `ssm:` or `secretsmanager:` references: the user data holds only
+the reference and an `aws ssm get-parameter --with-decryption` / `aws secretsmanager
+get-secret-value` command that the boot runs with the instance role (`iam_instance_profile`,
+allowed ssm:GetParameter / secretsmanager:GetSecretValue and kms:Decrypt; the AMI needs the AWS
+CLI); an instance that cannot read a secret powers off.
 
 One type or several: a launch that may use one type (an explicit `instance_type`, or the cheapest
 fit when `max_types` is 1) is RunInstances calls, all or nothing each; one that may use several
@@ -63,6 +67,7 @@ import logging
 import re
 import shlex
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -70,6 +75,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from fleet.catalogue import InstanceType, cheapest_fit, eligible
+from fleet.deadline import progress
 from fleet.errors import (
     CapacityError,
     PermanentProviderError,
@@ -77,6 +83,7 @@ from fleet.errors import (
     QuotaExceeded,
     TransientProviderError,
 )
+from fleet.inputs import call_index
 from fleet.provider import (
     Cause,
     Cluster,
@@ -87,6 +94,7 @@ from fleet.provider import (
     ProviderContext,
     WorkerStatus,
 )
+from fleet.secrets import AWS_SCHEMES
 from providers._aws import (
     AwsOptions,
     AwsProvider,
@@ -99,6 +107,7 @@ from providers._aws import (
     tag_dict,
     token,
 )
+from providers.boot_secrets import aws_fetches
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +150,8 @@ NOTICES = {"EC2 Spot Instance Interruption Warning": Cause.SPOT_INTERRUPTION,
 SPOT_WARNING_SECONDS = 120.0
 #: ReceiveMessage calls per `interruptions` call at most (10 messages each)
 RECEIVES = 10
+#: the largest message body read (SQS takes 256 KiB; an SNS envelope adds its own fields)
+BODY_LIMIT = 512 * 1024
 HINTS = {
     "InvalidAMIID": "fix provider_options.ami", "InvalidSubnetID": "fix provider_options.subnet_id",
     "InvalidGroup": "fix provider_options.security_group_ids", "InvalidKeyPair": "fix provider_options.key_name",
@@ -213,7 +224,7 @@ def user_data(cluster: Cluster[EC2Options], container: ContainerSpec, launch_id:
     if bad:
         raise PermanentProviderError(f"container.env of cluster {cluster.name!r} has names a shell cannot export: "
                                      f"{', '.join(map(repr, bad))}: rename them")
-    names = [*env, "FLEET_HANDLE"]
+    names = [*env, *container.secrets, "FLEET_HANDLE"]
     if container.image:
         passed = " ".join(f"-e {n}" for n in names)
         run = f"docker run --rm --network host {passed} {q(container.image)} {shlex.join(container.command)}"
@@ -225,6 +236,7 @@ def user_data(cluster: Cluster[EC2Options], container: ContainerSpec, launch_id:
         *(f"export {k}={q(v)}" for k, v in env.items()),
         "IMDS=http://169.254.169.254/latest",
         'IMDS_TOKEN=$(curl -fsS -m 10 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 300" "$IMDS/api/token")',
+        *aws_fetches(container.secrets),
         'FLEET_HANDLE=$(curl -fsS -m 10 -H "X-aws-ec2-metadata-token: $IMDS_TOKEN" "$IMDS/meta-data/instance-id")',
         "export FLEET_HANDLE",
         run,
@@ -348,15 +360,19 @@ def event_time(value: Any) -> float | None:
 def parse_notice(message: Mapping[str, Any]) -> Interruption | str:
     """The interruption an SQS message holds (an EventBridge event, or one wrapped by SNS), or why
     it holds none (never the payload: it is not ours to log)."""
+    body = message.get("Body")
+    if not isinstance(body, str) or len(body) > BODY_LIMIT:
+        return "not JSON"
     try:
-        event = json.loads(message.get("Body") or "")
+        event = json.loads(body)
         if isinstance(event, dict) and event.get("Type") == "Notification" and isinstance(event.get("Message"), str):
             event = json.loads(event["Message"])
-    except (TypeError, ValueError):
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the interpreter's stack
         return "not JSON"
     if not isinstance(event, dict):
         return "not an event"
-    cause = NOTICES.get(str(event.get("detail-type")))
+    kind = event.get("detail-type")
+    cause = NOTICES.get(kind) if isinstance(kind, str) else None  # never str() a nested value: it recurses
     if cause is None:
         return "not an EC2 interruption event"
     detail = event.get("detail")
@@ -372,6 +388,7 @@ class EC2Provider(AwsProvider[EC2Options]):
     options_model = EC2Options
     first_check = 20.0  # an instance is pending for 10-40 s
     listing_grace = 10.0  # DescribeInstances may not list a fresh instance for a few seconds
+    secret_schemes = AWS_SCHEMES  # fetched at boot with the instance role (boot_secrets.aws_fetches)
 
     service = "ec2"
 
@@ -433,6 +450,7 @@ class EC2Provider(AwsProvider[EC2Options]):
                     log.warning("launch %s: call %d was refused after %d workers started; the rest is left to Fleet: "
                                 "%s", launch_id, index, len(handles), exc)
                     break
+            progress()  # call_timeout bounds each call of a launch, not the launch
             for iid, w in got:
                 handles += [iid] * w
             if len(got) < n and index not in done:
@@ -446,9 +464,9 @@ class EC2Provider(AwsProvider[EC2Options]):
         done: dict[int, list[tuple[str, int]]] = {}
         for inst in self._describe(cluster, [{"Name": "tag:fleet:launch", "Values": [launch_id]}]):
             tags = tag_dict(inst.get("Tags"))
-            if tags.get("fleet:batch", "").isdigit():
-                done.setdefault(int(tags["fleet:batch"]), []).append(
-                    (inst["InstanceId"], int(tags.get("fleet:workers", "1"))))
+            index = call_index(tags.get("fleet:batch"))
+            if index is not None:
+                done.setdefault(index, []).append((inst["InstanceId"], self.tagged_workers(cluster, tags)))
         return done
 
     def _launch(self, client: Any, cluster: Cluster[EC2Options], container: ContainerSpec, types: Sequence[str],
@@ -569,13 +587,14 @@ class EC2Provider(AwsProvider[EC2Options]):
         states = [*LISTED, *(GOING if cluster.options.market == "spot" else ())]
         found = self._describe(cluster, [{"Name": "instance-state-name", "Values": states}])
         live = [i for i in found if i["State"]["Name"] in LISTED]
-        listed = {i["InstanceId"]: int(tag_dict(i.get("Tags")).get("fleet:workers", "1")) for i in live}
+        listed = {i["InstanceId"]: self.tagged_workers(cluster, tag_dict(i.get("Tags"))) for i in live}
         state = {i["InstanceId"]: i["State"]["Name"] for i in found}
         asked = list(dict.fromkeys([*handles, *listed]))
         wanted = set(asked)
         interrupted = {i["InstanceId"]: Cause.SPOT_INTERRUPTION for i in found
                        if i["InstanceId"] in wanted and reclaimed(i)}
-        revisions = {i["InstanceId"]: rev for i in live if (rev := tag_dict(i.get("Tags")).get(TAG_REVISION))}
+        revisions = {i["InstanceId"]: rev for i in live
+                     if (rev := self.tagged_revision(cluster, tag_dict(i.get("Tags"))))}
         return Observation(listed, {h: STATUS.get(state.get(h, ""), WorkerStatus.STOPPED) for h in asked},
                            interrupted, revisions)
     def worker_status(self, cluster: Cluster[EC2Options], handles: Sequence[str]) -> dict[str, WorkerStatus]:
@@ -619,10 +638,10 @@ class EC2Provider(AwsProvider[EC2Options]):
         found = self._describe(cluster, [{"Name": "tag:fleet:launch", "Values": [launch_id]},
                                          {"Name": "instance-state-name", "Values": list(LISTED)}])
         return [i["InstanceId"] for i in sorted(found, key=lambda i: i["InstanceId"])
-                for _ in range(int(tag_dict(i.get("Tags")).get("fleet:workers", "1")))]
+                for _ in range(self.tagged_workers(cluster, tag_dict(i.get("Tags"))))]
 
     def list_workers(self, cluster: Cluster[EC2Options]) -> dict[str, int]:
-        return {i["InstanceId"]: int(tag_dict(i.get("Tags")).get("fleet:workers", "1"))
+        return {i["InstanceId"]: self.tagged_workers(cluster, tag_dict(i.get("Tags")))
                 for i in self._describe(cluster, [{"Name": "instance-state-name", "Values": list(LISTED)}])}
 
     # -- describe --------------------------------------------------------------------------
@@ -641,6 +660,7 @@ class EC2Provider(AwsProvider[EC2Options]):
             for page in pages:
                 for reservation in page.get("Reservations", []):
                     instances.extend(reservation.get("Instances", []))
+                progress()  # call_timeout bounds each page, not the listing of the whole fleet
         return instances
 
     # -- interruptions ---------------------------------------------------------------------
@@ -664,22 +684,29 @@ class EC2Provider(AwsProvider[EC2Options]):
         sqs = self.sqs(cluster)
         notices: list[Interruption] = []
         garbage: list[str] = []
+        dropped: Counter[str] = Counter()
         for _ in range(RECEIVES):
             with aws_errors("sqs:ReceiveMessage", hints=SQS_HINTS):
                 messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get(
                     "Messages") or []
             for message in messages:
-                notice = parse_notice(message)
+                try:  # each message on its own: nothing in one may cost the others (a spot warning)
+                    notice = parse_notice(message)
+                except Exception as exc:  # noqa: BLE001 - parse_notice raises nothing it knows of
+                    notice = f"unreadable ({type(exc).__name__})"
                 if isinstance(notice, Interruption):
                     if notice.receipt:
                         notices.append(notice)
                     continue
                 log.warning("interruption queue of cluster %s: dropping message %s: %s", cluster.name,
-                            message.get("MessageId", "?"), notice)
+                            str(message.get("MessageId", "?"))[:100], notice)
+                dropped[notice] += 1
                 if message.get("ReceiptHandle"):
                     garbage.append(str(message["ReceiptHandle"]))
             if len(messages) < 10:
                 break
+        for reason, n in dropped.items():
+            self.unreadable(cluster, "sqs", reason, n)
         if garbage:
             try:
                 self._delete(sqs, url, garbage)

@@ -7,7 +7,9 @@ Options (`provider_options`):
                               used: ECS cannot override an image).
   container_name ("worker")   the worker container inside the task definition; it gets
                               `container.command` as its command and `container.env` plus the
-                              identity as environment overrides.
+                              identity as environment overrides. `container.secrets` (ssm:, or
+                              secretsmanager: by ARN) cannot be overrides: they run a task
+                              definition revision Fleet registers (providers/ecs_secrets.py).
   subnets (required, >= 1), security_groups, assign_public_ip (false)   the awsvpc network.
   stop_concurrency (10, 1..50)   StopTask calls in flight at once (ECS has no batch stop; AWS
                               throttles StopTask per account, and botocore's retries absorb that).
@@ -62,8 +64,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleet.deadline import progress
 from fleet.errors import CapacityError, PermanentProviderError, ProviderError, QuotaExceeded, TransientProviderError
+from fleet.inputs import call_index
 from fleet.provider import Cause, Cluster, ContainerSpec, Hardware, Observation, WorkerStatus
+from fleet.secrets import AWS_SCHEMES
+from providers import ecs_secrets
 from providers._aws import (
     AwsOptions,
     AwsProvider,
@@ -194,10 +200,6 @@ def _is_task_arn(handle: str) -> bool:
     return handle.startswith("arn:") and ":task/" in handle
 
 
-def _workers(task: dict[str, Any]) -> int:
-    return int(tag_dict(task.get("tags")).get("fleet:workers", "1"))
-
-
 def in_pool(task: dict[str, Any], cluster: Cluster[ECSOptions]) -> bool:
     """Whether `task` is tagged for this fleet, cluster and pool (pool "": any pool)."""
     tags = tag_dict(task.get("tags"))
@@ -214,8 +216,13 @@ class ECSProvider(AwsProvider[ECSOptions]):
     options_model = ECSOptions
     first_check = 10.0  # a task is provisioning, then pending, while its image is pulled
     listing_grace = 5.0
+    secret_schemes = AWS_SCHEMES  # through a task definition of Fleet's own (providers.ecs_secrets)
 
     service = "ecs"
+
+    @classmethod
+    def secret_problem(cls, ref: str) -> str | None:
+        return super().secret_problem(ref) or ecs_secrets.secret_problem(ref)
 
     # -- the contract ----------------------------------------------------------------------
     def run_workers(self, cluster: Cluster[ECSOptions], container: ContainerSpec, hardware: Hardware, count: int,
@@ -232,9 +239,9 @@ class ECSProvider(AwsProvider[ECSOptions]):
         # what an earlier attempt of this launch started (none on a first attempt: no look-up)
         for task in [] if cluster.first_attempt else self._launched(cluster, marker):
             tags = tag_dict(task.get("tags"))
-            if tags.get("fleet:batch", "").isdigit():
-                done.setdefault(int(tags["fleet:batch"]), []).append(
-                    (task["taskArn"], int(tags.get("fleet:workers", "1"))))
+            index = call_index(tags.get("fleet:batch"))
+            if index is not None:
+                done.setdefault(index, []).append((task["taskArn"], self.tagged_workers(cluster, tags)))
         handles: list[str] = []
         for index, (workers, n) in enumerate(calls):
             if index in done:  # an earlier attempt of this launch made this call: adopt
@@ -252,6 +259,7 @@ class ECSProvider(AwsProvider[ECSOptions]):
                     log.warning("launch %s: call %d was refused after %d workers started; the rest is left to Fleet: "
                                 "%s", launch_id, index, len(handles), exc)
                     break
+            progress()  # call_timeout bounds each call of a launch, not the launch
             for arn, w in got:
                 handles += [arn] * w
         return handles
@@ -273,9 +281,11 @@ class ECSProvider(AwsProvider[ECSOptions]):
         # RunTask refuses launchType together with a capacityProviderStrategy
         placement: dict[str, Any] = ({"capacityProviderStrategy": list(strategy)} if strategy
                                      else {"launchType": "FARGATE"})
+        definition = ecs_secrets.task_definition(self.client(cluster), opts.task_definition, opts.container_name,
+                                                 container.secrets)
         with aws_errors("ecs:RunTask", instance_type=opts.capacity_label(size), hints=HINTS):
             resp = self.client(cluster).run_task(
-                cluster=opts.cluster, taskDefinition=opts.task_definition, count=n, **placement,
+                cluster=opts.cluster, taskDefinition=definition, count=n, **placement,
                 startedBy=marker, clientToken=token(launch_id, str(index)),
                 networkConfiguration={"awsvpcConfiguration": vpc},
                 overrides={"cpu": str(size[0]), "memory": str(size[1]), "containerOverrides": [{
@@ -346,7 +356,8 @@ class ECSProvider(AwsProvider[ECSOptions]):
     def find_launch(self, cluster: Cluster[ECSOptions], launch_id: str) -> list[str]:
         live = [t for t in self._launched(cluster, started_by(cluster, launch_id))
                 if self._status(t) != WorkerStatus.STOPPED]
-        return [t["taskArn"] for t in sorted(live, key=lambda t: t["taskArn"]) for _ in range(_workers(t))]
+        return [t["taskArn"] for t in sorted(live, key=lambda t: t["taskArn"])
+                for _ in range(self.tagged_workers(cluster, tag_dict(t.get("tags"))))]
 
     def list_workers(self, cluster: Cluster[ECSOptions]) -> dict[str, int]:
         arns = self._list(cluster, desired="RUNNING")
@@ -373,7 +384,7 @@ class ECSProvider(AwsProvider[ECSOptions]):
         for arn in arns:
             task = tasks.get(arn)
             if task is not None and in_pool(task, cluster) and self._status(task) != WorkerStatus.STOPPED:
-                out[arn] = _workers(task)
+                out[arn] = self.tagged_workers(cluster, tag_dict(task.get("tags")))
         return out
 
     # -- listing ---------------------------------------------------------------------------
@@ -392,6 +403,7 @@ class ECSProvider(AwsProvider[ECSOptions]):
         with aws_errors("ecs:ListTasks", hints=HINTS):
             for page in self.client(cluster).get_paginator("list_tasks").paginate(**kwargs):
                 arns.extend(page.get("taskArns", []))
+                progress()  # call_timeout bounds each page, not the listing of the whole fleet
         return arns
 
     def _describe(self, cluster: Cluster[ECSOptions], arns: Iterable[str]) -> list[dict[str, Any]]:
@@ -404,4 +416,5 @@ class ECSProvider(AwsProvider[ECSOptions]):
                                                            include=["TAGS"])
             wanted = set(chunk)
             tasks.extend(t for t in resp.get("tasks", []) if t.get("taskArn") in wanted)
+            progress()
         return tasks

@@ -6,7 +6,10 @@ Identity. Each container runs `container.image` with `container.command` and an 
 `container.env`, `FLEET_ID`, `FLEET_CLUSTER`, `FLEET_HANDLE` (the container's name),
 `FLEET_WORKERS` (the workers sharing it, e.g. for Celery's `--concurrency`) and
 `FLEET_LAUNCH_ID`. `${VAR}` in the command is expanded from that environment (not the host's),
-so `["celery", ..., "--concurrency", "${FLEET_WORKERS}"]` works without a shell. Hardware
+so `["celery", ..., "--concurrency", "${FLEET_WORKERS}"]` works without a shell.
+`container.secrets` may use `env:` and `file:` references, read by the control plane at each
+launch into the container's environment (which `docker inspect` shows to whoever may use the
+Docker host); no error of a launch carries an env or secret value (they are cut out). Hardware
 becomes the container's limits: `cpu` -> `NanoCpus`, `memory_mb` -> `Memory`, `gpus` -> a
 device request for that many GPUs (needs the engine's GPU support, e.g. nvidia-container-toolkit).
 
@@ -58,7 +61,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleet.errors import PermanentProviderError, ProviderError, RateLimited, TransientProviderError
+from fleet.inputs import worker_count
 from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus, import_sdk
+from fleet.secrets import LOCAL_SCHEMES, resolve_local, scrub
 
 LABEL_ID, LABEL_CLUSTER, LABEL_LAUNCH, LABEL_WORKERS = "fleet.id", "fleet.cluster", "fleet.launch", "fleet.workers"
 LABEL_POOL = "fleet.pool"  # set only for a cluster that declares pools
@@ -112,6 +117,7 @@ class DockerProvider(Provider[DockerOptions]):
     first_check = 0.25  # a container started by the Engine API is running once the call returns
     call_timeout = 120.0  # a launch makes several Engine API calls per container
     options_model = DockerOptions
+    secret_schemes = LOCAL_SCHEMES  # read at launch, passed in the container's environment only
 
     def __init__(self, context: ProviderContext) -> None:
         super().__init__(context)
@@ -148,9 +154,17 @@ class DockerProvider(Provider[DockerOptions]):
         except Exception as exc:
             raise _mapped(exc, f"cannot list the containers of cluster {cluster.name!r}") from exc
         found: dict[str, dict[str, Any]] = {}
-        for c in listed:
-            for name in c.get("Names") or []:
-                found[name.lstrip("/")] = c
+        bad = 0
+        for c in listed if isinstance(listed, list) else ():
+            names = c.get("Names") if isinstance(c, dict) else None
+            if not isinstance(names, list) or not isinstance(c.get("Labels") or {}, dict):
+                bad += 1  # judged on its own: the containers beside it are listed all the same
+                continue
+            for name in names:
+                if isinstance(name, str) and name.strip("/"):
+                    found[name.lstrip("/")] = c
+        if bad:
+            self.unreadable(cluster, "docker:containers", "a listed container has no names or labels", bad)
         return found
 
     # -- the contract -----------------------------------------------------------------------
@@ -164,6 +178,11 @@ class DockerProvider(Provider[DockerOptions]):
         if not sizes:
             return []
         existing = self._ours(api, cluster, f"{LABEL_LAUNCH}={launch_id}")
+        # env: and file: secrets are read now and go only into the containers' environment; no
+        # error of this launch names a value of it (an engine's error may quote the command)
+        secrets = resolve_local(cluster.name, container.secrets)
+        hidden = [*container.env.values(), *secrets.values()]
+        container = container.model_copy(update={"env": {**container.env, **secrets}, "secrets": {}})
         jobs = [(container_name(launch_id, i), n) for i, n in enumerate(sizes)]
 
         def one(job: tuple[str, int]) -> str:
@@ -180,7 +199,7 @@ class DockerProvider(Provider[DockerOptions]):
                 try:
                     outcomes.append(fut.result())
                 except Exception as exc:  # noqa: BLE001 - collected; see below
-                    outcomes.append(exc)
+                    outcomes.append(scrub(exc, hidden))
         handles: list[str] = []
         errors = [o for o in outcomes if isinstance(o, Exception)]
         for (name, workers), outcome in zip(jobs, outcomes):
@@ -294,11 +313,21 @@ class DockerProvider(Provider[DockerOptions]):
 
     def find_launch(self, cluster: Cluster[DockerOptions], launch_id: str) -> list[str]:
         found = self._ours(self._api(cluster.options), cluster, f"{LABEL_LAUNCH}={launch_id}")
-        return [name for name, c in sorted(found.items()) for _ in range(_workers(c))]
+        return [name for name, c in sorted(found.items()) for _ in range(self._workers(cluster, c))]
 
     def list_workers(self, cluster: Cluster[DockerOptions]) -> dict[str, int]:
         found = self._ours(self._api(cluster.options), cluster)
-        return {name: _workers(c) for name, c in found.items() if _status(c.get("State")) != WorkerStatus.STOPPED}
+        return {name: self._workers(cluster, c) for name, c in found.items()
+                if _status(c.get("State")) != WorkerStatus.STOPPED}
+
+    def _workers(self, cluster: Cluster[DockerOptions], listed: dict[str, Any]) -> int:
+        """A container's worker count by its label (absent: 1); anything but a count (anyone who
+        can run a container may label it so) is counted as unreadable and taken as 1."""
+        count = worker_count((listed.get("Labels") or {}).get(LABEL_WORKERS))
+        if count is None:
+            self.unreadable(cluster, "docker:labels", f"{LABEL_WORKERS} is not a worker count")
+            return 1
+        return count
 
 
 def _status(state: Any) -> WorkerStatus:
@@ -308,13 +337,6 @@ def _status(state: Any) -> WorkerStatus:
     if state in _INITIALIZING:
         return WorkerStatus.INITIALIZING
     return WorkerStatus.STOPPED
-
-
-def _workers(listed: dict[str, Any]) -> int:
-    try:
-        return max(1, int((listed.get("Labels") or {}).get(LABEL_WORKERS, "1")))
-    except ValueError:
-        return 1
 
 
 def _conflict(exc: Any) -> bool:

@@ -3,7 +3,9 @@
 Each container runs the cluster's `container.command` (with `${VAR}` expanded from its
 environment) in a new session, with the container's `env`, the `FLEET_*` identity and
 `FLEET_LAUNCH_ID`, and `FLEET_PYTHON` (the interpreter running Fleet). `FLEET_WORKERS` workers
-share it, e.g. as Celery's `--concurrency`.
+share it, e.g. as Celery's `--concurrency`. `container.secrets` may use `env:` and `file:`
+references, read at each launch into the process's environment only; an error that the command
+cannot start names it as written, never expanded.
 
 Handles are deterministic, `<launch id>-<index>`, and live in the process's own environment, so
 the provider finds its processes again by reading `/proc/<pid>/environ`: after a control-plane
@@ -30,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.errors import PermanentProviderError
 from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus
+from fleet.secrets import LOCAL_SCHEMES, resolve_local
 
 
 class LocalOptions(BaseModel):
@@ -65,6 +68,7 @@ class LocalProvider(Provider[LocalOptions]):
     options_model = LocalOptions
     first_check = 0.1  # a process runs as soon as it is spawned
     call_timeout = 60.0  # a kill waits kill_grace (default 10 s), then up to 5 s after SIGKILL
+    secret_schemes = LOCAL_SCHEMES  # read at launch, passed in the process's environment only
 
     def __init__(self, context: ProviderContext) -> None:
         super().__init__(context)
@@ -137,7 +141,8 @@ class LocalProvider(Provider[LocalOptions]):
 
     def _spawn(self, cluster: Cluster[LocalOptions], container: ContainerSpec, opts: LocalOptions, handle: str,
                workers: int, launch_id: str, log: Path) -> None:
-        env = {**os.environ, **container.env, **cluster.identity_env(handle, workers),
+        secrets = resolve_local(cluster.name, container.secrets)
+        env = {**os.environ, **container.env, **secrets, **cluster.identity_env(handle, workers),
                "FLEET_LAUNCH_ID": launch_id, "FLEET_PYTHON": sys.executable}
         argv = [string.Template(arg).safe_substitute(env) for arg in container.command]
         with open(log, "ab") as out:
@@ -145,9 +150,10 @@ class LocalProvider(Provider[LocalOptions]):
                 proc = subprocess.Popen(argv, env=env, cwd=opts.cwd, stdin=subprocess.DEVNULL, stdout=out,
                                         stderr=subprocess.STDOUT, start_new_session=True)
             except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+                # Names the command as written, never as expanded: ${VAR} may hold a secret.
                 raise PermanentProviderError(
-                    f"cannot start {argv[0]!r} for cluster {cluster.name!r}: fix container.command", str(exc)
-                ) from exc
+                    f"cannot start container.command[0] {container.command[0]!r} of cluster {cluster.name!r}: "
+                    "fix container.command", exc.strerror or type(exc).__name__) from None
         with self._lock:
             self._pids[handle] = proc.pid
 

@@ -9,19 +9,32 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
+import celery.app.amqp
 import redis
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import beat_init, worker_init, worker_ready, worker_shutdown
 from kombu import Queue
 
+from fleet.client import masked
 from fleet.config import FleetConfig, load_config
+from fleet.connection import access_error, connect
+from fleet.errors import QueueTaken
 from fleet.manager import Manager
-from fleet.runtime import consumed_queue, control_queue, queues_for, resolve_redis_url, worker_role
-from tasks.transport import broker_transport
+from fleet.owner import QueueOwner
+from fleet.runtime import (
+    consumed_queue,
+    control_queue,
+    queues_for,
+    resolve_redis_target,
+    resolve_redis_url,
+    worker_role,
+)
+from tasks.transport import BrokerConnection, broker_transport
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +61,14 @@ def config() -> FleetConfig:
 
 def celery_settings() -> dict[str, Any]:
     cfg = config()
-    url = resolve_redis_url(cfg)
+    target = resolve_redis_target(cfg)
     fid = cfg.fleet.id
+    # timeouts and keepalive on every broker and result-backend connection, the URL, ACL user,
+    # password and TLS (fleet.connection.RedisTarget)
+    timeouts = target.celery_settings()
     return {
-        "broker_url": url,
-        "broker_transport": broker_transport(url),
-        "result_backend": url,
+        **timeouts,
+        "broker_transport": broker_transport(target.url),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -73,23 +88,30 @@ def celery_settings() -> dict[str, Any]:
         # Redelivery of an unacked task after a worker died; the sweep re-sends lost launches and
         # kills much sooner (launch_timeout, kill back-off), so this only needs to be long.
         # `fleet_id` names the dead-letter list of the transport (tasks.transport).
-        "broker_transport_options": {"visibility_timeout": 3600, "fleet_id": fid},
+        "broker_transport_options": {**timeouts["broker_transport_options"], "visibility_timeout": 3600,
+                                     "fleet_id": fid},
         "result_expires": 3600,
-        "task_default_queue": "celery",
-        # Public tasks arrive on the default queue ("celery"), so a plain send_task reaches us.
+        "task_default_queue": cfg.fleet.public_queue,
+        # Public tasks arrive on the default queue (`fleet.public_queue`, default "celery"), so a
+        # plain send_task reaches us; only one fleet may consume it per database (fleet.owner).
         # The queues this process consumes follow its role (FLEET_ROLE, fleet.runtime).
         "task_queues": [Queue(q) for q in queues_for(worker_role(), cfg)],
         "beat_schedule": {
             "fleet-sweep": {
                 "task": "fleet.sweep",
                 "schedule": cfg.fleet.sweep_interval,
-                "options": {"queue": control_queue(fid), "expires": cfg.fleet.sweep_interval},
+                # no `expires`: the receiver would check it on its own clock (tasks.internal.sweep)
+                "options": {"queue": control_queue(fid)},
             }
         },
     }
 
 
-app = Celery("fleet", include=["tasks.public", "tasks.internal"])
+class AMQP(celery.app.amqp.AMQP):
+    Connection = BrokerConnection  # no `:**@` in the banner where no password is set
+
+
+app = Celery("fleet", include=["tasks.public", "tasks.internal", "tasks.skew"], amqp=AMQP)
 app.add_defaults(celery_settings)
 
 
@@ -124,6 +146,51 @@ class CeleryDispatcher:
                       countdown=delay)
 
 
+_owner: QueueOwner | None = None
+
+
+@worker_init.connect
+@beat_init.connect
+def _check_access(**_: Any) -> None:
+    """A wrong password or ACL user, or a TLS handshake Redis rejects, stops the worker (or beat) at once:
+    one line on stderr and exit status 2 (kombu would take it for a lost connection and retry
+    for ever). A Redis that does not answer yet is left to Celery, which waits for it."""
+    target = resolve_redis_target(config())
+    try:
+        connect(target).ping()
+    except redis.RedisError as exc:
+        reason = access_error(exc)
+        if reason is None:
+            return
+        # the real stderr: beat has redirected sys.stderr to its logger by now
+        print(f"error: {reason} (Redis at {target.shown})", file=sys.__stderr__ or sys.stderr, flush=True)
+        raise SystemExit(2) from None  # (Celery's signals swallow an Exception, not this)
+
+
+@worker_init.connect
+def _claim_public_queue(**_: Any) -> None:
+    """A process that consumes the public queue claims it for this fleet first: one line on
+    stderr and exit status 2 if another fleet's control plane consumes it (fleet.owner)."""
+    global _owner
+    cfg = config()
+    if cfg.fleet.public_queue not in queues_for(worker_role(), cfg):
+        return
+    url = resolve_redis_url(cfg)
+    owner = QueueOwner(connect(url), cfg.fleet.public_queue, cfg.fleet.id, masked(url))
+    try:
+        owner.claim()
+    except QueueTaken as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None  # (Celery's signals swallow an Exception, not this)
+    _owner = owner
+
+
+@worker_shutdown.connect
+def _release_public_queue(**_: Any) -> None:
+    if _owner is not None:
+        _owner.stop()
+
+
 @worker_ready.connect
 def _warn_forgotten(**_: Any) -> None:
     """Clusters removed from the config while they still had workers: say so once, at start."""
@@ -155,6 +222,6 @@ def manager() -> Manager:
     with _lock:
         if _manager is None:
             url = resolve_redis_url(cfg)
-            client = redis.Redis.from_url(url, health_check_interval=30)
+            client = connect(url)
             _manager = Manager(cfg, client, CeleryDispatcher(cfg), url=url)
         return _manager

@@ -4,7 +4,8 @@ body it cannot decode) is set aside in the fleet's dead-letter list (see `fleet.
 and logged without its payload. Celery's own handlers log the whole body, which may be large or
 hold what a sender did not mean to show.
 
-Everything else is Celery's behaviour: the message is rejected (so acknowledged on Redis), an
+A task's `eta` set by another control-plane process is read in Redis time, not on the sender's
+clock (tasks.skew). Everything else is Celery's behaviour: the message is rejected (so acknowledged on Redis), an
 unknown task is marked failed with `NotRegistered` so that its caller learns of it, and the
 `task_rejected` / `task_unknown` signals and the `task-failed` event are sent.
 """
@@ -18,6 +19,8 @@ from celery import signals
 from celery.exceptions import NotRegistered
 from celery.utils.collections import AttributeDict as Bunch
 from celery.worker.consumer import Consumer as CeleryConsumer
+
+from tasks.skew import local_eta
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,12 @@ def _set_aside(message: Any, reason: str) -> None:
 
 
 class Consumer(CeleryConsumer):
+    def update_strategies(self) -> None:
+        """Celery's strategies, each reading a Fleet sender's `eta` on this host's clock (tasks.skew)."""
+        super().update_strategies()
+        for name, strategy in list(self.strategies.items()):
+            self.strategies[name] = local_eta(strategy)
+
     def on_unknown_message(self, body: Any, message: Any) -> None:
         _set_aside(message, "unknown_message")
         message.reject_log_error(log, self.connection_errors)

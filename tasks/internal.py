@@ -57,20 +57,30 @@ def drain(cluster: str, handles: list[str]) -> dict[str, Any]:
 
 @app.task(name="fleet.sweep", ignore_result=True)
 def sweep() -> int:
-    """Beat's entry point: one sweep task per cluster, each expiring with the interval."""
-    cfg = manager().config  # the retired clusters too (fleet.retire)
+    """Beat's entry point: one sweep task per cluster, each stamped with the Redis time it was
+    sent at. A backlog of beat's messages (the control plane was down) sends one round: a sweep
+    runs at most once per half interval (the `sweep_tick` key, a Redis-side duration). No Celery
+    `expires`: the receiver would check it on its own clock (fleet.clock)."""
+    m = manager()
+    cfg = m.config  # the retired clusters too (fleet.retire)
+    interval = cfg.fleet.sweep_interval
+    if not m.redis.set(m.store.keys.sweep_tick, 1, nx=True, px=max(int(interval * 500), 1)):
+        return 0
+    sent = m.store.now()
     for cluster, spec in cfg.clusters.items():
         # on the provider's queue: a sweep calls the provider, and may wait for it
-        sweep_cluster.apply_async(
-            (cluster,), queue=consumed_queue(cfg, spec.pool_list[0].provider),
-            expires=cfg.fleet.sweep_interval
-        )
+        sweep_cluster.apply_async((cluster, sent), queue=consumed_queue(cfg, spec.pool_list[0].provider))
     return len(cfg.clusters)
 
 
 @app.task(name="fleet.sweep_cluster", ignore_result=True, acks_late=True)
-def sweep_cluster(cluster: str) -> dict[str, Any]:
-    return manager().sweeper.sweep_cluster(cluster)
+def sweep_cluster(cluster: str, sent: float | None = None) -> dict[str, Any]:
+    """One cluster's sweep; dropped if it was sent (Redis time) more than a sweep interval ago:
+    a newer one is on its way."""
+    m = manager()
+    if sent is not None and m.store.now() - float(sent) > m.config.fleet.sweep_interval:
+        return {"cluster": cluster, "stale": True}
+    return m.sweeper.sweep_cluster(cluster)
 
 
 @app.task(name="fleet.check", ignore_result=True)

@@ -39,6 +39,16 @@ queues = ["console-jobs"]
 drain_timeout = 30
 [clusters.q.container]
 command = ["worker"]
+
+[clusters.auto]
+provider = "memory"
+max_workers = 4
+queues = ["console-auto"]
+[clusters.auto.autoscale]
+scale_down_delay = 0
+agreeing_sweeps = 1
+[clusters.auto.container]
+command = ["worker"]
 """
 
 
@@ -119,8 +129,8 @@ def test_pages_and_their_json_agree_with_fleet_status(cp: Plane, con: Console) -
     assert one["cluster"] == "web" and one["running"] == 2 and len(one["workers"]) == 2
     events = con.get("/clusters/web/events?kind=desired").json()
     assert events and {e["kind"] for e in events} == {"desired"}
-    page = con.get("/clusters/web?kind=launch").text
-    table = page.split('<table class="events">')[1]
+    filtered = con.get("/clusters/web?kind=launch").text
+    table = filtered.split('<table class="events">')[1]
     assert "<td>launch</td>" in table and "<td>desired</td>" not in table  # filtered by kind
 
 
@@ -136,9 +146,16 @@ def test_scale_hold_drain_and_kill_from_the_console(cp: Plane, con: Console) -> 
     assert any("draining" in f for f in flashes(con.act(f"/clusters/q/handles/{b}/drain").text))
     assert store.read("q").handles[b].status in (HandleStatus.DRAINING, HandleStatus.STOPPING) or \
         b not in store.read("q").handles
-    assert any("killed" in f for f in flashes(con.act(f"/clusters/q/handles/{c}/kill").text))
+    asked = con.act(f"/clusters/q/handles/{c}/kill")  # no confirm=1: a page that asks, nothing killed
+    assert "Kill <code>" in asked.text and 'name="confirm" value="1"' in asked.text
+    assert not any("killed" in f for f in flashes(asked.text))
+    assert store.read("q").handles[c].status is HandleStatus.RUNNING
+    as_json = con.post(f"/clusters/q/handles/{c}/kill?format=json", data={"csrf_token": con.token("q")})
+    assert as_json.status_code == 400 and "confirm=1" in as_json.json()["error"]
+    assert store.read("q").handles[c].status is HandleStatus.RUNNING
+    assert any("killed" in f for f in flashes(con.act(f"/clusters/q/handles/{c}/kill", confirm="1").text))
     assert c not in store.read("q").handles or store.read("q").handles[c].status is HandleStatus.STOPPING
-    wait_running(cp, "q", 3)  # both replaced; the held one stays
+    wait_running(cp, "q", 3, timeout=45)  # both replaced (the drained one after its drain_timeout, 30 s)
     assert a in store.read("q").handles and store.read("q").handles[a].hold
     con.act(f"/clusters/q/handles/{a}/hold", hold="0")
     assert not store.read("q").handles[a].hold
@@ -167,7 +184,7 @@ def test_bad_requests_get_a_clear_error_and_change_nothing(cp: Plane, con: Conso
     assert no_csrf.status_code == 400 and "CSRF token is missing" in no_csrf.text
     forged = con.post("/clusters/web/scale", data={"workers": "5", "csrf_token": "forged"})
     assert forged.status_code == 400 and "CSRF" in forged.text
-    unknown_handle = con.act("/clusters/web/handles/nope/kill")
+    unknown_handle = con.act("/clusters/web/handles/nope/kill", confirm="1")
     assert any("no live handle" in f for f in flashes(unknown_handle.text))
     as_json = con.post("/clusters/web/scale?format=json", data={"workers": "-1", "csrf_token": con.token()})
     assert as_json.status_code == 400 and "whole number" in as_json.json()["error"]
@@ -237,7 +254,40 @@ def test_the_sweep_samples_workers_for_the_chart(cp: Plane, con: Console) -> Non
     samples = store.series("web")
     assert samples and samples[-1][0] <= time.time()
     assert len(samples) == 1 or samples[-1][0] - samples[-2][0] >= 29  # one per 30 s at most
-    assert "<polyline points=" in con.get("/").text
+    page = con.get("/").text
+    assert "<polyline points=" in page
+    # the chart says what it spans: since the first sample (younger than an hour), with its scale
+    row = page.split('id="cluster-web"')[1].split("</tr>")[0]
+    since = re.search(r'class="since">since (\d\d:\d\d) \((\d+) (s|min)\)<', row)
+    first = store.series("web")[0][0]
+    assert since and since.group(1) in {time.strftime("%H:%M", time.localtime(first + d)) for d in (0, 1)}, row
+    assert 'class="now">now<' in row and 'class="y zero">0<' in row
+    running = int(re.search(r'data-field="running">(\d+)<', row).group(1))  # type: ignore[union-attr]
+    top = int(re.search(r'class="y top"[^>]*>(\d+)<', row).group(1))  # type: ignore[union-attr]
+    assert top >= max(running, 1)
+
+
+def test_the_autoscaler_line_and_a_request_after_it_are_both_shown(cp: Plane, con: Console) -> None:
+    store = Store(cp.r, cp.fleet_id)
+
+    def desired(n: int, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while (d := store.get_desired("auto")) is None or d.n != n:
+            assert time.monotonic() < deadline, f"{what}: desired {d}"
+            time.sleep(0.1)
+
+    cp.r.lpush("console-auto", "waiting-1")  # load 1: the autoscaler asks for one worker
+    desired(1, "the autoscaler scales up")
+    cp.r.delete("console-auto")  # no load: it scales down to 0 at the next sweep
+    desired(0, "the autoscaler scales down")
+    cp.call("fleet.scale", "auto", 2)  # an operator's request: desired 2, a floor the autoscaler keeps
+    try:
+        line = re.sub(r"\s+", " ", con.get("/clusters/auto").text.split('class="autoscale">')[1].split("</p>")[0])
+        assert "last set desired to 0 (autoscale load=0)" in line, line
+        assert "since then desired set to 2 by request" in line and "never goes below 2" in line, line
+        assert "Desired now: <b>2</b>" in line, line
+    finally:
+        cp.call("fleet.scale", "auto", 0)  # no workers left to ask what they hold at each sweep
 
 
 def test_fleet_console_refuses_a_public_address_without_a_token(cp: Plane, tmp_path: Path) -> None:

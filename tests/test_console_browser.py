@@ -1,8 +1,9 @@
 """The console in a real browser: headless Chromium (Debian's `chromium` and `chromium-driver`,
 installed by the test run when missing) driven by Selenium, against a real control plane. Opens
 the overview, scales a cluster from its page and watches the running count reach the target
-without a reload, holds and drains a handle, and sees the error of a refused request.
-Screenshots go to `test-artifacts/console/` (docs/console.md shows two of them)."""
+without a reload, holds and drains a handle, and sees the error of a refused request; a kill
+asks first; and the page says what is down when Redis is killed, and comes back by itself.
+Screenshots go to `test-artifacts/console/` (docs/console.md shows three of them)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from fleet.client import masked
 from fleet.console.app import create_app, serve
 from fleet.store import Store
 from fleet.testing.plane import Plane, plane
@@ -135,3 +137,56 @@ def test_scale_watch_hold_drain_and_an_error_in_a_real_browser(browser: Any, sit
     browser.get(base + "/")
     until(lambda: browser.find_element(By.CSS_SELECTOR, "#cluster-web td[data-field=running]").text == "7")
     shot(browser, "overview")
+
+
+def test_a_kill_asks_first_in_a_real_browser(browser: Any, site: tuple[Plane, str]) -> None:
+    from selenium.webdriver.common.by import By
+
+    cp, base = site
+    store = Store(cp.r, cp.fleet_id)
+    cp.call("fleet.scale", "web", 2)
+    until(lambda: store.summary("web").converged_at(2), what="2 web workers")
+    browser.get(base + "/clusters/web")
+    row = until(lambda: browser.find_element(By.CSS_SELECTOR, "table.handles tbody tr[data-handle]"))
+    handle = row.get_attribute("data-handle")
+    row.find_element(By.CSS_SELECTOR, "button.kill").click()
+    asked = until(lambda: browser.switch_to.alert, what="a confirmation dialog")
+    assert handle in asked.text and "stop at once" in asked.text
+    asked.dismiss()  # "no": nothing is sent
+    assert store.read("web").handles[handle].status.value == "running"
+    assert browser.find_elements(By.CSS_SELECTOR, ".flash.ok") == []
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-handle="{handle}"] button.kill').click()
+    until(lambda: browser.switch_to.alert, what="the dialog again").accept()
+    until(lambda: f"{handle}: killed" in browser.find_element(By.CSS_SELECTOR, ".flash.ok").text, what="killed")
+    assert handle not in store.read("web").handles or store.read("web").handles[handle].status.value == "stopping"
+
+
+def test_the_outage_page_in_a_real_browser(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    with plane(tmp_path, CLUSTERS, fleet="sweep_interval = 0.5\n") as cp:
+        server = serve(create_app(cp.config, cp.stack.url), "127.0.0.1", 0)
+        threading.Thread(target=server.run, daemon=True).start()
+        base = f"http://127.0.0.1:{server.effective_port}"
+        try:
+            cp.call("fleet.scale", "web", 3)
+            browser.get(base + "/")
+            until(lambda: browser.find_element(By.CSS_SELECTOR, "#cluster-web td[data-field=running]").text == "3")
+            assert cp.stack.redis is not None and cp.stack.redis.proc is not None
+            cp.stack.redis.proc.kill()
+            cp.stack.redis.proc.wait(timeout=10)
+            said = f"Redis at {masked(cp.stack.url)} unreachable"
+            # the open page says so at its next update, in place of what it can no longer read
+            until(lambda: said in browser.find_element(By.ID, "problem").text, what="the open page says it")
+            assert browser.find_element(By.ID, "live-state").text == "outage"
+            browser.get(base + "/")  # and so does a page opened now
+            assert said in browser.find_element(By.ID, "problem").text and "internal error" not in browser.page_source
+            assert browser.find_element(By.ID, "live-state").text == "outage"
+            shot(browser, "outage")
+            cp.stack.redis.restart()
+            # it comes back by itself, without a reload
+            until(lambda: browser.find_element(By.CSS_SELECTOR, "#cluster-web td[data-field=running]").text == "3",
+                  what="the fleet shown again")
+            assert browser.find_element(By.ID, "live-state").text == "live"
+        finally:
+            server.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -106,5 +108,5 @@ def test_flower_listens_on_loopback_with_basic_auth_and_shows_fleet_tasks(tmp_pa
             tasks = wait_for(shown, timeout=45, interval=0.5, what="fleet.status in flower")
             assert tasks[0]["args"] == "['single']"  # readable, and nothing secret travels in arguments
         finally:
-            flower.terminate()
+            os.killpg(flower.pid, signal.SIGKILL)  # its whole process group (its own session), stuck or not
             flower.wait(timeout=20)

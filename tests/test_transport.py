@@ -10,10 +10,13 @@ from tasks.transport import Transport, broker_transport
 from tests.conftest import REDIS_URL
 
 
-def test_plain_redis_urls_use_it_and_other_schemes_keep_kombus_own() -> None:
+def test_redis_and_rediss_urls_use_it_and_other_schemes_keep_kombus_own() -> None:
     assert broker_transport("redis://127.0.0.1:6379/0") == "fleet-redis"
-    assert broker_transport("rediss://:pw@redis.example:6380/0") is None  # kombu's TLS defaults
-    assert broker_transport("sentinel://127.0.0.1:26379") is None  # kombu's Sentinel transport
+    # TLS too (its files in broker_use_ssl): poison is set aside there as well (tests/test_redis_tls.py)
+    assert broker_transport("rediss://:pw@redis.example:6380/0") == "fleet-redis"
+    # Sentinel too (tests/test_redis_sentinel.py): poison is set aside and failover is followed
+    assert broker_transport("sentinel://127.0.0.1:26379") == "fleet-redis-sentinel"
+    assert broker_transport("memory://") is None  # kombu's own
 
 
 def test_the_control_plane_app_uses_it(celery_app: Any) -> None:

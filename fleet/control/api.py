@@ -10,8 +10,7 @@ reconcile; it never waits for one.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fleet.config import FleetConfig, shorten
@@ -20,6 +19,7 @@ from fleet.control.queries import Queries
 from fleet.errors import InvalidRequest, ScaleRefused
 from fleet.holds import Holds
 from fleet.model import EventKind, HandleStatus
+from fleet.requests import Gate
 from fleet.store import Store
 
 
@@ -51,6 +51,12 @@ class FleetAPI:
         self.dispatcher = dispatcher
         self.marker_ttl = math.ceil(lease)
         self.request_reconcile = request_reconcile
+        self.gate = Gate(config, store)
+
+    def admit(self, task: str, task_id: str | None, headers: Mapping[str, Any], args: tuple[Any, ...],
+              mutating: bool = True) -> None:
+        """Before a public task runs: raise unless it is for this fleet and not expired (`fleet.requests`)."""
+        self.gate.admit(task, task_id, headers, args, mutating)
 
     def scale(self, cluster: Any, workers: Any) -> dict[str, Any]:
         """Store the desired number and ask for a reconcile: {cluster, desired, version}. On an
@@ -124,7 +130,7 @@ class FleetAPI:
             raise InvalidRequest(f"cluster {cluster!r} has no `queues`: nothing to drain; kill the handle instead")
         moved = self.store.transition(cluster, [h], [HandleStatus.RUNNING, HandleStatus.INITIALIZING],
                                       HandleStatus.DRAINING, EventKind.DRAIN, event_fields={"by": "operator"},
-                                      drain_until=time.time() + (spec.drain_timeout or 300.0))
+                                      drain_until=self.store.now() + (spec.drain_timeout or 300.0))
         if not moved:
             raise InvalidRequest(f"cluster {cluster!r} has no running handle {shorten(h)}")
         self.dispatcher.drain(cluster, moved, spec.pool_list[0].provider)

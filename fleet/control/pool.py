@@ -3,6 +3,7 @@ validated once."""
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import redis
 
 from fleet.config import FleetConfig, PoolSpec
+from fleet.counters import record_unreadable
 from fleet.errors import FleetError
 from fleet.holds import Holds
 from fleet.keys import Keyspace
@@ -58,7 +60,8 @@ class ProviderPool:
         """Provider `name`, wrapped (built on first use)."""
         with self._lock:
             if name not in self._wrapped:
-                raw = provider_class(name)(ProviderContext(self.config.fleet.id, self.config.state_dir))
+                report = functools.partial(record_unreadable, self.client, Keyspace(self.config.fleet.id))
+                raw = provider_class(name)(ProviderContext(self.config.fleet.id, self.config.state_dir, report))
                 self._wrapped[name] = compose(raw, name, self.config, self.client, self.holds, self.limits, self.lease)
             return self._wrapped[name]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 
+from fleet import clock
 from fleet.config import ClusterSpec, FleetConfig
 from fleet.deadletters import DeadLetters, summary
 from fleet.holds import Holds
@@ -57,12 +58,19 @@ class Queries:
             cleanup=self.store.cleanup_count(cluster),
             interrupted=summary.counts.interrupted,
             outdated=0 if cluster in self.config.retired else summary.counts.outdated(spec.revisions),
+            clock_skew=self.clock_skew(),
         )
         if cluster in self.config.retired:
             summary_["retired"] = True
         if spec.pools:
             summary_["pools"] = self.pools(cluster, spec, summary)
         return summary_
+
+    def clock_skew(self) -> list[dict[str, Any]]:
+        """The control-plane processes whose clock is more than `fleet.clock.SKEW_WARN` seconds off
+        Redis time: `{process, role, offset}` each (offset = Redis - host). Fleet keeps working
+        (it only uses Redis time), but whatever else runs on such a host is off too."""
+        return clock.skewed(self.client, self.config.fleet.id)
 
     def rollout(self, cluster: str) -> dict[str, Any]:
         """Where the cluster's rollout is: held (paused or stopped, and why), how many live

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -233,6 +232,13 @@ class Reconciler:
 
         def plan(view: PlanView) -> tuple[Writes, ReconcileResult]:
             goal = target(spec, view.desired)
+            if view.desired is None:
+                # nobody asked for a number, or Redis lost it (a launch in flight may just have
+                # recorded its workers): what runs stays until the sweep takes its count for the
+                # desired number (Sweeper.observe) or someone asks; min_workers still launches
+                goal = min(max(goal, view.counts.live + sum(
+                    p.count for p in view.pending.values() if p.state is not LaunchState.CANCELLED)),
+                    spec.max_workers)
             result = ReconcileResult(cluster, desired=goal)
             records: dict[str, HandleRecord] = {}
             pools = pool_views(spec, view.counts, view.pending, blocked)
@@ -243,7 +249,7 @@ class Reconciler:
             retired = cluster in self.config.retired  # nothing new for a retired cluster (fleet.retire)
             outdated = 0 if retired else view.counts.outdated(current)
             result.outdated = outdated
-            now = time.time()
+            now = self.store.now()
             writes = Writes()
             drain: list[dict[str, Any]] = []
             kill: list[dict[str, Any]] = []

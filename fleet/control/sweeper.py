@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -120,7 +119,7 @@ class Sweeper:
             self.request_reconcile(cluster)
             return {"cluster": cluster, "skipped": True}
         try:
-            now = time.time()
+            now = self.store.now()
             if now - self._sampled.get(cluster, 0.0) >= SERIES_EVERY:  # one round trip per 30 s
                 self._sampled[cluster] = now
                 self.store.sample(cluster, now)
@@ -130,7 +129,7 @@ class Sweeper:
                 report, index = self.observe(cluster, spec, view)
             except ProviderError as exc:
                 report = self._failed(cluster, exc)
-            report.update(self.act(cluster, spec, self.acted_on(cluster, spec, view, index), time.time()))
+            report.update(self.act(cluster, spec, self.acted_on(cluster, spec, view, index), self.store.now()))
         finally:
             lease.release()
         if retired and not self._retiring(cluster):
@@ -220,7 +219,7 @@ class Sweeper:
             self._acknowledge(cluster, pool, batch)
         applied = self._apply(cluster, spec, known, observed)
         live_unknown = {h: w for h, w in unknown.items() if observed.get(h, "stopped") != "stopped"}
-        now = time.time()
+        now = self.store.now()
         first_seen = self.store.track_unknown(cluster, live_unknown, now, listed_by)
         lost_desired = view.desired is None
         # a launch in flight may be what made them: wait for it (or for launch_timeout) first

@@ -9,10 +9,10 @@ from collections import Counter
 from importlib.resources import as_file, files
 from pathlib import Path
 
-import redis
 from rich.console import Console
 
 from fleet.config import FleetConfig, load_config
+from fleet.connection import connect
 from fleet.progress import wait_converged
 from fleet.provider import Cluster, ProviderContext
 from fleet.registry import provider_class
@@ -42,7 +42,7 @@ def run_demo(*, workers: int = 4, jobs: int = 20, keep: bool = False, console: C
     with open(log_path, "ab") as log, Stack(config, config_file, log=log) as stack:
         console.print(f"1. embedded Redis at [cyan]{stack.url}[/cyan]; control-plane worker and beat started")
         client = Celery("demo-client", broker=stack.url, backend=stack.url, set_as_current=False)
-        state = Store(redis.Redis.from_url(stack.url), config.fleet.id)
+        state = Store(connect(stack.url), config.fleet.id)
         try:
             reply = client.send_task("fleet.scale", args=[CLUSTER, workers]).get(timeout=60)
             console.print(f"2. send_task('fleet.scale', ['{CLUSTER}', {workers}]) -> {reply}")

@@ -639,12 +639,16 @@ def section_containers(work: Path, n: int, say: Callable[[str], None]) -> dict[s
 # -- the run -----------------------------------------------------------------------------------
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The targets of issue 13 (and the earlier ones still measured), from this run's figures."""
+    """The targets of issue 13 (and the earlier ones still measured), from this run's figures;
+    first, one per scale of every section: that it converged (a `gate`: see `failed_targets`)."""
     out: list[dict[str, Any]] = []
 
-    def add(target: str, value: Any, met: bool) -> None:
-        out.append({"target": target, "value": value, "met": met})
+    def add(target: str, value: Any, met: bool, gate: bool = False) -> None:
+        out.append({"target": target, "value": value, "met": met, **({"gate": True} if gate else {})})
 
+    for section, scale, n, phase in converging(results):
+        add(f"{section}: {scale} scale to {n} converged" if scale else f"{section}: scale to {n} converged",
+            phase.get("seconds"), bool(phase.get("converged")), gate=True)
     conv = results.get("convergence", {})
     rows = conv.get("rows", [])
     if len(rows) > 1:
@@ -692,6 +696,27 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if "ratio" in cont:
         add("real containers overhead ratio <= 1.10", cont["ratio"], cont["ratio"] <= 1.10)
     return out
+
+
+def converging(results: dict[str, Any]) -> Iterator[tuple[str, str, int, dict[str, Any]]]:
+    """(section, cluster or "", target size, its phase's figures) of every scale a section made
+    and waited for: each must have converged."""
+    for row in results.get("convergence", {}).get("rows", []):
+        yield "convergence", "", row["n"], row["up"]
+        yield "convergence", "", 0, row["down"]
+    cloud = results.get("cloud", {})
+    for provider, row in cloud.get("providers", {}).items():
+        yield "cloud", provider, cloud["n"], row["up"]
+        yield "cloud", provider, 0, row["down"]
+    cont = results.get("containers", {})
+    if "fleet_up" in cont:
+        yield "containers", "docker", cont["n"], cont["fleet_up"]
+        yield "containers", "docker", 0, cont["fleet_down"]
+
+
+def failed_targets(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The gates not met (a scale that did not converge): each fails the run (exit status 1)."""
+    return [t for t in found if t.get("gate") and not t["met"]]
 
 
 def run_bench(*, quick: bool = False, only: tuple[str, ...] = (), json_path: str | None = None,
@@ -744,6 +769,10 @@ def run_bench(*, quick: bool = False, only: tuple[str, ...] = (), json_path: str
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["targets"] = targets(results)
+    stuck = failed_targets(results["targets"])
+    if stuck:
+        failed = True
+        err.print("[red]did not converge:[/red] " + "; ".join(t["target"] for t in stuck), highlight=False)
     render(results, console)
     text = json.dumps(results, separators=(",", ":"), default=str)
     if json_path:

@@ -102,10 +102,14 @@ class ProviderContract:
         first = provider.run_workers(cluster, kit.container, kit.hardware, 5, launch_id=launch_id)
         second = provider.run_workers(cluster, kit.container, kit.hardware, 5, launch_id=launch_id)
         assert sorted(first) == sorted(second)
-        assert provider.list_workers(cluster) == {h: first.count(h) for h in set(first)}
+        listed = provider.list_workers(cluster)
+        if listed is not None:  # a provider that cannot list shows it through its handles only
+            assert listed == {h: first.count(h) for h in set(first)}
 
     def test_list_workers_finds_exactly_this_fleet_and_cluster(self, kit: Kit) -> None:
         provider, cluster, other = kit.provider, kit.cluster, kit.other
+        if provider.list_workers(cluster) is None:
+            pytest.skip("this provider cannot list")
         mine = provider.run_workers(cluster, kit.container, kit.hardware, 4, launch_id=uuid.uuid4().hex)
         theirs = provider.run_workers(other, kit.container, kit.hardware, 2, launch_id=uuid.uuid4().hex)
         # a fresh instance (a restarted control plane) must find them from the provider's side

@@ -37,7 +37,8 @@ def clusters(options: Any, name: str = "contract") -> tuple[Cluster[Any], Cluste
 
 
 def cleanup(kit: Kit) -> None:
-    """Kill whatever the kit's clusters still have (call it when a test is done)."""
+    """Kill whatever the kit's clusters still have (call it when a test is done). It finds them
+    with `list_workers`: the kit of a provider that cannot list kills its workers itself."""
     for c in (kit.cluster, kit.other):
         left = kit.provider.list_workers(c) or {}
         if left:

@@ -18,6 +18,7 @@ import redis
 from celery import Celery
 
 from fleet.config import FleetConfig, load_config
+from fleet.connection import RedisTarget, connect
 from fleet.keys import Keyspace
 from fleet.stack import Stack
 
@@ -35,6 +36,14 @@ class Plane:
 
     def client(self) -> Celery:
         app = Celery("test-client", broker=self.stack.url, backend=self.stack.url, set_as_current=False)
+        # the fleet's ACL user, password and TLS files (fleet.connection.RedisTarget), if any
+        target = RedisTarget.from_settings(self.stack.url, self.config.fleet)
+        app.conf.update({k: v for k, v in target.celery_settings().items()
+                         if k in target.broker_access() or k.startswith(("redis_username", "redis_password",
+                                                                           "redis_backend_use_ssl"))})
+        if target.sentinel:  # the master's name, for the broker and the result backend
+            app.conf.update({k: target.celery_settings()[k]
+                             for k in ("broker_transport_options", "result_backend_transport_options")})
         app.conf.broker_connection_retry_on_startup = True
         return app
 
@@ -58,9 +67,11 @@ class Plane:
 
 
 @contextmanager
-def plane(tmp: Path, clusters: str, *, fleet: str = "", prefix: str = "p", **stack: Any) -> Iterator[Plane]:
+def plane(tmp: Path, clusters: str, *, fleet: str = "", prefix: str = "p", redis_url: str = "",
+          **stack: Any) -> Iterator[Plane]:
     """A Stack for a fleet of its own: `clusters` and `fleet` are TOML (the `[clusters.*]` tables
-    and extra `[fleet]` settings). Stopped, Redis and all, at the end."""
+    and extra `[fleet]` settings). Stopped, Redis and all, at the end. `redis_url` puts it on a
+    Redis of the caller's (else an embedded one of its own)."""
     fleet_id = prefix + uuid.uuid4().hex[:8]
     path = tmp / "fleet.toml"
     path.write_text(f'[fleet]\nid = "{fleet_id}"\nstate_dir = "{tmp / "state"}"\n' + textwrap.dedent(fleet)
@@ -68,9 +79,11 @@ def plane(tmp: Path, clusters: str, *, fleet: str = "", prefix: str = "p", **sta
     config = load_config(path)
     log_path = tmp / "control-plane.log"
     # its own embedded Redis and state folder, whatever FLEET_REDIS_URL and FLEET_STATE_DIR say
-    with open(log_path, "ab") as log, Stack(config, path, log=log, redis_url="", state_dir=tmp / "state",
+    with open(log_path, "ab") as log, Stack(config, path, log=log, redis_url=redis_url, state_dir=tmp / "state",
                                             die_with_parent=True, **stack) as running:
-        p = Plane(running, redis.Redis.from_url(running.url), log_path, config)
+        plain = running.redis is not None  # its own embedded Redis: no user, password nor TLS of the config's
+        p = Plane(running, redis.Redis.from_url(running.url) if plain
+                  else connect(RedisTarget.from_settings(running.url, config.fleet)), log_path, config)
         for role in running.roles:
             if role != "beat" and not running.in_process:
                 p.wait_ready(role)
