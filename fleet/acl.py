@@ -21,9 +21,9 @@ from fleet.errors import InvalidRequest
 
 ROLES: tuple[str, ...] = ("control", "read-only", "requester")
 
-#: What every role's connection needs: the handshake, the health check, the server's clock.
-_CONNECT: tuple[str, ...] = ("+hello", "+auth", "+ping", "+select", "+client|setname", "+client|id",
-                             "+info", "+time", "+echo")
+#: What every role's connection needs: the health check, the database (a fleet on /1 or more),
+#: the server's clock. AUTH and HELLO need no rule: Redis lets every user run them.
+_CONNECT: tuple[str, ...] = ("+ping", "+select", "+time")
 
 
 def rules(role: str, fleet_id: str, public_queue: str = "celery") -> tuple[str, ...]:
@@ -38,8 +38,8 @@ def rules(role: str, fleet_id: str, public_queue: str = "celery") -> tuple[str, 
         # and SADD of its binding to `_kombu.binding.<queue>` and `_kombu.binding_permanent.<queue>`
         return (f"~{public_queue}", f"%R~{public_queue}*", f"~_kombu.binding.{public_queue}",
                 f"~_kombu.binding_permanent.{public_queue}", f"%R~fleet:{fleet_id}:request:*",
-                "~celery-task-meta-*", "&celery-task-meta-*", "-@all", "+multi", "+exec", "+discard", "+lpush",
-                "+llen", "+sadd", "+smembers", "+get", "+mget", "+subscribe", "+unsubscribe", *_CONNECT)
+                "~celery-task-meta-*", "&celery-task-meta-*", "-@all", "+multi", "+exec", "+lpush", "+llen",
+                "+sadd", "+get", "+subscribe", "+unsubscribe", *_CONNECT)
     raise InvalidRequest(f"unknown role {role[:40]!r}: one of {', '.join(ROLES)}")
 
 

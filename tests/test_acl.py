@@ -11,14 +11,18 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner
+from prometheus_client import generate_latest
 
 from fleet.acl import rules, setuser
 from fleet.cli import main
 from fleet.config import load_config
 from fleet.console.app import ConsoleSettings, create_app
+from fleet.metrics import registry_for
 from fleet.testing.plane import Plane, plane
 from tests.kits.tls_redis import USER, TLSRedis, tls_redis
 from tests.test_redis_tls import LOCAL
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 
 
 @pytest.fixture
@@ -60,6 +64,8 @@ def test_the_read_only_user_reads_status_and_the_console_and_may_not_scale(
     path = as_user(server, p, tmp_path, "read-only")
     code, text = cli(path, "status", "local")
     assert code == 0 and "local" in text, text
+    code, text = cli(path, "events", "local")
+    assert code == 0 and "launch" in text, text
     code, text = cli(path, "status", "--json")
     assert code == 0 and '"desired": 1' in text, text
     config = load_config(path)
@@ -75,6 +81,8 @@ def test_the_read_only_user_reads_status_and_the_console_and_may_not_scale(
     reader = redis.Redis(host="127.0.0.1", port=server.port, ssl=True, ssl_ca_certs=str(server.ca),
                          ssl_certfile=str(server.client_cert), ssl_keyfile=str(server.client_key),
                          username="fleet-read-only", password="read-only-pw", socket_timeout=5)
+    scraped = generate_latest(registry_for(config, reader)).decode()  # `fleet metrics`
+    assert 'cluster="local"' in scraped, scraped[:2000]
     with pytest.raises(redis.ResponseError, match="no permissions"):  # another key
         reader.get("other-key")
     with pytest.raises(redis.ResponseError, match="no permissions"):  # a write to its own fleet's keys
@@ -100,5 +108,6 @@ def test_fleet_acl_prints_the_lines_the_tests_use(tmp_path: Path) -> None:
         result = CliRunner().invoke(main, ["--config", str(path), "acl", "--role", role])
         assert result.exit_code == 0, result.output
         assert result.output.strip() == setuser(role, "prod", f"fleet-{role}")
+        assert f"redis-cli --tls ... {result.output.strip()}\n" in DOCS.read_text()  # the docs show it
     result = CliRunner().invoke(main, ["--config", str(path), "acl", "--role", "admin"])
     assert result.exit_code == 2 and "Traceback" not in result.output

