@@ -105,12 +105,15 @@ def client_options(socket_timeout: float = SOCKET_TIMEOUT) -> dict[str, Any]:
     }
 
 
-def connect(url: str | RedisTarget, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
-    """A redis-py client for `url` with Fleet's timeouts and keepalive (`client_options`), and
-    (`redis://`) Fleet's `Connection`. A URL some `RedisTarget` of this process was built for
-    (`RedisTarget.register`) gets that target's ACL user, password and TLS files too."""
+def connect(url: str | RedisTarget, socket_timeout: float = SOCKET_TIMEOUT, retry: Retry | None = None) -> redis.Redis:
+    """A redis-py client for `url` with Fleet's timeouts and keepalive (`client_options`; `retry`
+    instead of its one retry, if given), and (`redis://`) Fleet's `Connection`. A URL some
+    `RedisTarget` of this process was built for (`RedisTarget.register`) gets that target's ACL
+    user, password, TLS files and Sentinel master name too."""
     chosen = url if isinstance(url, RedisTarget) else target(url)
     options = {**client_options(socket_timeout), **chosen.redis_options()}
+    if retry is not None:
+        options["retry"] = retry
     if chosen.sentinel:
         return _sentinel_client(chosen, options)
     if chosen.url.startswith("redis://"):  # rediss:// and unix:// keep their own connection class

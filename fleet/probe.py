@@ -14,6 +14,7 @@ from celery import Celery
 
 from fleet.amqp_management import Depth, Management
 from fleet.connection import target, transport_options
+from fleet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,14 @@ class Probe:
     def __init__(self, broker_url: str, management_url: str | None = None) -> None:
         self.app = Celery("fleet-probe", broker=broker_url, set_as_current=False)
         self.app.conf.broker_connection_retry_on_startup = True
-        if broker_url.startswith(("redis://", "rediss://")):  # timeouts and keepalive (fleet.connection)
+        if broker_url.startswith(("redis://", "rediss://", "sentinel://")):  # timeouts, keepalive
             self.app.conf.broker_transport_options = transport_options()
-            self.app.conf.update(target(broker_url).broker_access())  # the fleet's Redis: its user, TLS
+            chosen = target(broker_url)
+            self.app.conf.update(chosen.broker_access())  # the fleet's Redis: its user, TLS
+            if chosen.sentinel:  # kombu's Sentinel transport finds the primary by the master's name
+                if not chosen.sentinel_master:
+                    raise ConfigError("a sentinel:// broker URL needs fleet.redis_sentinel_master (the master's name)")
+                self.app.conf.broker_transport_options["master_name"] = chosen.sentinel_master
         self.management = Management(management_url, broker_url) if management_url else None
 
     def depth(self, queues: Sequence[str]) -> Depth:

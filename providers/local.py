@@ -2,7 +2,8 @@
 
 Each container runs the cluster's `container.command` (with `${VAR}` expanded from its
 environment) in a new session, with the container's `env`, the `FLEET_*` identity and
-`FLEET_LAUNCH_ID`, and `FLEET_PYTHON` (the interpreter running Fleet). `FLEET_WORKERS` workers
+`FLEET_LAUNCH_ID`, and `FLEET_PYTHON` (the interpreter running Fleet), over the control plane's
+own environment less `FLEET_REDIS_PASSWORD` and `FLEET_REDIS_PASSWORD_FILE`. `FLEET_WORKERS` workers
 share it, e.g. as Celery's `--concurrency`. `container.secrets` may use `env:` and `file:`
 references, read at each launch into the process's environment only; an error that the command
 cannot start names it as written, never expanded.
@@ -40,6 +41,16 @@ class LocalOptions(BaseModel):
 
     kill_grace: float = Field(default=10.0, ge=0, le=600, description="seconds between SIGTERM and SIGKILL")
     cwd: str | None = Field(default=None, description="working directory of the processes")
+
+
+#: the control plane's own Redis password: never handed down to the processes it launches (a
+#: cluster's `container.env` or `container.secrets` may still set them)
+PRIVATE_ENV = ("FLEET_REDIS_PASSWORD", "FLEET_REDIS_PASSWORD_FILE")
+
+
+def _inherited() -> dict[str, str]:
+    """This process's environment less PRIVATE_ENV: what a launched process starts from."""
+    return {key: value for key, value in os.environ.items() if key not in PRIVATE_ENV}
 
 
 def _environ(pid: int) -> dict[bytes, bytes] | None:
@@ -142,7 +153,7 @@ class LocalProvider(Provider[LocalOptions]):
     def _spawn(self, cluster: Cluster[LocalOptions], container: ContainerSpec, opts: LocalOptions, handle: str,
                workers: int, launch_id: str, log: Path) -> None:
         secrets = resolve_local(cluster.name, container.secrets)
-        env = {**os.environ, **container.env, **secrets, **cluster.identity_env(handle, workers),
+        env = {**_inherited(), **container.env, **secrets, **cluster.identity_env(handle, workers),
                "FLEET_LAUNCH_ID": launch_id, "FLEET_PYTHON": sys.executable}
         argv = [string.Template(arg).safe_substitute(env) for arg in container.command]
         with open(log, "ab") as out:

@@ -25,10 +25,11 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError
 
 from fleet.client import PublicTasks, masked
 from fleet.config import FleetConfig
-from fleet.connection import client_options, target
+from fleet.connection import connect
 from fleet.errors import FleetError
 from fleet.keys import Keyspace
 from fleet.retire import declared_ttl
@@ -64,8 +65,8 @@ class Health:
     def __init__(self, config: FleetConfig, url: str) -> None:
         self.where = masked(url)
         # no retry: a PING that failed once is the answer
-        self.probe = redis.Redis.from_url(url, **{**client_options(PING_TIMEOUT), "retry": Retry(NoBackoff(), 0),
-                                                  **target(url).redis_options()})  # ACL user, password, TLS
+        # ACL user, password, TLS, Sentinel (a sentinel:// URL: the primary its sentinels name)
+        self.probe = connect(url, PING_TIMEOUT, retry=Retry(NoBackoff(), 0))
         keys = Keyspace(config.fleet.id)
         self.beats = [keys.cluster(c).declared for c in config.clusters if c not in config.retired]
         self.ttl = declared_ttl(config)
@@ -73,6 +74,8 @@ class Health:
     def redis_down(self, exc: BaseException) -> str:
         """What to say of Redis after `exc` (no password: the URL is masked)."""
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, MasterNotFoundError):  # its text goes on with each sentinel's client repr
+            reason = str(exc).split(" : ", 1)[0] + " by any sentinel (are the sentinels up?)"
         return f"Redis at {self.where} unreachable: {reason}"
 
     def redis_problem(self) -> str | None:
