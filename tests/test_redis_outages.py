@@ -92,7 +92,7 @@ def test_a_full_redis_never_loses_nor_sets_aside_a_request(full: Plane, refusal:
     p.call("fleet.status", "one")
     control = p.stack.procs["control"]
     dead_letters = p.r.llen(p.keys.dead_letters)
-    for _ in range(10):  # until the stopped worker's pending BRPOP takes the request (Redis pops it)
+    for _ in range(40):  # until the stopped worker's pending BRPOP takes the request (Redis pops it)
         os.kill(control.pid, signal.SIGSTOP)
         pending = p.client().send_task("fleet.scale", args=["one", 3])
         if p.r.llen("celery") == 0:
