@@ -95,14 +95,7 @@ def client_options(socket_timeout: float = SOCKET_TIMEOUT) -> dict[str, Any]:
     pooled connection that died with a restarted server is replaced; a silent server costs two
     socket timeouts (with `Connection`, which does not retry inside the connect too), never the
     default four attempts with back-off up to 10 s."""
-    return {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": min(CONNECT_TIMEOUT, socket_timeout),
-        "socket_keepalive": True,
-        "socket_keepalive_options": dict(KEEPALIVE_OPTIONS),
-        "health_check_interval": HEALTH_CHECK_INTERVAL,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
-    }
+    return {**transport_options(socket_timeout), "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 1)}
 
 
 def connect(url: str | RedisTarget, socket_timeout: float = SOCKET_TIMEOUT, retry: Retry | None = None) -> redis.Redis:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from fleet.connection import RedisTarget, connect
 from fleet.embedded import die_with_parent, free_port
 from fleet.errors import ConfigError
 from fleet.testing.system import ensure_debian_packages
+from tests.kits.sentinel import _wait
 
 SERVER = "/usr/bin/redis-server"
 
@@ -64,18 +64,6 @@ def test_a_sentinel_url_needs_a_master_name_and_a_good_form() -> None:
     with pytest.raises(ConfigError):
         RedisTarget.from_settings("sentinel://127.0.0.1:26379;redis://x:1", settings(redis_sentinel_master="m"),
                                   env={})
-
-
-def _wait(client: redis.Redis, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{what} did not start") from None
-            time.sleep(0.05)
 
 
 @pytest.fixture
