@@ -140,14 +140,19 @@ def test_a_control_plane_behind_sentinel_converges_on_the_new_primary(topology: 
             lost = 0 if pending.get(timeout=5)["desired"] == 6 else 1
         except Exception:  # noqa: BLE001 - lost (counted)
             lost = 1
+        del pending  # its result consumer unsubscribes now, while Redis runs, not at exit
         cli = fleet_cli(p, "scale", "web", "6")
         assert cli.returncode == 0, cli.stderr[-2000:]
 
+        last: dict[str, Any] = {}
+
         def converged() -> bool:
             s = p.call("fleet.status", "web")
-            return s["desired"] == 6 and s["running"] == 6 and len(processes(p.fleet_id)) == 6
+            last.update(status={k: s.get(k) for k in ("desired", "running", "initializing", "stopping", "draining")},
+                        processes=sorted(processes(p.fleet_id)))
+            return s["desired"] == 6 and s["running"] == 6 and len(last["processes"]) == 6
 
-        wait_for(converged, timeout=90, interval=0.2, what="convergence on the new primary")
+        wait_for(converged, timeout=90, interval=0.2, what=lambda: f"convergence on the new primary (last: {last})")
         converging = time.monotonic() - killed
         status = fleet_cli(p, "status", "web")
         assert status.returncode == 0, status.stderr[-2000:]

@@ -26,15 +26,17 @@ def killed(result: Mapping[str, bool | WorkerStatus], handles: Sequence[str]) ->
     return set(result) == set(handles) and all(v is True or v == WorkerStatus.STOPPED for v in result.values())
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
-    """Poll until `predicate()` is truthy and return it; fail with `what` after `timeout` seconds."""
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
+             what: str | Callable[[], str] = "") -> Any:
+    """Poll until `predicate()` is truthy and return it; fail with `what` (or what it returns, to
+    say the last state seen) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+            pytest.fail(f"timed out after {timeout} s waiting for {(what() if callable(what) else what) or predicate}")
         time.sleep(interval)
 
 

@@ -49,7 +49,15 @@ class Plane:
 
     def call(self, task: str, *args: Any, timeout: float = 20.0) -> Any:
         """Send a public task by name, as another service would, and wait for its answer."""
-        return self.client().send_task(task, args=list(args)).get(timeout=timeout)
+        result = self.client().send_task(task, args=list(args))
+        try:
+            return result.get(timeout=timeout)
+        except BaseException:
+            # Unanswered, it stays subscribed, and its finaliser would unsubscribe whenever the
+            # garbage collector runs it: perhaps after Redis is gone, retrying inside the collector
+            # (which can break an unrelated ast.parse: CPython gh-106905). Its client goes with it.
+            result.backend = None
+            raise
 
     @property
     def keys(self) -> Keyspace:
