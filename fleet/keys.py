@@ -144,6 +144,10 @@ class ClusterKeys:
     def launch(self, launch_id: str) -> str:
         return self._k(f"launch:{launch_id}")
 
+    def launch_retry(self, launch_id: str) -> str:
+        """Set while a launch's run task waits out its retry back-off (see Launcher.retrying)."""
+        return self._k(f"launch-retry:{launch_id}")
+
     @property
     def autoscale(self) -> str:
         return self._k("autoscale")

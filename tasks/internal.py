@@ -20,11 +20,14 @@ PROVIDER_TASK: dict[str, Any] = {
 }
 
 
-def _retry_provider(task: Task, exc: Exception) -> Any:
+def _countdown(task: Task, exc: Exception) -> float:
     backoff = min(2 ** task.request.retries, 60)
     # a rate limit or a hung provider says when it may be called again
-    countdown = max(float(getattr(exc, "retry_after", 0.0)), backoff if not isinstance(exc, RateLimited) else 0.0)
-    raise task.retry(exc=exc, countdown=countdown)
+    return max(float(getattr(exc, "retry_after", 0.0)), backoff if not isinstance(exc, RateLimited) else 0.0)
+
+
+def _retry_provider(task: Task, exc: Exception) -> Any:
+    raise task.retry(exc=exc, countdown=_countdown(task, exc))
 
 
 @app.task(name="fleet.reconcile", ignore_result=True)
@@ -38,7 +41,10 @@ def run(self: Task, cluster: str, launch_id: str) -> dict[str, Any]:
     try:
         return manager().launcher.run_launch(cluster, launch_id)
     except TransientProviderError as exc:
-        return _retry_provider(self, exc)
+        countdown = _countdown(self, exc)
+        last = self.request.retries >= (self.max_retries or 0)  # then the sweep sends it after launch_timeout
+        manager().launcher.retrying(cluster, launch_id, manager().config.fleet.launch_timeout if last else countdown)
+        raise self.retry(exc=exc, countdown=countdown) from None
 
 
 @app.task(name="fleet.kill", **PROVIDER_TASK)

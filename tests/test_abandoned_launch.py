@@ -45,3 +45,14 @@ def test_a_claimed_launch_whose_lease_is_held_waits(fid: str) -> None:
         assert ("run", ("c", launch_id)) not in d.jobs  # its run task is alive: no second one
     finally:
         lease.release()
+
+
+def test_a_claimed_launch_whose_run_task_waits_to_retry_is_not_sent_again(fid: str) -> None:
+    m, d = inline(fid, CLUSTER)
+    launch_id = _claimed_long_ago(m, d)
+    m.launcher.retrying("c", launch_id, 30)  # what fleet.run says before its back-off
+    m.sweeper.sweep_cluster("c")
+    assert ("run", ("c", launch_id)) not in d.jobs  # the back-off is kept
+    m.store.r.delete(m.store.of("c").launch_retry(launch_id))  # the retry never came
+    m.sweeper.sweep_cluster("c")
+    assert ("run", ("c", launch_id)) in d.jobs

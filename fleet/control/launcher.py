@@ -100,6 +100,12 @@ class Launcher:
         self.request_reconcile(cluster)
         return {"launch_id": launch_id, "state": previous, "handles": len(unique), "workers": len(handles)}
 
+    def retrying(self, cluster: str, launch_id: str, countdown: float) -> None:
+        """Say that the launch's run task will be retried in `countdown` seconds: until then (and
+        a lease lifetime more) the sweep does not take the launch for abandoned and send it again,
+        which would skip the back-off (see Sweeper._abandoned)."""
+        self.store.r.set(self.store.of(cluster).launch_retry(launch_id), "1", px=int((countdown + self.lease) * 1000))
+
     def _settle(self, cluster: str, spec: ClusterSpec, launch_id: str, count: int, lease: Lease,
                 pool: str = "") -> dict[str, Any]:
         """A launch cancelled after a run task had taken it: that task may have made workers whose

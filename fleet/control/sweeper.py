@@ -397,10 +397,11 @@ class Sweeper:
             kill_by_pool(self.dispatcher, spec, cluster, {h: st.handles[h].pool for h in moved})
 
     def _abandoned(self, cluster: str, st: ClusterState, now: float) -> set[str]:
-        """Claimed launches whose run task is gone: claimed more than two lease lifetimes ago and
-        with no lease held. Its task died or failed (a Redis failover under it: the task's answer
-        and its ack were lost), so it is sent again now, not after `launch_timeout`. A second run
-        is safe: `run_workers` is idempotent by launch id and the launch's lease keeps two apart."""
+        """Claimed launches whose run task is gone: claimed more than two lease lifetimes ago, with
+        no lease held and no retry pending (Launcher.retrying). Its task died or failed (a Redis
+        failover under it: the task's answer and its ack were lost), so it is sent again now, not
+        after `launch_timeout`. A second run is safe: `run_workers` is idempotent by launch id and
+        the launch's lease keeps two apart."""
         old = [launch_id for launch_id, p in st.pending.items()
                if p.state is not LaunchState.QUEUED and p.claimed and now - p.claimed > 2 * self.lease]
         if not old:
@@ -408,7 +409,7 @@ class Sweeper:
         keys = self.store.of(cluster)
         pipe = self.store.r.pipeline(transaction=False)
         for launch_id in old:
-            pipe.exists(keys.launch(launch_id))
+            pipe.exists(keys.launch(launch_id), keys.launch_retry(launch_id))
         return {launch_id for launch_id, held in zip(old, pipe.execute(), strict=True) if not held}
 
     def _resend(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> None:
