@@ -3,8 +3,8 @@
 A cluster's pools are ranked (`PoolSpec.priority`, else their order). A launch goes to the best
 ranked pools that may launch, shared by weight among pools of one rank, each up to its own cap;
 a pool held (no capacity, at quota, in error, rate-limited, unresponsive) or full is skipped, and
-the rest of the launch goes on to the next rank. The planner (`fleet.planner`) decides how many
-workers to launch; this module only decides where.
+the rest of the launch goes on to the next rank. The scale planner (`fleet.planners.scale`)
+decides how many workers to launch; this module only decides where.
 
 A rebalance (opt-in, `RebalanceSpec`) moves workers from pools ranked worse than the best pool
 that may launch back to it, `max_in_flight` at a time: the reconcile asks for that many workers
@@ -106,13 +106,24 @@ class Rebalance:
     best: int = 0  # the rank of the best pool that may launch
 
 
-def rebalance(pools: Sequence[PoolView], desired: int, running: int, budget: int, room: int,
-              above: int = 0) -> Rebalance:
-    """How far a rebalance goes in this reconcile. `running`: running workers of the cluster;
-    `budget`: `max_in_flight`; `room`: workers the cluster may still launch under max_workers;
-    `above`: live and pending workers above `desired` (a surge already under way: its launches
-    and booting workers in the best pool are part of the surge, not taken from its room, or the
-    next reconcile would see no room for them and cancel them)."""
+@dataclass(frozen=True)
+class RebalanceBounds:
+    """What bounds a rebalance step. `desired`: the desired number; `running`: running workers
+    of the cluster; `max_in_flight`: replacements in flight at most (`RebalanceSpec`); `room`:
+    workers the cluster may still launch under max_workers; `above`: live and pending workers
+    above `desired` (a surge already under way: its launches and booting workers in the best
+    pool are part of the surge, not taken from its room, or the next reconcile would see no room
+    for them and cancel them)."""
+
+    desired: int
+    running: int
+    max_in_flight: int
+    room: int
+    above: int = 0
+
+
+def rebalance(pools: Sequence[PoolView], bounds: RebalanceBounds) -> Rebalance:
+    """How far a rebalance goes in this reconcile, within `bounds`: see the module docstring."""
     # the best pool not held leads, full or not: a surge that fills its cap must not make the
     # worse pool look best (the next reconcile would drop the surge, and launch it again)
     candidates = [p for p in pools if p.blocked is None]
@@ -123,12 +134,12 @@ def rebalance(pools: Sequence[PoolView], desired: int, running: int, budget: int
     worse_live = sum(p.live for p in worse)
     if not worse_live:
         return Rebalance(best=best)
-    retire = min(sum(p.running for p in worse), max(running - desired, 0))
+    retire = min(sum(p.running for p in worse), max(bounds.running - bounds.desired, 0))
     leaders = [p for p in candidates if p.rank == best]
-    under_way = min(max(above, 0), sum(p.live - p.running + p.waiting for p in leaders))
-    space = room + under_way
+    under_way = min(max(bounds.above, 0), sum(p.live - p.running + p.waiting for p in leaders))
+    space = bounds.room + under_way
     own = [p.room for p in leaders]
     if all(r is not None for r in own):
         space = min(space, sum(r or 0 for r in own) + under_way)
-    surge = max(min(budget, worse_live - retire, space), 0)
+    surge = max(min(bounds.max_in_flight, worse_live - retire, space), 0)
     return Rebalance(surge, retire, best)

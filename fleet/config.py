@@ -49,11 +49,14 @@ class FleetSettings(BaseModel):
     redis_url: str | None = None
     #: Redis connection details a URL carries badly (fleet.connection.RedisTarget): an ACL user,
     #: a file holding the password (FLEET_REDIS_PASSWORD / FLEET_REDIS_PASSWORD_FILE win), TLS
-    #: files, and a Sentinel master name (with a sentinel:// URL)
+    #: files, and a Sentinel master name (with a sentinel:// URL), with the sentinels' own ACL
+    #: user and password file (FLEET_REDIS_SENTINEL_PASSWORD / ..._FILE win), if they have one
     redis_username: str | None = Field(default=None, min_length=1, max_length=256)
     redis_password_file: Path | None = None
     redis_tls: RedisTLS | None = None
     redis_sentinel_master: str | None = Field(default=None, min_length=1, max_length=256)
+    redis_sentinel_username: str | None = Field(default=None, min_length=1, max_length=256)
+    redis_sentinel_password_file: Path | None = None
     sweep_interval: float = Field(default=5.0, gt=0, le=3600)
     state_dir: Path | None = None
     #: seconds a worker the provider lists but Redis does not know may wait to be explained by a

@@ -27,8 +27,10 @@ from typing import Any
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.sentinel import SentinelManagedConnection
 
 from fleet.errors import ConfigError
+from fleet.sentinel import FleetSentinel, SentinelRefused, sentinel_nodes
 
 #: Seconds a command may wait for its answer. A live Redis answers Fleet's commands in
 #: milliseconds; BRPOP is sent with a 1 s server-side timeout, pub/sub waits use their own.
@@ -55,22 +57,17 @@ REFUSING_CODES = frozenset({"OOM", "MISCONF", "READONLY", "NOREPLICAS", "MASTERD
 _broken: dict[tuple[Any, ...], float] = {}
 
 
-class Connection(redis.Connection):
-    """redis-py's TCP connection, which also retires this process's older connections to the same
-    server once one of them timed out or broke: after a silent outage every pooled connection is
-    dead, and each would otherwise cost a socket timeout of its own, one use after another. An
-    older connection is closed and opened again before its next command (one reconnect, if it
-    was fine after all)."""
+class _Retiring(redis.Connection):
+    """What every connection class of Fleet's adds to redis-py's: it retires this process's older
+    connections to the same server once one of them timed out or broke. After a silent outage
+    every pooled connection is dead, and each would otherwise cost a socket timeout of its own,
+    one use after another. An older connection is closed and opened again before its next
+    command (one reconnect, if it was fine after all)."""
 
     _opened_at = 0.0
 
     def _server(self) -> tuple[Any, ...]:
         return self.host, self.port, self.db
-
-    def connect(self) -> None:
-        # one attempt: the command's own retry (client_options) connects again if it fails;
-        # redis-py's would retry here as well, two socket timeouts more on a silent server
-        self.connect_check_health(check_health=True, retry_socket_connect=False)
 
     def _connect(self) -> Any:
         sock = super()._connect()
@@ -90,6 +87,31 @@ class Connection(redis.Connection):
             raise
 
 
+class Connection(_Retiring):
+    """redis-py's TCP connection with Fleet's retiring of older connections (`_Retiring`), which
+    connects in one attempt."""
+
+    def connect(self) -> None:
+        # one attempt: the command's own retry (client_options) connects again if it fails;
+        # redis-py's would retry here as well, two socket timeouts more on a silent server
+        self.connect_check_health(check_health=True, retry_socket_connect=False)
+
+
+class SSLConnection(Connection, redis.SSLConnection):
+    """redis-py's TLS connection (rediss://) with the same behaviour as `Connection`."""
+
+
+class SentinelConnection(_Retiring, SentinelManagedConnection):
+    """redis-py's connection to the primary the sentinels name, retiring older connections as
+    `Connection` does (it connects in one attempt already, asking the sentinels first)."""
+
+
+#: redis-py's connection class -> Fleet's (what kombu's transport would use -> what it uses)
+CONNECTION_CLASSES: dict[type[Any], type[Any]] = {
+    redis.Connection: Connection, redis.SSLConnection: SSLConnection, SentinelManagedConnection: SentinelConnection,
+}
+
+
 def client_options(socket_timeout: float = SOCKET_TIMEOUT) -> dict[str, Any]:
     """redis-py keyword arguments for a client (or connection pool) of Fleet's. One retry, soon: a
     pooled connection that died with a restarted server is replaced; a silent server costs two
@@ -100,17 +122,18 @@ def client_options(socket_timeout: float = SOCKET_TIMEOUT) -> dict[str, Any]:
 
 def connect(url: str | RedisTarget, socket_timeout: float = SOCKET_TIMEOUT, retry: Retry | None = None) -> redis.Redis:
     """A redis-py client for `url` with Fleet's timeouts and keepalive (`client_options`; `retry`
-    instead of its one retry, if given), and (`redis://`) Fleet's `Connection`. A URL some
+    instead of its one retry, if given), and Fleet's connection classes (`Connection`,
+    `SSLConnection` for rediss://, `SentinelConnection` for sentinel://). A URL some
     `RedisTarget` of this process was built for (`RedisTarget.register`) gets that target's ACL
-    user, password, TLS files and Sentinel master name too."""
+    user, password, TLS files, Sentinel master name and Sentinel credentials too."""
     chosen = url if isinstance(url, RedisTarget) else target(url)
     options = {**client_options(socket_timeout), **chosen.redis_options()}
     if retry is not None:
         options["retry"] = retry
     if chosen.sentinel:
         return _sentinel_client(chosen, options)
-    if chosen.url.startswith("redis://"):  # rediss:// and unix:// keep their own connection class
-        options["connection_class"] = Connection
+    if chosen.url.startswith(("redis://", "rediss://")):  # unix:// keeps redis-py's connection class
+        options["connection_class"] = SSLConnection if chosen.tls else Connection
     return redis.Redis.from_url(chosen.url, **options)
 
 
@@ -119,7 +142,9 @@ class RedisTarget:
     """One description of Fleet's Redis, from which every client is built: redis-py's (`connect`),
     Celery's broker and result backend (`celery_settings`). The URL carries scheme, host, port and
     database (and may carry a user and password); the rest comes from `[fleet]` and the
-    environment (`from_settings`). The password is never part of `url`, `repr` or `shown`."""
+    environment (`from_settings`). A `sentinel://` target may have credentials of its own for the
+    sentinels (`sentinel_username`, `sentinel_password`: Sentinel's `requirepass` or ACL user),
+    besides the data nodes'. No password is ever part of `url`, `repr` or `shown`."""
 
     url: str
     username: str | None = None
@@ -130,21 +155,26 @@ class RedisTarget:
     #: "required": the server's certificate must be valid for its host name; "none": not checked
     verify: str = "required"
     sentinel_master: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, url: str, settings: Any, env: Mapping[str, str] | None = None) -> RedisTarget:
         """The target for `url` with `settings` (a `FleetSettings`): the password from
         FLEET_REDIS_PASSWORD, else the file FLEET_REDIS_PASSWORD_FILE, else `redis_password_file`
-        (one line; its trailing newline dropped), else the URL's own. ConfigError, naming no
-        secret, for a file that cannot be read or TLS files with a URL that is not rediss://."""
+        (one line; its trailing newline dropped), else the URL's own; the sentinels' password
+        likewise from FLEET_REDIS_SENTINEL_PASSWORD, FLEET_REDIS_SENTINEL_PASSWORD_FILE or
+        `redis_sentinel_password_file` (none: the sentinels get none). ConfigError, naming no
+        secret, for a file that cannot be read, TLS files with a URL that is not rediss://, or
+        Sentinel credentials in `[fleet]` with a URL that is not sentinel://."""
         env = os.environ if env is None else env
-        password = env.get("FLEET_REDIS_PASSWORD") or None
-        path = env.get("FLEET_REDIS_PASSWORD_FILE") or getattr(settings, "redis_password_file", None)
-        if password is None and path:
-            try:
-                password = Path(path).read_text(encoding="utf-8").rstrip("\r\n") or None
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"cannot read the Redis password file {path}: {type(exc).__name__}") from None
+        password = _secret(env, "FLEET_REDIS_PASSWORD", getattr(settings, "redis_password_file", None), "Redis")
+        sentinel_user = getattr(settings, "redis_sentinel_username", None)
+        sentinel_file = getattr(settings, "redis_sentinel_password_file", None)
+        sentinel_password = _secret(env, "FLEET_REDIS_SENTINEL_PASSWORD", sentinel_file, "Sentinel")
+        if (sentinel_user or sentinel_file) and not url.startswith("sentinel://"):
+            raise ConfigError("fleet.redis_sentinel_username and redis_sentinel_password_file need a sentinel:// "
+                              "Redis URL")
         tls = getattr(settings, "redis_tls", None)
         if tls is not None and not url.startswith("rediss://"):
             raise ConfigError("fleet.redis_tls needs a rediss:// Redis URL")
@@ -160,7 +190,7 @@ class RedisTarget:
         return cls(url, username=getattr(settings, "redis_username", None), password=password,
                    ca_file=text(getattr(tls, "ca_file", None)), cert_file=text(getattr(tls, "cert_file", None)),
                    key_file=text(getattr(tls, "key_file", None)), verify=getattr(tls, "verify", "required"),
-                   sentinel_master=master)
+                   sentinel_master=master, sentinel_username=sentinel_user, sentinel_password=sentinel_password)
 
     @property
     def tls(self) -> bool:
@@ -187,6 +217,14 @@ class RedisTarget:
         """The ACL user and password given besides the URL (the URL's own win)."""
         given = {"username": self.username, "password": self.password}
         return {key: value for key, value in given.items() if value}
+
+    def sentinel_kwargs(self, socket_timeout: float = SOCKET_TIMEOUT) -> dict[str, Any]:
+        """redis-py's (and kombu's and Celery's `sentinel_kwargs` transport option) keyword
+        arguments for a client of a sentinel: Fleet's timeouts and keepalive, and the sentinels'
+        ACL user and password if given."""
+        options = {key: value for key, value in transport_options(socket_timeout).items() if key.startswith("socket_")}
+        given = {"username": self.sentinel_username, "password": self.sentinel_password}
+        return {**options, **{key: value for key, value in given.items() if value}}
 
     def ssl_options(self) -> dict[str, Any] | None:
         """redis-py's (and kombu's `broker_use_ssl`, Celery's `redis_backend_use_ssl`) TLS options
@@ -216,8 +254,9 @@ class RedisTarget:
         if (options := self.ssl_options()) is not None:
             settings["redis_backend_use_ssl"] = dict(options)
         if self.sentinel:  # kombu's and Celery's Sentinel transports find the primary by this name
-            settings["broker_transport_options"]["master_name"] = self.sentinel_master
-            settings["result_backend_transport_options"]["master_name"] = self.sentinel_master
+            for key in ("broker_transport_options", "result_backend_transport_options"):
+                settings[key].update(master_name=self.sentinel_master,
+                                     sentinel_kwargs=self.sentinel_kwargs(socket_timeout))
         return settings
 
     def broker_access(self) -> dict[str, Any]:
@@ -232,42 +271,30 @@ class RedisTarget:
         return settings
 
 
+def _secret(env: Mapping[str, str], variable: str, setting: Any, what: str) -> str | None:
+    """A password from the environment `variable`, else the file `variable`_FILE, else the file
+    `setting` names (one line; its trailing newline dropped); None if none is given."""
+    if secret := env.get(variable):
+        return secret
+    path = env.get(f"{variable}_FILE") or setting
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n") or None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the {what} password file {path}: {type(exc).__name__}") from None
+
+
 def _sentinel_client(chosen: RedisTarget, options: dict[str, Any]) -> redis.Redis:
     """A client of the primary the sentinels of `chosen` name for its master (redis-py's
-    Sentinel: it asks them again after a connection to the primary fails)."""
-    from redis.sentinel import Sentinel
-
+    Sentinel: it asks them again after a connection to the primary fails), over Fleet's
+    `SentinelConnection`s."""
     if not chosen.sentinel_master:
         raise ConfigError("a sentinel:// Redis URL needs fleet.redis_sentinel_master (the master's name)")
     nodes, db = sentinel_nodes(chosen.url)
-    timeouts = {key: options[key] for key in ("socket_timeout", "socket_connect_timeout", "socket_keepalive",
-                                                "socket_keepalive_options")}
-    sentinel = Sentinel(nodes, sentinel_kwargs=dict(timeouts), **options)
-    return sentinel.master_for(chosen.sentinel_master, redis_class=redis.Redis, db=db)
-
-
-def sentinel_nodes(url: str) -> tuple[list[tuple[str, int]], int]:
-    """The (host, port) of each sentinel of `sentinel://h1:p1[/db];sentinel://h2:p2...`, and the
-    database (of the first that names one; 0 if none does). ConfigError for a malformed URL."""
-    from urllib.parse import urlsplit
-
-    nodes: list[tuple[str, int]] = []
-    db = None
-    for part in url.split(";"):
-        try:
-            parsed = urlsplit(part.strip())
-            port = parsed.port or 26379
-        except ValueError:
-            parsed, port = None, 0
-        if parsed is None or parsed.scheme != "sentinel" or not parsed.hostname:
-            raise ConfigError("a sentinel URL is sentinel://HOST:PORT[/DB], several joined with ';'")
-        nodes.append((parsed.hostname, port))
-        path = parsed.path.strip("/")
-        if path and db is None:
-            if not path.isdigit():
-                raise ConfigError("the database of a sentinel:// URL is a number")
-            db = int(path)
-    return nodes, db or 0
+    sentinel = FleetSentinel(nodes, sentinel_kwargs=chosen.sentinel_kwargs(options["socket_timeout"]), **options)
+    return sentinel.master_for(chosen.sentinel_master, redis_class=redis.Redis, db=db,
+                               connection_class=SentinelConnection)
 
 
 #: url -> the target `connect(url)` builds clients from (RedisTarget.register)
@@ -343,6 +370,8 @@ def access_error(exc: BaseException) -> str | None:
     refuses, a server certificate that does not verify), or a command the ACL user may not run
     (with the permission it lacks). None for anything else. Retrying never mends these."""
     cause = redis_cause(exc)
+    if isinstance(cause, SentinelRefused):
+        return str(cause)[:400]
     if isinstance(cause, redis.exceptions.NoPermissionError):
         return f"Redis refused a command for lack of permission (NOPERM): {str(cause)[:300]}"
     if isinstance(cause, redis.AuthenticationError):

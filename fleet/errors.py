@@ -43,6 +43,11 @@ class NotApplied(FleetError):
     control plane had taken it). Nothing was changed."""
 
 
+class NotReplicated(FleetError):
+    """A change was applied on the Redis primary, but no replica confirmed it in time: it is lost
+    if the primary fails before a replica has it (`fleet.replication`)."""
+
+
 class NoAnswer(FleetError):
     """A control plane took the request but its answer did not come in time: it may have been applied."""
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from fleet import clock
+from fleet import clock, reasons
 from fleet.keys import Keyspace
 
 
@@ -142,22 +142,22 @@ class Holds:
         return bool(self.r.delete(*keys))
 
     def blocked(self, cluster: str, fingerprint: str, pool: str = "") -> str | None:
-        """Why the cluster (or its pool `pool`) may not launch now, or None. A permanent error
-        recorded under another configuration (its fingerprint differs: the config changed) is
-        forgotten: try again."""
+        """Why the cluster (or its pool `pool`) may not launch now, in `fleet.reasons.why`'s words,
+        or None. A permanent error recorded under another configuration (its fingerprint differs:
+        the config changed) is forgotten: try again."""
         error = self.error(cluster, pool)
         if error and error.get("fingerprint") != fingerprint:
             k = self._of(cluster, pool)
             self.r.delete(k.error, k.at_quota, k.no_capacity)
             error = None
         if error:
-            return f"error: {error['message']}"
+            return reasons.why("error", detail=error["message"])
         if self.at_quota(cluster, pool):
-            return "at quota"
+            return reasons.why("at_quota")
         if self.no_capacity(cluster, pool):
-            return "no capacity"
+            return reasons.why("no_capacity")
         if self.recovering():
-            return "recovering from a loss of Redis data"
+            return reasons.why("recovering")
         return None
 
     def skipped(self, cluster: str, fingerprint: str, pool: str, provider: str, calls: bool = True) -> str | None:
@@ -166,7 +166,7 @@ class Holds:
         why = self.blocked(cluster, fingerprint, pool)
         if why is None and calls:
             if self.provider_hold(provider):
-                return "rate limited"
+                return reasons.why("rate_limited")
             if self.unresponsive(cluster, pool):
-                return "unresponsive"
+                return reasons.why("unresponsive")
         return why

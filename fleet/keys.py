@@ -40,6 +40,7 @@ CLUSTER_KEYS: tuple[KeyInfo, ...] = (
     KeyInfo("again", "string", "set by a reconcile that found the lease taken: its holder reconciles once more"),
     KeyInfo("sweeping", "string", "the sweep lease"),
     KeyInfo("launch:<launch id>", "string", "the lease of the run task working on that launch"),
+    KeyInfo("launch-retry:<launch id>", "string", "set while that launch's run task waits out its retry back-off"),
     KeyInfo("autoscale", "string", "the autoscaler's memory between sweeps (JSON)"),
     KeyInfo("at_quota", "string", "the time a quota hold ends"),
     KeyInfo("no_capacity", "string", "the time a no-capacity hold ends"),
@@ -61,6 +62,7 @@ CLUSTER_KEYS: tuple[KeyInfo, ...] = (
 FLEET_KEYS: tuple[KeyInfo, ...] = (
     KeyInfo("epoch", "string", "a random value; a process that sees it vanish or change knows Redis lost its data"),
     KeyInfo("recovering", "string", "the time the recovery hold (no launch in the whole fleet) ends"),
+    KeyInfo("replicated", "string", "a counter each mutating public task bumps before it waits for a replica (WAIT)"),
     KeyInfo("metrics", "hash", "every counter and histogram bucket (`fleet.counters`)"),
     KeyInfo("dead_letters", "list", "messages the control plane could not decode or dispatch, newest first, capped"),
     KeyInfo("clocks", "hash", "`<host>/<pid>` -> each control-plane process's clock offset (`fleet.clock`)"),
@@ -217,6 +219,10 @@ class Keyspace:
     @property
     def recovering(self) -> str:
         return self.prefix + "recovering"
+
+    @property
+    def replicated(self) -> str:
+        return self.prefix + "replicated"
 
     @property
     def metrics(self) -> str:

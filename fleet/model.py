@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from fleet import grammar
 
 
 class HandleStatus(str, enum.Enum):
@@ -27,6 +29,8 @@ class HandleStatus(str, enum.Enum):
         return self.value
 
 
+#: every status's stored value
+STATUS_VALUES: frozenset[str] = frozenset(s.value for s in HandleStatus)
 #: handle statuses whose workers count as live (observed) for the planner
 LIVE: frozenset[HandleStatus] = frozenset({HandleStatus.INITIALIZING, HandleStatus.RUNNING})
 #: handle statuses on their way out: they still count against max_workers
@@ -35,8 +39,10 @@ GOING: frozenset[HandleStatus] = frozenset({HandleStatus.DRAINING, HandleStatus.
 #: The one table of allowed handle transitions: status -> the statuses it may move to. `None`
 #: stands for "not in Redis": a handle enters as initializing (launched), stopping (launched by
 #: a launch cancelled meanwhile) or as it was found (adopted), and leaves from any status (seen
-#: stopped, or killed and confirmed). The store's moves and its Lua status script keep to it
-#: (`tests/test_model.py` drives the script through random reports and checks every move).
+#: stopped, or killed and confirmed). Every writer keeps to it and refuses (and logs) a move it
+#: does not allow: the store's Python moves (`fleet.state.handles`), and the Lua scripts, which
+#: carry it (`fleet.scripts.model_constants`, lua/prelude.lua `may_move`). tests/test_transitions.py
+#: drives every writer and checks each move.
 TRANSITIONS: dict[HandleStatus | None, frozenset[HandleStatus | None]] = {
     None: frozenset({HandleStatus.INITIALIZING, HandleStatus.RUNNING, HandleStatus.STOPPING}),
     HandleStatus.INITIALIZING: frozenset({HandleStatus.RUNNING, HandleStatus.DRAINING, HandleStatus.STOPPING, None}),
@@ -279,30 +285,43 @@ class Counts:
 
     @classmethod
     def decode(cls, raw: Mapping[bytes, bytes] | list[bytes]) -> Counts:
-        """From HGETALL (a dict, or the flat list a script returns); unknown fields are ignored."""
+        """From HGETALL (a dict, or the flat list a script returns); fields of no kind that
+        `fleet.grammar` names are ignored."""
         items = raw.items() if isinstance(raw, Mapping) else zip(raw[::2], raw[1::2], strict=True)
-        workers: dict[HandleStatus, int] = {}
-        handles: dict[HandleStatus, int] = {}
-        pools: dict[str, dict[HandleStatus, int]] = {}
-        whole, interrupted = False, 0
-        revs: dict[str, int] = {}
-        for key, value in items:
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            status, _, kind = name.partition(":")
-            if status in _STATUS_VALUES:
-                (handles if kind == "h" else workers)[HandleStatus(status)] = int(value)
-            elif name == "v":
-                whole = True
-            elif name == "int":
-                interrupted = int(value)
-            elif status == "r" and kind:
-                if int(value):
-                    revs[kind] = int(value)
+        named = {k.decode() if isinstance(k, bytes) else str(k): v for k, v in items}
+        return cls(whole=False).plus({k: int(v) for k, v in named.items() if grammar.parse(k) is not None},
+                                     whole=grammar.WHOLE in named)
+
+    def plus(self, delta: Mapping[str, int], whole: bool | None = None) -> Counts:
+        """These counts with the counts fields `delta` (`fleet.grammar`: name -> number) added;
+        `whole` as given, else as these. Pools and revisions left at 0 are left out."""
+        workers, handles, interrupted = dict(self.workers), dict(self.handles), self.interrupted
+        pools = {name: dict(by) for name, by in self.pools.items()}
+        revs = dict(self.revs)
+        by_status = {"workers": workers, "handles": handles}
+        for name, n in delta.items():
+            f = grammar.parse(name)
+            if f is None or f.kind == "whole":
+                continue
+            if f.kind == "interrupted":
+                interrupted += n
+            elif f.kind == "rev":
+                revs[f.name] = revs.get(f.name, 0) + n
             else:
-                status, _, pool = name.partition("@")
-                if pool and status in _STATUS_VALUES and int(value):
-                    pools.setdefault(pool, {})[HandleStatus(status)] = int(value)
-        return cls(workers, handles, whole, pools, interrupted, revs)
+                by = by_status[f.kind] if f.kind in by_status else pools.setdefault(f.name, {})
+                status = HandleStatus(f.status)
+                by[status] = by.get(status, 0) + n
+        pools = {name: kept for name, by in pools.items() if (kept := {s: n for s, n in by.items() if n})}
+        return Counts(workers, handles, self.whole if whole is None else whole, pools, interrupted,
+                      {rev: n for rev, n in revs.items() if n})
+
+    def after(self, moves: Iterable[tuple[HandleRecord, HandleStatus | None, HandleStatus | None]]) -> Counts:
+        """These counts once each (handle, from status, to status) of `moves` is made (`None`:
+        not in Redis), as the store's writes change them (`fleet.grammar.moved`)."""
+        delta: dict[str, int] = {}
+        for rec, old, new in moves:
+            grammar.add(delta, grammar.moved(rec, old, new))
+        return self.plus(delta)
 
     def outdated(self, current: frozenset[str]) -> int:
         """Live workers launched from a revision that is not one of the `current` ones (handles
@@ -328,8 +347,6 @@ class Counts:
     def going(self) -> int:
         return sum(self.of(s) for s in GOING)
 
-
-_STATUS_VALUES = frozenset(s.value for s in HandleStatus)
 
 
 @dataclass(frozen=True)
@@ -376,22 +393,8 @@ class ClusterState:
 
     @property
     def counts(self) -> Counts:
-        workers: dict[HandleStatus, int] = {}
-        handles: dict[HandleStatus, int] = {}
-        pools: dict[str, dict[HandleStatus, int]] = {}
-        interrupted = 0
-        revs: dict[str, int] = {}
-        for r in self.handles.values():
-            workers[r.status] = workers.get(r.status, 0) + r.workers
-            handles[r.status] = handles.get(r.status, 0) + 1
-            if r.pool:
-                by = pools.setdefault(r.pool, {})
-                by[r.status] = by.get(r.status, 0) + r.workers
-            if r.interrupted:
-                interrupted += r.workers
-            if r.rev and r.status in LIVE:
-                revs[r.rev] = revs.get(r.rev, 0) + r.workers
-        return Counts(workers, handles, True, pools, interrupted, revs)
+        """The counts these records make (`fleet.grammar`), as the store keeps them."""
+        return Counts(whole=True).plus(grammar.total((r, r.status) for r in self.handles.values()))
 
     def count(self, status: HandleStatus | str) -> int:
         """Workers of the handles in `status`."""

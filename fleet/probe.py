@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from celery import Celery
 
@@ -45,6 +46,7 @@ class Probe:
                 if not chosen.sentinel_master:
                     raise ConfigError("a sentinel:// broker URL needs fleet.redis_sentinel_master (the master's name)")
                 self.app.conf.broker_transport_options["master_name"] = chosen.sentinel_master
+                self.app.conf.broker_transport_options["sentinel_kwargs"] = chosen.sentinel_kwargs()  # their password
         self.management = Management(management_url, broker_url) if management_url else None
 
     def depth(self, queues: Sequence[str]) -> Depth:
@@ -72,20 +74,14 @@ class Probe:
 
     def activity(self, handles: Sequence[str], timeout: float = 1.0) -> Activity:
         """Active and reserved tasks of the workers of `handles` (hostnames `<handle>@...`): two
-        broadcasts only they answer, each done when all answered or after `timeout` seconds."""
+        broadcasts only they answer, each done when all answered or after `timeout` seconds.
+        Only workers that answered both are heard (see `tally`)."""
         if not handles:
             return Activity()
         inspect = self.app.control.inspect(timeout=timeout, limit=len(handles), pattern=_pattern(handles),
                                            matcher="pcre")
-        replies = inspect.active() or {}
-        reserved = inspect.reserved() or {}
-        found = Activity()
-        for hostname in set(replies) | set(reserved):
-            handle = hostname.split("@", 1)[0]
-            count = len(replies.get(hostname) or []) + len(reserved.get(hostname) or [])
-            found.busy[handle] = found.busy.get(handle, 0) + count
-            found.hostnames.setdefault(handle, []).append(hostname)
-        return found
+        active = inspect.active() or {}
+        return tally(active, inspect.reserved() or {})
 
     def start_consuming(self, queues: Iterable[str], hostnames: Sequence[str]) -> None:
         """Tell these workers to take messages from `queues` again (a drain called off)."""
@@ -102,6 +98,25 @@ class Probe:
             return
         for queue in queues:
             self.app.control.cancel_consumer(queue, pattern=_pattern(handles), matcher="pcre")
+
+
+def tally(active: Mapping[str, list[Any] | None], reserved: Mapping[str, list[Any] | None]) -> Activity:
+    """What the workers hold, from their answers to `inspect active` and `inspect reserved`
+    (hostname -> tasks). A handle is heard only when each of its workers that answered one
+    question answered the other too: a worker that answered just one (its control consumer
+    came back between the two, as after its broker restarted, or one answer was late) may hold
+    what the other would have said, and is not known to be idle, so its handle is left out
+    (as if silent) for this time."""
+    partial = {hostname.split("@", 1)[0] for hostname in set(active) ^ set(reserved)}
+    found = Activity()
+    for hostname in sorted(set(active) & set(reserved)):
+        handle = hostname.split("@", 1)[0]
+        if handle in partial:
+            continue
+        count = len(active[hostname] or []) + len(reserved[hostname] or [])
+        found.busy[handle] = found.busy.get(handle, 0) + count
+        found.hostnames.setdefault(handle, []).append(hostname)
+    return found
 
 
 def _pattern(handles: Sequence[str]) -> str:

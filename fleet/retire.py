@@ -9,20 +9,24 @@ managed layer serves it with `max_workers` 0, so it launches nothing, its worker
 killed, its cleanup kills are finished, and then its keys leave Redis. A cluster put back under
 the same name before that ends is an ordinary cluster again: its live workers are still in Redis
 and are kept.
+
+`Retirement` is the store's section for it (`fleet.store.Store` includes it): the spec records,
+the "declared" markers, and what is left of a cluster in Redis.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 from fleet.config import ClusterSpec, FleetConfig
 from fleet.model import EventKind, HandleStatus
 from fleet.probe import Probe
 from fleet.registry import provider_class
-from fleet.store import Store
+from fleet.state.base import StoreBase
+from fleet.state.handles import Handles
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,59 @@ def retired_spec(raw: str | bytes) -> ClusterSpec:
     return ClusterSpec.model_validate(base)
 
 
-def come_back(store: Store, config: FleetConfig, url: str,
+class Retirement(StoreBase):
+    """The store's section for retiring clusters (`Store` includes it)."""
+
+    def remember_pools(self, specs: Mapping[str, Any], records: Mapping[str, str]) -> None:
+        """Store each declared pool's provider and provider_options (cluster -> ClusterSpec), so
+        that the handles of a pool later removed from the config are still swept and killed by
+        their own provider; and each cluster's spec record (`spec_record`), so that a cluster
+        removed from the config can be retired. Provider options hold no secrets (the contract)."""
+        pipe = self.r.pipeline(transaction=False)
+        for cluster, spec in specs.items():
+            if cluster in records:
+                pipe.set(self.of(cluster).spec, records[cluster])
+            if spec.pools:
+                pipe.hset(self.of(cluster).pools, mapping={
+                    p.name: json.dumps({"provider": p.provider, "provider_options": p.provider_options})
+                    for p in spec.pools})
+        pipe.execute()
+
+    def spec_records(self, clusters: Iterable[str]) -> dict[str, bytes]:
+        """The stored spec records of these clusters (those that have one)."""
+        names = list(clusters)
+        raw = cast("list[bytes | None]", self.r.mget([self.of(c).spec for c in names])) if names else []
+        return {c: v for c, v in zip(names, raw, strict=True) if v}
+
+    def declare(self, clusters: Iterable[str], ttl: float) -> None:
+        """This process's config declares these clusters (for `ttl` seconds): a process still on an
+        older config that retired one of them stands down meanwhile."""
+        pipe = self.r.pipeline(transaction=False)
+        for c in clusters:
+            pipe.set(self.of(c).declared, "1", px=max(int(ttl * 1000), 1))
+        pipe.execute()
+
+    def declared(self, cluster: str) -> bool:
+        return bool(self.r.exists(self.of(cluster).declared))
+
+    def leftovers(self, cluster: str) -> bool:
+        """Whether any key of the cluster is left (a retired cluster to forget again)."""
+        k = self.of(cluster)
+        return bool(self.r.exists(k.counts, k.index, k.events, k.series, k.rollout, k.spec, k.retiring, k.desired,
+                                  k.autoscale, k.unknown, k.pools, k.notice))
+
+    def has_state(self, cluster: str) -> bool:
+        """Whether the cluster still has handles, pending launches or remains to kill."""
+        k = self.of(cluster)
+        return bool(self.r.exists(k.handles, k.pending, k.cleanup))
+
+    def forget(self, cluster: str) -> int:
+        """Delete every key of the cluster (a retired cluster with nothing left). Returns how many."""
+        keys = list(self.r.scan_iter(match=self.of(cluster).prefix + "*", count=1000))
+        return int(self.r.delete(*keys)) if keys else 0
+
+
+def come_back(store: Handles, config: FleetConfig, url: str,
               probe: Callable[[str], Probe] = Probe) -> dict[str, list[str]]:
     """Clusters declared again while they were being retired: their drains are called off (the
     workers drained by the retirement run and consume again), so what is still alive is kept.

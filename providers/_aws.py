@@ -1,5 +1,6 @@
 """Shared AWS plumbing of the `aws_ec2` and `aws_ecs` providers: options common to both, boto3
-client building, and the mapping of AWS errors to Fleet's typed errors.
+client building, the mapping of AWS errors to Fleet's typed errors, and the one loop over a
+launch's calls (`AwsProvider.launch`: adoption, refusals, short answers), each call a `LaunchCall`.
 
 Clients come from a boto3 session built from the SDK's standard credential chain (environment,
 shared profiles, instance or task role); no credential is ever an option. Each client carries
@@ -27,13 +28,16 @@ all); once botocore gives up, the last error is mapped and raised, never swallow
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, NoReturn, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fleet.deadline import progress
 from fleet.errors import (
     CapacityError,
     PermanentProviderError,
@@ -42,8 +46,8 @@ from fleet.errors import (
     RateLimited,
     TransientProviderError,
 )
-from fleet.inputs import revision, worker_count
-from fleet.provider import Cluster, Provider, ProviderContext, import_sdk
+from fleet.inputs import call_index, revision, worker_count
+from fleet.provider import Cluster, ContainerSpec, Provider, ProviderContext, import_sdk
 
 T = TypeVar("T")
 
@@ -168,6 +172,43 @@ def plan_calls(sizes: Sequence[int], per_call: int) -> list[tuple[int, int]]:
             calls.append((size, take))
             n -= take
     return calls
+
+
+@dataclass(frozen=True)
+class LaunchCall:
+    """What one launch call asks the cloud for: call `index` of launch `launch_id`, `count`
+    containers (instances, tasks) of `workers` workers each, running `container`."""
+
+    launch_id: str
+    index: int
+    workers: int
+    count: int
+    container: ContainerSpec
+
+    def token(self, *extra: str) -> str:
+        """The call's idempotency token: the same for every attempt of this call."""
+        return token(self.launch_id, str(self.index), *extra)
+
+    def tags(self) -> dict[str, str]:
+        """The tags that say which launch and call made a resource, and its worker count."""
+        return {"fleet:launch": self.launch_id, "fleet:workers": str(self.workers), "fleet:batch": str(self.index)}
+
+    def env(self, cluster: Cluster[Any]) -> dict[str, str]:
+        """The environment of the call's containers (`launch_env`)."""
+        return launch_env(cluster, self.container, self.launch_id, self.workers)
+
+
+def launch_env(cluster: Cluster[Any], container: ContainerSpec, launch_id: str, workers: int) -> dict[str, str]:
+    """The container's environment plus the identity its workers get (all but FLEET_HANDLE)."""
+    env = {**container.env, "FLEET_ID": cluster.fleet_id, "FLEET_CLUSTER": cluster.name,
+           "FLEET_WORKERS": str(workers), "FLEET_LAUNCH_ID": launch_id}
+    if cluster.pool:
+        env["FLEET_POOL"] = cluster.pool
+    return env
+
+
+#: (handle, its workers) of each resource one launch call made
+Made = list[tuple[str, int]]
 
 
 def tag_dict(tags: Iterable[Mapping[str, str]] | None) -> dict[str, str]:
@@ -299,6 +340,57 @@ class AwsProvider(Provider[A], Generic[A]):
     def client(self, cluster: Cluster[A]) -> Any:
         """The (cached) boto3 client for `cluster`'s options."""
         return self._clients.get(self.service, cluster.options)
+
+    def launch(self, cluster: Cluster[A], container: ContainerSpec, count: int, *, launch_id: str, per_call: int,
+               earlier: Callable[[], Iterable[tuple[str, Mapping[str, str]]]],
+               make: Callable[[LaunchCall], Made], noun: str) -> list[str]:
+        """Launch `count` workers in calls of at most `per_call` containers (`plan_calls`); the
+        handles, one per worker. `make` makes one call and returns what it made.
+
+        * Adoption: except on a launch's first attempt, `earlier()` lists what earlier attempts
+          of `launch_id` made, as (handle, tags); a call whose `fleet:batch` index is there is
+          adopted, not made again.
+        * A transient error is raised: the call's answer may be lost with its resources made, so
+          the launch stays counted and a retry (the same launch id) adopts what it made.
+        * Any other refusal after earlier calls made workers ends the launch with those workers
+          (the shortfall is left to Fleet); with nothing made yet, it is raised.
+        * A short answer (a call that made fewer than it asked for, and said so rather than
+          failing) means the capacity ran out: the launch ends with what was made, and the
+          shortfall is left to Fleet. An adopted call is never short: its answer was given to an
+          earlier attempt, which stopped there if it had to.
+        """
+        plan = plan_calls(cluster.containers_for(count), per_call)
+        if not plan:
+            return []
+        done: dict[int, Made] = {}
+        for handle, tags in [] if cluster.first_attempt else earlier():
+            index = call_index(tags.get("fleet:batch"))
+            if index is not None:
+                done.setdefault(index, []).append((handle, self.tagged_workers(cluster, tags)))
+        log = logging.getLogger(type(self).__module__)
+        handles: list[str] = []
+        for index, (workers, n) in enumerate(plan):
+            if index in done:
+                got = sorted(done[index])
+            else:
+                try:
+                    got = make(LaunchCall(launch_id, index, workers, n, container))
+                except TransientProviderError:
+                    raise
+                except ProviderError as exc:
+                    if not handles:
+                        raise
+                    log.warning("launch %s: call %d was refused after %d workers started; the rest is left to Fleet: "
+                                "%s", launch_id, index, len(handles), exc)
+                    break
+            progress()  # call_timeout bounds each call of a launch, not the launch
+            for handle, w in got:
+                handles += [handle] * w
+            if len(got) < n and index not in done:
+                log.warning("launch %s: call %d started %d of %d %s; the rest is left to Fleet",
+                            launch_id, index, len(got), n, noun)
+                break
+        return handles
 
     def tagged_workers(self, cluster: Cluster[A], tags: Mapping[str, str]) -> int:
         """The worker count of a resource by its `fleet:workers` tag (absent: 1). Anyone allowed to

@@ -38,8 +38,11 @@ launch's first attempt, `Cluster.first_attempt`), ListTasks on that `startedBy` 
 stopped tasks) finds calls an earlier attempt already made, which are adopted rather than
 repeated: a retry never launches twice, even where clientToken is not honoured. RunTask starts
 at most 10 tasks a call (`launch_batch`); containers of another size (the one partial container)
-get their own call because their FLEET_WORKERS differs. DescribeTasks is called in chunks of
-100; a task it does not return (or lists under `failures`) is stopped.
+get their own call because their FLEET_WORKERS differs. A RunTask that starts fewer tasks than
+asked (its `failures` say why) ends the launch with what started: the capacity ran out, so no
+further call is made, and Fleet launches the shortfall later (`AwsProvider.launch`, as aws_ec2
+does). DescribeTasks is called in chunks of 100; a task it does not return (or lists under
+`failures`) is stopped.
 
 Pools: `list_workers`, `find_launch` and the listing of `observe` keep only the tasks tagged with
 `Cluster.pool` (pool "": every task of the cluster, tagged or not). ListTasks cannot filter by tag,
@@ -66,17 +69,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet.deadline import progress
 from fleet.errors import CapacityError, PermanentProviderError, ProviderError, QuotaExceeded, TransientProviderError
-from fleet.inputs import call_index
 from fleet.provider import Cause, Cluster, ContainerSpec, Hardware, Observation, WorkerStatus
 from fleet.secrets import AWS_SCHEMES
 from providers import ecs_secrets
 from providers._aws import (
     AwsOptions,
     AwsProvider,
+    LaunchCall,
+    Made,
     aws_errors,
     chunks,
     error_code,
-    plan_calls,
     raise_mapped,
     tag_dict,
     token,
@@ -227,52 +230,26 @@ class ECSProvider(AwsProvider[ECSOptions]):
     # -- the contract ----------------------------------------------------------------------
     def run_workers(self, cluster: Cluster[ECSOptions], container: ContainerSpec, hardware: Hardware, count: int,
                     *, launch_id: str) -> list[str]:
+        """`AwsProvider.launch` in RunTask calls of 10 tasks; an earlier attempt's calls are found
+        by the launch's `startedBy` marker (running and stopped tasks)."""
         if hardware.gpus:
             raise PermanentProviderError(f"cluster {cluster.name!r} asks for GPUs, which Fargate does not offer: "
                                          "use aws_ec2 or set hardware.gpus = 0")
         size = fargate_size(hardware.cpu, hardware.memory_mb)
-        calls = plan_calls(cluster.containers_for(count), PER_RUN_TASK)
-        if not calls:
-            return []
         marker = started_by(cluster, launch_id)
-        done: dict[int, list[tuple[str, int]]] = {}
-        # what an earlier attempt of this launch started (none on a first attempt: no look-up)
-        for task in [] if cluster.first_attempt else self._launched(cluster, marker):
-            tags = tag_dict(task.get("tags"))
-            index = call_index(tags.get("fleet:batch"))
-            if index is not None:
-                done.setdefault(index, []).append((task["taskArn"], self.tagged_workers(cluster, tags)))
-        handles: list[str] = []
-        for index, (workers, n) in enumerate(calls):
-            if index in done:  # an earlier attempt of this launch made this call: adopt
-                got = sorted(done[index])
-            else:
-                try:
-                    got = self._run(cluster, container, size, launch_id, marker, index, workers, n)
-                except TransientProviderError:
-                    # Its answer may be lost with the tasks started: the outcome is unknown, so the
-                    # launch stays counted and a retry (this launch id) adopts what it started.
-                    raise
-                except ProviderError as exc:
-                    if not handles:
-                        raise
-                    log.warning("launch %s: call %d was refused after %d workers started; the rest is left to Fleet: "
-                                "%s", launch_id, index, len(handles), exc)
-                    break
-            progress()  # call_timeout bounds each call of a launch, not the launch
-            for arn, w in got:
-                handles += [arn] * w
-        return handles
+        return self.launch(
+            cluster, container, count, launch_id=launch_id, per_call=PER_RUN_TASK,
+            earlier=lambda: [(t["taskArn"], tag_dict(t.get("tags"))) for t in self._launched(cluster, marker)],
+            make=lambda call: self._run(cluster, size, marker, call), noun="tasks")
 
-    def _run(self, cluster: Cluster[ECSOptions], container: ContainerSpec, size: tuple[int, int], launch_id: str,
-             marker: str, index: int, workers: int, n: int) -> list[tuple[str, int]]:
+    def _run(self, cluster: Cluster[ECSOptions], size: tuple[int, int], marker: str, call: LaunchCall) -> Made:
+        """One RunTask of `call`: the tasks it started, fewer than asked when its `failures` say
+        why; the typed error of its `failures` when it started none."""
         opts = cluster.options
-        env = {**container.env, "FLEET_ID": cluster.fleet_id, "FLEET_CLUSTER": cluster.name,
-               "FLEET_WORKERS": str(workers), "FLEET_LAUNCH_ID": launch_id}
-        tags = {"fleet:id": cluster.fleet_id, "fleet:cluster": cluster.name, "fleet:launch": launch_id,
-                "fleet:workers": str(workers), "fleet:batch": str(index)}
+        env = call.env(cluster)
+        tags = {"fleet:id": cluster.fleet_id, "fleet:cluster": cluster.name, **call.tags()}
         if cluster.pool:
-            env["FLEET_POOL"] = tags[TAG_POOL] = cluster.pool
+            tags[TAG_POOL] = cluster.pool
         vpc: dict[str, Any] = {"subnets": list(opts.subnets),
                                "assignPublicIp": "ENABLED" if opts.assign_public_ip else "DISABLED"}
         if opts.security_groups:
@@ -282,24 +259,25 @@ class ECSProvider(AwsProvider[ECSOptions]):
         placement: dict[str, Any] = ({"capacityProviderStrategy": list(strategy)} if strategy
                                      else {"launchType": "FARGATE"})
         definition = ecs_secrets.task_definition(self.client(cluster), opts.task_definition, opts.container_name,
-                                                 container.secrets)
+                                                 call.container.secrets)
         with aws_errors("ecs:RunTask", instance_type=opts.capacity_label(size), hints=HINTS):
             resp = self.client(cluster).run_task(
-                cluster=opts.cluster, taskDefinition=definition, count=n, **placement,
-                startedBy=marker, clientToken=token(launch_id, str(index)),
+                cluster=opts.cluster, taskDefinition=definition, count=call.count, **placement,
+                startedBy=marker, clientToken=call.token(),
                 networkConfiguration={"awsvpcConfiguration": vpc},
                 overrides={"cpu": str(size[0]), "memory": str(size[1]), "containerOverrides": [{
-                    "name": opts.container_name, "command": list(container.command),
+                    "name": opts.container_name, "command": list(call.container.command),
                     "environment": [{"name": k, "value": v} for k, v in env.items()]}]},
                 tags=[{"key": k, "value": v} for k, v in tags.items()])
         tasks = resp.get("tasks", [])
         failures = resp.get("failures", [])
         if failures:
             reasons = "; ".join(sorted({f"{f.get('reason', '?')} {f.get('detail', '')}".strip() for f in failures}))
-            log.warning("launch %s: RunTask started %d of %d tasks: %s", launch_id, len(tasks), n, reasons)
+            log.warning("launch %s: RunTask started %d of %d tasks: %s", call.launch_id, len(tasks), call.count,
+                        reasons)
             if not tasks:
                 raise self._failure_error(reasons, opts.capacity_label(size))
-        return [(t["taskArn"], workers) for t in tasks]
+        return [(t["taskArn"], call.workers) for t in tasks]
 
     @staticmethod
     def _failure_error(reasons: str, label: str) -> ProviderError:

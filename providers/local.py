@@ -45,7 +45,8 @@ class LocalOptions(BaseModel):
 
 #: the control plane's own Redis password: never handed down to the processes it launches (a
 #: cluster's `container.env` or `container.secrets` may still set them)
-PRIVATE_ENV = ("FLEET_REDIS_PASSWORD", "FLEET_REDIS_PASSWORD_FILE")
+PRIVATE_ENV = ("FLEET_REDIS_PASSWORD", "FLEET_REDIS_PASSWORD_FILE", "FLEET_REDIS_SENTINEL_PASSWORD",
+               "FLEET_REDIS_SENTINEL_PASSWORD_FILE")
 
 
 def _inherited() -> dict[str, str]:

@@ -23,7 +23,10 @@ class Public(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
         manager().api.admit(self.name, request.id, request.__dict__, args, self.mutating)
-        return super().__call__(*args, **kwargs)
+        answer = super().__call__(*args, **kwargs)
+        if self.mutating:  # answer only once a replica has the change (none: nothing to wait for)
+            manager().api.confirm_replicated()
+        return answer
 
 
 @app.task(name="fleet.scale", base=Public, throws=(FleetError,))

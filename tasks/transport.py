@@ -54,7 +54,7 @@ from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from fleet.connection import Connection, redis_state_error, refusal_code
+from fleet.connection import CONNECTION_CLASSES, redis_state_error, refusal_code
 from fleet.deadletters import set_aside
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,8 @@ class Channel(kombu_redis.Channel):
                 raise redis.ConnectionError("the broker connection is closed")
             return dict(self._params[asynchronous])
         params = super()._connparams(asynchronous=asynchronous)
-        if not asynchronous and params.get("connection_class") is redis.Connection:
-            params["connection_class"] = Connection  # retires connections older than a silent one
+        if not asynchronous and (fleets := CONNECTION_CLASSES.get(params.get("connection_class"))) is not None:
+            params["connection_class"] = fleets  # retires connections older than a silent one (TLS too)
         self._params[asynchronous] = dict(params)
         return params
 

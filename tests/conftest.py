@@ -3,8 +3,10 @@ real embedded beat, all against one test fleet config. Nothing here mocks Redis 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import textwrap
@@ -264,3 +266,17 @@ def inline_cloud(fake: Any, config: Any) -> Iterator[tuple[Any, Any]]:
             drive(manager, dispatcher, cluster, 0, timeout=120)
         fake.ready_after_reads = 1
         wipe(config.fleet.id)
+
+
+@pytest.fixture
+def local_fleets() -> Iterator[set[str]]:
+    """Fleet ids whose local workers (which outlive their control plane) are SIGKILLed at the end."""
+    from tests.test_clock_skew import processes
+
+    ids: set[str] = set()
+    yield ids
+    for fleet_id in ids:
+        for pids in processes(fleet_id).values():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from fleet.lease import Lease
+from fleet.store import Claim, ClaimState
 from tests.conftest import inline, work
 
 CLUSTER = {"c": {"provider": "memory", "max_workers": 4, "container": {"command": ["w"]}}}
@@ -19,8 +20,8 @@ def _claimed_long_ago(m: Any, d: Any) -> str:
     while d.jobs[0][0] != "run":
         d.do(*d.jobs.popleft())
     _, (_, launch_id) = d.jobs.popleft()  # taken by a worker that then dies
-    state, *_ = m.store._scripts["claim"](keys=[m.store.of("c").pending], args=[launch_id, m.store.now() - 60])
-    assert state == b"claimed"
+    reply = m.store._scripts["claim"](keys=[m.store.of("c").pending], args=[launch_id, m.store.now() - 60])
+    assert Claim.from_reply(reply).state is ClaimState.CLAIMED
     assert not [j for j in d.jobs if j[0] == "run"]
     return str(launch_id)
 

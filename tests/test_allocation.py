@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.allocation import PoolView, allocate, rebalance
+from fleet.allocation import PoolView, RebalanceBounds, allocate, rebalance
 
 pools = st.lists(st.builds(
     PoolView, name=st.sampled_from("abcdefgh"), rank=st.integers(0, 3), weight=st.integers(1, 4),
@@ -52,7 +52,7 @@ def test_weights_share_a_rank() -> None:
 @given(pools, st.integers(0, 20), st.integers(0, 30), st.integers(1, 5), st.integers(0, 10), st.integers(-5, 10))
 def test_a_rebalance_never_goes_below_desired_nor_past_its_budget(ps: list[PoolView], desired: int, running: int,
                                                                  budget: int, room: int, above: int) -> None:
-    step = rebalance(ps, desired, running, budget, room, above)
+    step = rebalance(ps, RebalanceBounds(desired, running, budget, room, above))
     assert 0 <= step.retire <= max(running - desired, 0)
     assert 0 <= step.surge <= min(budget, room + max(above, 0))
     if not any(p.blocked is None for p in ps):  # every pool held: nothing moves
@@ -68,12 +68,12 @@ def test_a_surge_under_way_keeps_its_place_at_max_workers() -> None:
     """max 4, desired 3, 3 on-demand running and the one surge worker booting in spot: no room is
     left, yet the surge stays (else the next reconcile would cancel it, and launch it again)."""
     pools = [PoolView("spot", 0, committed=1, live=1, running=0), PoolView("od", 1, committed=3, live=3, running=3)]
-    assert rebalance(pools, 3, 3, 1, room=0, above=1).surge == 1
+    assert rebalance(pools, RebalanceBounds(3, 3, 1, room=0, above=1)).surge == 1
     queued = [PoolView("spot", 0, committed=1, waiting=1), PoolView("od", 1, committed=3, live=3, running=3)]
-    assert rebalance(queued, 3, 3, 1, room=0, above=1).surge == 1
+    assert rebalance(queued, RebalanceBounds(3, 3, 1, room=0, above=1)).surge == 1
     # once it runs, one on-demand worker retires and nothing more is launched until it is gone
     ran = [PoolView("spot", 0, committed=1, live=1, running=1), PoolView("od", 1, committed=3, live=3, running=3)]
-    step = rebalance(ran, 3, 4, 1, room=0, above=1)
+    step = rebalance(ran, RebalanceBounds(3, 4, 1, room=0, above=1))
     assert step.retire == 1
     after = [PoolView("spot", 0, committed=1, live=1, running=1), PoolView("od", 1, committed=3, live=2, running=2)]
-    assert rebalance(after, 3, 3, 1, room=0, above=0).surge == 0
+    assert rebalance(after, RebalanceBounds(3, 3, 1, room=0, above=0)).surge == 0

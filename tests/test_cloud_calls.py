@@ -34,13 +34,13 @@ def test_launches_are_split_in_whole_provider_calls() -> None:
 
 def test_the_first_claim_of_a_launch_is_the_only_first_attempt(r: redis.Redis) -> None:
     from fleet.model import LaunchRecord, LaunchState
-    from fleet.store import Store
+    from fleet.store import Claim, ClaimState, Store
 
     store = Store(r, "fc" + uuid.uuid4().hex[:8])
     r.hset(store.of("c").pending, "L1", LaunchRecord(3, LaunchState.QUEUED).encode())
-    assert store.claim_launch("c", "L1") == ("claimed", 3, True, "", "")
-    assert store.claim_launch("c", "L1") == ("claimed", 3, False, "", "")  # a retry, a redelivery, a re-send
-    assert store.claim_launch("c", "nope") == ("missing", 0, False, "", "")
+    assert store.claim_launch("c", "L1") == Claim(ClaimState.CLAIMED, 3, True)
+    assert store.claim_launch("c", "L1") == Claim(ClaimState.CLAIMED, 3, False)  # a retry, a redelivery, a re-send
+    assert store.claim_launch("c", "nope") == Claim(ClaimState.MISSING)
     r.delete(store.of("c").pending)
 
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.awsrequest import AWSResponse
 from pydantic import ValidationError
 
 from fleet.errors import CapacityError, PermanentProviderError
@@ -28,7 +31,7 @@ from fleet.testing.backends.aws import interrupt_fargate_spot, moto_ecs_task
 from providers.aws_ecs import ECSOptions, ECSProvider
 from tests.kits import fleet_ids
 from tests.kits.aws import AwsWorld
-from tests.test_aws import ECS_HEADERS, Calls, capture, ecs_error, inject
+from tests.test_aws import ECS_HEADERS, Calls, _Raw, capture, ecs_error, inject
 
 CMD = ContainerSpec(command=("celery", "-A", "tasks", "worker"), env={"QUEUE": "jobs"})
 SMALL = Hardware(cpu=0.25, memory_mb=512)
@@ -144,6 +147,42 @@ def test_a_fargate_spot_capacity_failure_is_a_capacity_error(ecs: Make, reason: 
     with pytest.raises(CapacityError) as info:
         provider.run_workers(cluster, CMD, SMALL, 2, launch_id=launch())
     assert info.value.instance_type == "FARGATE_SPOT 256/512"  # held apart from on-demand FARGATE 256/512
+
+
+def short_run_task(client: Any, made: int, reason: str) -> list[int]:
+    """Answer the next RunTask as ECS does when it finds capacity for `made` tasks only: moto's
+    server is asked for `made` tasks (it starts them) and the answer lists the rest under
+    `failures`. Returns the counts that RunTask calls asked for, the short one first."""
+    asked: list[int] = []
+
+    def answer(request: Any, **_: Any) -> AWSResponse | None:
+        body = json.loads(request.body)
+        asked.append(body["count"])
+        if len(asked) > 1:
+            return None  # later calls reach moto as they are
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
+        sent = urllib.request.Request(request.url, data=json.dumps({**body, "count": made}).encode(),
+                                      headers=headers, method="POST")
+        with urllib.request.urlopen(sent, timeout=30) as reply:
+            out = json.loads(reply.read())
+        out["failures"] = [{"arn": f"missing-{i}", "reason": reason} for i in range(body["count"] - made)]
+        return AWSResponse(request.url, 200, ECS_HEADERS, _Raw(json.dumps(out).encode()))
+
+    client.meta.events.register("before-send.ecs.RunTask", answer)
+    return asked
+
+
+def test_a_short_run_task_answer_returns_what_it_started_and_asks_for_no_more(
+        ecs: Make, caplog: pytest.LogCaptureFixture) -> None:
+    provider, cluster = ecs(market="spot")
+    asked = short_run_task(provider.client(cluster), 4, "Capacity is unavailable at this time.")
+    with caplog.at_level(logging.WARNING, logger="providers.aws_ecs"):
+        handles = provider.run_workers(cluster, CMD, SMALL, 25, launch_id=launch())  # calls of 10, 10 and 5
+    # capacity ran out: the launch stops there, as aws_ec2's does on a short CreateFleet answer;
+    # Fleet launches the shortfall later (through the next pool)
+    assert asked == [10] and len(handles) == len(set(handles)) == 4
+    assert provider.list_workers(cluster) == dict.fromkeys(handles, 1)
+    assert "RunTask started 4 of 10 tasks" in caplog.text and "call 0 started 4 of 10 tasks" in caplog.text
 
 
 # -- interruptions ------------------------------------------------------------------------

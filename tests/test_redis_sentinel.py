@@ -112,7 +112,8 @@ kill_grace = 1
 """
 
 
-def test_a_control_plane_behind_sentinel_converges_on_the_new_primary(topology: Topology, tmp_path: Path) -> None:
+def test_a_control_plane_behind_sentinel_converges_on_the_new_primary(topology: Topology, tmp_path: Path,
+                                                                      local_fleets: set[str]) -> None:
     """SIGKILL the primary mid scale-up: public tasks are served again and the cluster converges,
     with no handle launched twice and every live process tracked; the CLI works on the URL."""
     from fleet.store import Store
@@ -122,6 +123,7 @@ def test_a_control_plane_behind_sentinel_converges_on_the_new_primary(topology: 
 
     fleet = f'redis_sentinel_master = "{MASTER}"\nsweep_interval = 1\n'
     with plane(tmp_path, CLUSTERS, fleet=fleet, redis_url=topology.url()) as p, Census(p.fleet_id).running() as seen:
+        local_fleets.add(p.fleet_id)
         assert p.call("fleet.status", "web")["cluster"] == "web"
         pending = p.client().send_task("fleet.scale", args=["web", 6])
         wait_for(lambda: len(processes(p.fleet_id)) >= 1, timeout=30, interval=0.02, what="a first launch")

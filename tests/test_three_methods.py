@@ -239,7 +239,7 @@ def test_a_cancelled_launch_whose_answer_was_lost_is_launched_again_and_killed(t
     kind, (_, launch_id) = d.jobs.popleft()
     assert kind == "run"
     # a run task takes the launch, makes the workers, and dies before it could record them
-    assert m.store.claim_launch("c", launch_id)[0] == "claimed"
+    assert m.store.claim_launch("c", launch_id).state == "claimed"
     ref = m.pool.cluster("c")
     spec = m.config.spec("c")
     made = set(ThreeMethods(m.pool.raw("three").context).run_workers(ref, spec.container, spec.hardware, 2,

@@ -19,6 +19,7 @@ from fleet.control.queries import Queries
 from fleet.errors import InvalidRequest, ScaleRefused
 from fleet.holds import Holds
 from fleet.model import EventKind, HandleStatus
+from fleet.replication import confirm_replicated
 from fleet.requests import Gate
 from fleet.store import Store
 
@@ -57,6 +58,10 @@ class FleetAPI:
               mutating: bool = True) -> None:
         """Before a public task runs: raise unless it is for this fleet and not expired (`fleet.requests`)."""
         self.gate.admit(task, task_id, headers, args, mutating)
+
+    def confirm_replicated(self) -> None:
+        """After a mutating request: return once a replica has its writes (`fleet.replication`)."""
+        confirm_replicated(self.store.r, self.store.keys.replicated)
 
     def scale(self, cluster: Any, workers: Any) -> dict[str, Any]:
         """Store the desired number and ask for a reconcile: {cluster, desired, version}. On an

@@ -32,7 +32,7 @@ from fleet.holds import Holds
 from fleet.lease import Lease
 from fleet.model import EventKind
 from fleet.provider import WorkerStatus
-from fleet.store import Store
+from fleet.store import ClaimState, Store
 
 
 class Launcher:
@@ -56,24 +56,26 @@ class Launcher:
     def run_launch(self, cluster: str, launch_id: str) -> dict[str, Any]:
         """Carry out one pending launch, idempotently (see the module's contract)."""
         spec = self.config.spec(cluster)
-        claim, count, first, pool, rev = self.store.claim_launch(cluster, launch_id)
-        if claim not in ("claimed", "settle"):
-            return {"launch_id": launch_id, "state": claim, "handles": 0}
+        claim = self.store.claim_launch(cluster, launch_id)
+        if claim.state not in (ClaimState.CLAIMED, ClaimState.SETTLE):
+            return {"launch_id": launch_id, "state": claim.state.value, "handles": 0}
         lease = Lease(self.store.r, self.store.of(cluster).launch(launch_id), self.lease)
         if not lease.acquire():
             return {"launch_id": launch_id, "state": "busy", "handles": 0}
+        count, pool, rev = claim.count, claim.pool, claim.revision
         provider = self.pool.of(cluster, pool).name  # the one that launches it (see ProviderPool.definition)
+        settle = claim.state is ClaimState.SETTLE
         if cluster in self.config.retired:  # a launch planned before the cluster left the config
-            if first:
+            if claim.first:
                 self.store.drop_launch(cluster, launch_id)
                 lease.release()
                 return {"launch_id": launch_id, "state": "retired", "handles": 0}
-            claim = "settle"  # an earlier attempt may have made workers: find them and kill them
-        if claim == "settle":
+            settle = True  # an earlier attempt may have made workers: find them and kill them
+        if settle:
             return self._settle(cluster, spec, launch_id, count, lease, pool)
         try:
             ref = self.pool.cluster(cluster, pool, excluded_types=self.holds.held_types(provider, pool),
-                                    first_attempt=first, revision=rev)
+                                    first_attempt=claim.first, revision=rev)
             try:
                 handles = self.pool.of(cluster, pool).run_workers(ref, spec.container, spec.hardware, count,
                                                                   launch_id=launch_id)

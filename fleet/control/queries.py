@@ -14,6 +14,7 @@ from fleet.config import ClusterSpec, FleetConfig
 from fleet.deadletters import DeadLetters, summary
 from fleet.holds import Holds
 from fleet.model import ClusterState, HandleStatus, LaunchState, Summary
+from fleet.reasons import why as why_words
 from fleet.retire import with_retired
 from fleet.store import Store
 
@@ -102,7 +103,7 @@ class Queries:
             live = by["initializing"] + by["running"]
             if why is None and pool.max_workers is not None and live + by["draining"] + by["stopping"] \
                     + pending >= pool.max_workers:
-                why = "full"
+                why = why_words("full")
             out.append({"pool": pool.name, "provider": pool.provider, "rank": spec.rank(pool.name),
                         "max_workers": pool.max_workers, **by, "pending": pending, "skipped": why})
         return out

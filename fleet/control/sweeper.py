@@ -33,6 +33,7 @@ from fleet.errors import ProviderError, ProviderTimeout, RateLimited
 from fleet.holds import Holds
 from fleet.lease import Lease
 from fleet.model import GOING, ClusterState, EventKind, HandleStatus, LaunchState
+from fleet.planners.lifetimes import expired
 from fleet.provider import Interruption, WorkerStatus
 from fleet.retire import declared_ttl
 from fleet.store import SERIES_EVERY, StatusResult, Store, SweepView
@@ -381,8 +382,7 @@ class Sweeper:
         """Workers older than max_lifetime become outdated: the rollout replaces them (new ones
         first, then they drain), as after a change of the spec."""
         assert spec.max_lifetime is not None
-        old = [h for h, r in st.handles.items() if r.status in (HandleStatus.INITIALIZING, HandleStatus.RUNNING)
-               and r.born is not None and now - r.born > spec.max_lifetime and r.rev != "expired"]
+        old = expired(st.handles, spec.max_lifetime, now)
         if old and self.store.expire(cluster, old):
             self.request_reconcile(cluster)
 
@@ -415,9 +415,14 @@ class Sweeper:
     def _resend(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> None:
         timeout = self.config.fleet.launch_timeout
         abandoned = self._abandoned(cluster, st, now)
+        # after a failover or a loss of data, a queued launch's run message may be gone with it
+        queued_after = min(RESEND_QUEUED_AFTER, timeout)
+        if any(p.state is LaunchState.QUEUED and now - (p.at or now) > 2 * self.lease for p in st.pending.values()) \
+                and self.holds.recovering():
+            queued_after = 2 * self.lease
         for launch_id, p in st.pending.items():
             age = now - (p.claimed or p.at or now)
-            if (p.state is LaunchState.QUEUED and age > min(RESEND_QUEUED_AFTER, timeout)) or (
+            if (p.state is LaunchState.QUEUED and age > queued_after) or (
                     p.state is not LaunchState.QUEUED and p.claimed and (age > timeout or launch_id in abandoned)):
                 self.dispatcher.run(cluster, launch_id, spec.pool_or_first(p.pool).provider)
         retry = [h for h, r in st.handles.items()

@@ -1,11 +1,21 @@
--- Store a desired number. KEYS[3] desired, KEYS[4] the "reconcile queued" marker; ARGV[4] n,
--- ARGV[5] the autoscaler's floor ('' to leave it), ARGV[6] the source, ARGV[7] the marker's
--- lifetime in seconds ('' to leave it alone). One round trip for what a request changes.
+-- Store a desired number (fleet.state.markers Markers.set_desired): one round trip for what a
+-- request changes.
+-- KEYS (after lua/prelude.lua's two):
+--   KEYS[3] desired_key  the cluster's desired number
+--   KEYS[4] queued_key   the "reconcile queued" marker
+-- ARGV (after the prelude's three):
+--   ARGV[4] n            the desired number
+--   ARGV[5] floor        the autoscaler's floor ('' to leave it)
+--   ARGV[6] source       who asked (the event's `source`)
+--   ARGV[7] queued_ttl   the marker's lifetime in seconds ('' to leave the marker alone)
 -- Returns {the new version (it only grows), 1 if this call set the marker}.
-local version = redis.call('HINCRBY', KEYS[3], 'version', 1)
-redis.call('HSET', KEYS[3], 'n', ARGV[4], 'at', ARGV[3])
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], 'floor', ARGV[5]) end
-emit('desired', 'n', ARGV[4], 'source', ARGV[6])
+local desired_key, queued_key = KEYS[3], KEYS[4]
+local n, floor, source, queued_ttl = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local at = ARGV[3]  -- the prelude's time, stored as it was sent
+local version = redis.call('HINCRBY', desired_key, 'version', 1)
+redis.call('HSET', desired_key, 'n', n, 'at', at)
+if floor ~= '' then redis.call('HSET', desired_key, 'floor', floor) end
+emit('desired', 'n', n, 'source', source)
 local flagged = 0
-if ARGV[7] ~= '' and redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[7]) then flagged = 1 end
+if queued_ttl ~= '' and redis.call('SET', queued_key, '1', 'NX', 'EX', queued_ttl) then flagged = 1 end
 return {version, flagged}

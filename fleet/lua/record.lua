@@ -1,10 +1,21 @@
--- Record a launch's handles. KEYS[3] pending, KEYS[4] handles, KEYS[5] index, KEYS[6] counts;
--- ARGV[4] launch id, ARGV[5] its pool and ARGV[6] its revision (the pending record's win: it was
--- planned so), then handle, workers pairs. A handle already known is not added again. New
--- handles are initializing, or stopping if the launch was cancelled meanwhile. Returns the
--- launch's previous state.
-ensure_counts(KEYS[4], KEYS[5], KEYS[6])
-local raw = redis.call('HGET', KEYS[3], ARGV[4])
+-- Record a launch's handles (fleet.state.launches Launches.record_launch). A handle already known
+-- is not added again. New handles are initializing, or stopping if the launch was cancelled
+-- meanwhile; the pending record's pool and revision win over the args (it was planned so).
+-- KEYS (after lua/prelude.lua's two):
+--   KEYS[3] pending_key  the cluster's pending launches
+--   KEYS[4] handles_key  the cluster's handle records
+--   KEYS[5] index_key    the status index (lua/index.lua)
+--   KEYS[6] counts_key   the counts (lua/index.lua)
+-- ARGV (after the prelude's three):
+--   ARGV[4] launch_id    the launch
+--   ARGV[5] pool         its pool ('' for none)
+--   ARGV[6] rev          its revision ('' for none)
+--   ARGV[7..]            handle, workers pairs
+-- Returns the launch's previous state ('missing' if it had no pending record).
+local pending_key, handles_key, index_key, counts_key = KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local launch_id = ARGV[4]
+ensure_counts(handles_key, index_key, counts_key)
+local raw = redis.call('HGET', pending_key, launch_id)
 local state, req, pool, rev = 'missing', now, ARGV[5], ARGV[6]
 if raw then
   local p = cjson.decode(raw)
@@ -12,25 +23,27 @@ if raw then
   if p.pool and p.pool ~= '' then pool = p.pool end
   if p.rev and p.rev ~= '' then rev = p.rev end
 end
-redis.call('HDEL', KEYS[3], ARGV[4])
+redis.call('HDEL', pending_key, launch_id)
 local status = 'initializing'
 if state == 'cancelled' then status = 'stopping' end
 local added = 0
 for i = 7, #ARGV, 2 do
-  if redis.call('HEXISTS', KEYS[4], ARGV[i]) == 0 then
+  local h = ARGV[i]
+  if redis.call('HEXISTS', handles_key, h) == 0 then
     local w = tonumber(ARGV[i + 1])
-    local r = {w = w, s = status, since = now, launch = ARGV[4], kills = 0, req = req, b = now}
+    local r = {w = w, s = status, since = now, launch = launch_id, kills = 0, req = req, b = now}
     if pool ~= '' then r.p = pool end
     if rev ~= '' then r.rev = rev end
-    redis.call('HSET', KEYS[4], ARGV[i], cjson.encode(r))
-    move(KEYS[5], KEYS[6], ARGV[i], r, nil, status)
-    added = added + w
+    if move(index_key, counts_key, h, r, nil, status) then
+      redis.call('HSET', handles_key, h, cjson.encode(r))
+      added = added + w
+    end
   end
 end
 if pool ~= '' then
   redis.call('HINCRBY', METRICS, 'pool_launches|' .. CLUSTER .. '|' .. pool, added)
-  emit('launched', 'launch', ARGV[4], 'workers', tostring(added), 'state', state, 'pool', pool)
+  emit('launched', 'launch', launch_id, 'workers', tostring(added), 'state', state, 'pool', pool)
 else
-  emit('launched', 'launch', ARGV[4], 'workers', tostring(added), 'state', state)
+  emit('launched', 'launch', launch_id, 'workers', tostring(added), 'state', state)
 end
 return state

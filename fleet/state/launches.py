@@ -1,0 +1,68 @@
+"""The launches section: a run task's claim on a pending launch, the record of what a launch made,
+and the end of a launch that failed for good. (The reconcile writes pending launches in its
+commit: `fleet.state.plans`.)"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fleet.state.base import StoreBase
+
+
+class ClaimState(str, enum.Enum):
+    """What a run task's claim found (lua/claim.lua)."""
+
+    CLAIMED = "claimed"  # the launch is the task's to carry out
+    SETTLE = "settle"  # cancelled after a run task had taken it: it may have made workers
+    CANCELLED = "cancelled"  # cancelled before any run task took it: dropped
+    MISSING = "missing"  # no such pending launch
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run task's claim on a pending launch. `first`: no run task had taken it before (only
+    when claimed). `count`, `pool` and `revision` are the launch's when claimed or to settle;
+    0 and "" when cancelled or missing."""
+
+    state: ClaimState
+    count: int = 0
+    first: bool = False
+    pool: str = ""
+    revision: str = ""
+
+    @classmethod
+    def from_reply(cls, reply: Sequence[Any]) -> Claim:
+        """The claim script's reply ({state, count, first, pool, rev}, as Redis returns it) -> a Claim."""
+        state, count, first, pool, rev = reply
+        return cls(ClaimState(state.decode()), int(count), bool(int(first)), pool.decode(), rev.decode())
+
+
+class Launches(StoreBase):
+    """Claiming, recording and dropping pending launches."""
+
+    def claim_launch(self, cluster: str, launch_id: str) -> Claim:
+        """Mark a pending launch as taken by a run task, now (see `Claim`)."""
+        return Claim.from_reply(self._scripts["claim"](keys=[self.of(cluster).pending], args=[launch_id, self.now()]))
+
+    def record_launch(self, cluster: str, launch_id: str, handles: list[str], pool: str = "", rev: str = "") -> str:
+        """Move a launch's handles into the cluster (initializing, or stopping if it was cancelled
+        meanwhile), recorded under its pool, and drop the pending entry, atomically. Returns the
+        launch's previous state."""
+        counts: dict[str, int] = {}
+        for h in handles:
+            counts[h] = counts.get(h, 0) + 1
+        args: list[Any] = [launch_id, pool, rev]
+        for h, w in counts.items():
+            args += [h, w]
+        k = self.of(cluster)
+        return str(self._script("record", cluster, [k.pending, k.handles, k.index, k.counts], args).decode())
+
+    def drop_launch(self, cluster: str, launch_id: str) -> None:
+        """Forget a pending launch (it failed for good)."""
+        self.r.hdel(self.of(cluster).pending, launch_id)
