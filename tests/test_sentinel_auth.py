@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from celery import Celery
@@ -21,6 +22,7 @@ from kombu import Connection
 from fleet.cli import main
 from fleet.config import FleetSettings, load_config
 from fleet.connection import RedisTarget, SentinelConnection, access_error, connect
+from fleet.console.health import Health
 from fleet.errors import ConfigError
 from fleet.probe import Probe
 from fleet.sentinel import SentinelRefused
@@ -129,6 +131,9 @@ def test_sentinels_that_refuse_the_credentials_are_one_clear_error(topology: Top
                 "the Redis sentinels need a password and none was given for them")
     assert reason is not None and reason.startswith(expected) and "FLEET_REDIS_SENTINEL_PASSWORD" in reason, reason
     assert took < 5, took
+    # the console's health line says the same, not "unreachable"
+    said = Health.redis_down(SimpleNamespace(where=topology.url()), refused.value)  # type: ignore[arg-type]
+    assert said.startswith("Redis at sentinel://") and f"refused the console: {expected}" in said, said
 
     if wrong is None:  # the file names none: the environment's empty value counts as unset
         path = config_file(tmp_path, "")

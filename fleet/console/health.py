@@ -29,7 +29,7 @@ from redis.sentinel import MasterNotFoundError
 
 from fleet.client import PublicTasks, masked
 from fleet.config import FleetConfig
-from fleet.connection import connect
+from fleet.connection import access_error, connect
 from fleet.errors import FleetError
 from fleet.keys import Keyspace
 from fleet.retire import declared_ttl
@@ -72,7 +72,11 @@ class Health:
         self.ttl = declared_ttl(config)
 
     def redis_down(self, exc: BaseException) -> str:
-        """What to say of Redis after `exc` (no password: the URL is masked)."""
+        """What to say of Redis after `exc` (no password: the URL is masked). Redis, or a
+        sentinel, refusing the credentials is said as that, not as unreachable."""
+        refused = access_error(exc)
+        if refused:
+            return f"Redis at {self.where} refused the console: {refused}"
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, MasterNotFoundError):  # its text goes on with each sentinel's client repr
             reason = str(exc).split(" : ", 1)[0] + " by any sentinel (are the sentinels up?)"
