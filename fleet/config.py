@@ -306,9 +306,12 @@ class FleetConfig(BaseModel):
     def _names(self) -> FleetConfig:
         import re
 
-        for name in self.clusters:
+        for name, spec in self.clusters.items():
             if not re.match(NAME_PATTERN, name):
                 raise ValueError(f"cluster name {name!r} must match {NAME_PATTERN}")
+            if (spec.broker_url or "").startswith("sentinel://") and not self.fleet.redis_sentinel_master:
+                raise ValueError(f"cluster {name!r}: a sentinel:// broker_url needs fleet.redis_sentinel_master "
+                                 "(the master's name, also used for the cluster's broker)")
         return self
 
     def spec(self, name: Any) -> ClusterSpec:

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery
 
 from fleet.amqp_management import Depth, Management
-from fleet.connection import target, transport_options
+from fleet.connection import RedisTarget, target, transport_options
 from fleet.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,16 @@ class Probe:
     """One per broker URL; cheap to keep (connections are pooled by kombu). With `management_url`
     (RabbitMQ's management API), `depth` reads ready and unacknowledged messages there."""
 
-    def __init__(self, broker_url: str, management_url: str | None = None) -> None:
+    def __init__(self, broker_url: str, management_url: str | None = None, settings: Any = None) -> None:
+        """`settings` (the fleet's `FleetSettings`): for a sentinel:// broker that is not the
+        fleet's own Redis, its master's name and the sentinels' credentials."""
         self.app = Celery("fleet-probe", broker=broker_url, set_as_current=False)
         self.app.conf.broker_connection_retry_on_startup = True
         if broker_url.startswith(("redis://", "rediss://", "sentinel://")):  # timeouts, keepalive
             self.app.conf.broker_transport_options = transport_options()
             chosen = target(broker_url)
+            if chosen.sentinel and not chosen.sentinel_master and settings is not None:
+                chosen = RedisTarget.from_settings(broker_url, settings)
             self.app.conf.update(chosen.broker_access())  # the fleet's Redis: its user, TLS
             if chosen.sentinel:  # kombu's Sentinel transport finds the primary by the master's name
                 if not chosen.sentinel_master:

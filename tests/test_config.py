@@ -59,6 +59,8 @@ def test_good_file_loads_with_defaults(tmp_path: Path) -> None:
         (("[fleet]", "[fleet]\nsweep_interval = 0"), "fleet.sweep_interval"),
         (("[fleet]", "[flet]\n[fleet]"), "flet"),
         (("max_workers = 10", 'max_workers = 10\nqueues = ["celery", ""]'), "clusters.web.queues.1"),
+        (("max_workers = 10", 'max_workers = 10\nbroker_url = "sentinel://127.0.0.1:26379/0"'),
+         "cluster 'web': a sentinel:// broker_url needs fleet.redis_sentinel_master"),
     ],
 )
 def test_bad_files_name_the_file_cluster_and_field(tmp_path: Path, change: tuple[str, str], where: str) -> None:

@@ -53,14 +53,13 @@ class CeleryWatch:
         key = f"{url} {spec.broker_management_url or ''}"
         with self._lock:
             if key not in self._probes:
-                self._probes[key] = (self._make_probe(url, spec.broker_management_url) if spec.broker_management_url
-                                     else self._make_probe(url))
+                self._probes[key] = self._make_probe(url, spec.broker_management_url, settings=self.config.fleet)
             return self._probes[key]
 
     def watch(self, cluster: str, spec: ClusterSpec, st: ClusterState, now: float) -> dict[str, Any]:
         """Ask the cluster's workers what they hold; finish drains; autoscale from the load."""
-        probe = self.probe(spec)
         try:
+            probe = self.probe(spec)
             activity = probe.activity([h for h, r in st.handles.items() if r.status is not HandleStatus.STOPPING])
             depth = probe.depth(spec.queues) if spec.autoscale else Depth(0)
         except Exception as exc:  # noqa: BLE001 - the workers' broker may be down: skip, never crash the sweep
