@@ -21,9 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Literal, NamedTuple, Protocol
 
-# fleet.model imports this module too: only attributes are read from it, at call time, so
-# either module may be imported first
-from fleet import model
+from fleet.status import LIVE, STATUS_VALUES
 
 #: the field that says the counts are whole
 WHOLE = "v"
@@ -66,7 +64,7 @@ def fields(handle: Counted, status: str | None) -> dict[str, int]:
         out[s + _POOL + handle.pool] = w
     if handle.interrupted:
         out[INTERRUPTED] = w
-    if handle.rev and s in model.LIVE:
+    if handle.rev and s in LIVE:
         out[_REV + handle.rev] = w
     return out
 
@@ -111,7 +109,7 @@ def parse(name: str) -> Field | None:
         return Field("interrupted")
     if name.startswith(_REV):
         return Field("rev", name=name[len(_REV):]) if len(name) > len(_REV) else None
-    statuses = model.STATUS_VALUES
+    statuses = STATUS_VALUES
     status, _, pool = name.partition(_POOL)
     if pool:
         return Field("pool", status, pool) if status in statuses else None

@@ -1,7 +1,7 @@
 """Every Redis key of a fleet, defined once. Everything that reads or writes Fleet's state (the
 store, the holds and limits, the leases, the metrics collector, the CLI, the benchmarks) takes
 its key names from here. `KEY_TABLE` lists them all; `docs/architecture.md` shows the same
-table, and `tests/test_keys.py` checks the two agree.
+table, and `tests/test_layout.py` (`test_the_docs_key_tables_are_the_keyspace`) checks the two agree.
 
 All keys of fleet `<id>` start with `fleet:<id>:`. A cluster's keys are `fleet:<id>:<cluster>:<name>`;
 cluster names cannot contain `:` (config.NAME_PATTERN), so the two never collide.

@@ -1,5 +1,6 @@
-"""Fleet's vocabulary: the statuses of a handle and of a launch, the kinds of event, the one table
-of allowed handle transitions, and the records the store keeps (no I/O here).
+"""Fleet's vocabulary: the statuses of a handle (from `fleet.status`, with the one table of allowed
+handle transitions) and of a launch, the kinds of event, and the records the store keeps (no I/O
+here).
 
 Records are stored as compact JSON (`{"w": 2, "s": "running", ...}`: the Lua scripts read and write
 them too) and shown with readable names (`fleet status --json`). `HandleRecord.decode` also reads
@@ -16,45 +17,14 @@ from typing import Any, ClassVar
 
 from fleet import grammar
 
-
-class HandleStatus(str, enum.Enum):
-    """What Fleet knows of a handle (a container and its workers)."""
-
-    INITIALIZING = "initializing"  # launched, not seen running yet
-    RUNNING = "running"
-    DRAINING = "draining"  # finishing its tasks before it is killed; not live for the planner
-    STOPPING = "stopping"  # killed (or being killed); leaves Redis once the provider says stopped
-
-    def __str__(self) -> str:
-        return self.value
-
-
-#: every status's stored value
-STATUS_VALUES: frozenset[str] = frozenset(s.value for s in HandleStatus)
-#: handle statuses whose workers count as live (observed) for the planner
-LIVE: frozenset[HandleStatus] = frozenset({HandleStatus.INITIALIZING, HandleStatus.RUNNING})
-#: handle statuses on their way out: they still count against max_workers
-GOING: frozenset[HandleStatus] = frozenset({HandleStatus.DRAINING, HandleStatus.STOPPING})
-
-#: The one table of allowed handle transitions: status -> the statuses it may move to. `None`
-#: stands for "not in Redis": a handle enters as initializing (launched), stopping (launched by
-#: a launch cancelled meanwhile) or as it was found (adopted), and leaves from any status (seen
-#: stopped, or killed and confirmed). Every writer keeps to it and refuses (and logs) a move it
-#: does not allow: the store's Python moves (`fleet.state.handles`), and the Lua scripts, which
-#: carry it (`fleet.scripts.model_constants`, lua/prelude.lua `may_move`). tests/test_transitions.py
-#: drives every writer and checks each move.
-TRANSITIONS: dict[HandleStatus | None, frozenset[HandleStatus | None]] = {
-    None: frozenset({HandleStatus.INITIALIZING, HandleStatus.RUNNING, HandleStatus.STOPPING}),
-    HandleStatus.INITIALIZING: frozenset({HandleStatus.RUNNING, HandleStatus.DRAINING, HandleStatus.STOPPING, None}),
-    HandleStatus.RUNNING: frozenset({HandleStatus.INITIALIZING, HandleStatus.DRAINING, HandleStatus.STOPPING, None}),
-    # draining -> running: a drain called off (a retired cluster put back in the config)
-    HandleStatus.DRAINING: frozenset({HandleStatus.RUNNING, HandleStatus.STOPPING, None}),
-    HandleStatus.STOPPING: frozenset({None}),
-}
-
-
-def may_move(old: HandleStatus | None, new: HandleStatus | None) -> bool:
-    return old == new or new in TRANSITIONS[old]
+# the statuses and their moves live in fleet.status (fleet.grammar needs them too); here for
+# every module that takes Fleet's vocabulary from fleet.model
+from fleet.status import GOING as GOING
+from fleet.status import LIVE as LIVE
+from fleet.status import STATUS_VALUES as STATUS_VALUES
+from fleet.status import TRANSITIONS as TRANSITIONS
+from fleet.status import HandleStatus as HandleStatus
+from fleet.status import may_move as may_move
 
 
 class LaunchState(str, enum.Enum):

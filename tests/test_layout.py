@@ -65,7 +65,9 @@ def imports() -> dict[str, set[str]]:
             found: set[str] = set()
             for node in ast.walk(ast.parse(path.read_text())):
                 names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                         else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                         # `from fleet import grammar` imports the module fleet.grammar
+                         else [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+                         if isinstance(node, ast.ImportFrom) and node.module and not node.level
                          else [])
                 found |= {n for n in names if n.split(".")[0] in (*PACKAGES, "tests")}
             graph[module] = found
