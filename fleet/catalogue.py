@@ -4,15 +4,20 @@ does. Cloud-neutral: providers bring their own catalogue (built-in defaults or p
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import date
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.errors import CapacityError, PermanentProviderError
+from fleet.pricing import Market, Price
 from fleet.provider import Hardware
 
 
 class InstanceType(BaseModel):
-    """One entry of a catalogue. `price` is relative (per hour, any currency): only order matters."""
+    """One entry of a catalogue. `price` is USD per hour on demand: the choice takes the cheapest
+    type that fits, so only the order of prices steers it; the built-in catalogues' come from the
+    providers' dated price tables, and `fleet.pool_prices` takes an operator's catalogue price as
+    the type's price (source "config") where no table has one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,3 +52,23 @@ def cheapest_fit(catalogue: Sequence[InstanceType], hw: Hardware, exclude: Itera
         f"no instance type in the catalogue fits cpu={hw.cpu:g} memory_mb={hw.memory_mb} gpus={hw.gpus}: "
         "add one to provider_options.catalogue or lower the cluster's hardware"
     )
+
+
+def type_price(name: str, market: Market, *, table: float | None, as_of: date, region: str,
+               catalogue: Sequence[InstanceType], builtin: Sequence[InstanceType], reference: str,
+               note: str = "") -> Price | None:
+    """The price of type `name` in `region` for a provider with a dated table: the table's
+    (`table`, None when it has none), else the catalogue entry's `price`: a built-in entry's is the
+    table's price in its `reference` region (said in the note), an operator's is "config". None
+    when neither knows the type. `note` (why a spot pool gets an on-demand price) is kept."""
+    def noted(*parts: str) -> str:
+        return "; ".join(p for p in (note, *parts) if p)
+
+    if table is not None:
+        return Price(table, "table", as_of, market, noted())
+    entry = next((t for t in catalogue if t.name == name), None)
+    if entry is None:
+        return None
+    if entry in builtin:
+        return Price(entry.price, "table", as_of, market, noted(f"{reference} price: the table has none for {region}"))
+    return Price(entry.price, "config", date.today(), market, noted("price of provider_options.catalogue"))

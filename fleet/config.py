@@ -87,8 +87,13 @@ class FleetSettings(BaseModel):
         return value
 
 
+#: USD per hour of one container/VM (`fleet.pricing`)
+PerHour = Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)]
+
+
 class ProviderLimits(BaseModel):
-    """Limits on one provider's cloud operations, shared by every control-plane worker."""
+    """Limits on one provider's cloud operations, shared by every control-plane worker, and the
+    operator's prices of its instance types."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -99,6 +104,9 @@ class ProviderLimits(BaseModel):
     call_timeout: float | None = Field(default=None, gt=0, le=3600)
     #: seconds a cluster's provider calls are held off after one of them timed out
     unresponsive_hold: float = Field(default=60.0, gt=0, le=3600)
+    #: instance type -> USD per hour, on every market: wins over the provider's price tables
+    prices: dict[Annotated[str, Field(min_length=1, max_length=255)], PerHour] = Field(default_factory=dict,
+                                                                                       max_length=1000)
 
 
 class AutoscaleSpec(BaseModel):
@@ -126,6 +134,8 @@ class PoolSpec(BaseModel):
     weight: int = Field(default=1, ge=1, le=1000)
     #: lower is preferred; default: the pool's position in the list
     priority: int | None = Field(default=None, ge=0, le=1000)
+    #: USD per hour of one of this pool's containers: wins over every other price of it
+    price_per_hour: PerHour | None = None
 
 
 #: The name of the one pool of a cluster that declares `provider` instead of `pools`.
@@ -201,6 +211,8 @@ class ClusterSpec(BaseModel):
     max_lifetime: float | None = Field(default=None, gt=0, le=10 * 365 * 86400)
     #: autoscaled clusters: a worker idle this long (seconds) goes first on a scale-down
     idle_timeout: float | None = Field(default=None, gt=0, le=86400)
+    #: USD per hour of one container, in every pool without a price_per_hour of its own
+    price_per_hour: PerHour | None = None
 
     def revision(self, pool: str) -> str:
         """The revision of what pool `pool`'s workers are launched from: a stable hash of the
@@ -231,7 +243,7 @@ class ClusterSpec(BaseModel):
             assert self.provider is not None
             return (PoolSpec.model_construct(name=DEFAULT_POOL, provider=self.provider,
                                              provider_options=self.provider_options, max_workers=None, weight=1,
-                                             priority=0),)
+                                             priority=0, price_per_hour=self.price_per_hour),)
         return tuple(sorted(self.pools, key=lambda p: self.rank(p.name)))  # stable: ties keep their order
 
     def pool(self, name: str) -> PoolSpec:
@@ -381,7 +393,33 @@ def parse_config(data: dict[str, Any], source: str = "<memory>") -> FleetConfig:
             except ValidationError as exc:
                 problems = "; ".join(f"{where}.provider_options.{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
                 raise ConfigError(problems) from None
+    _check_prices(config)
     return config
+
+
+def _check_prices(config: FleetConfig) -> None:
+    """A ConfigError naming the field for a `[providers.<name>] prices` entry of a type the
+    provider does not have (its `price_keys` for any pool using it)."""
+    from fleet.registry import provider_class
+
+    for provider, limits in config.providers.items():
+        where = f"{config.source}: providers.{provider}.prices"
+        if not limits.prices:
+            continue
+        try:
+            cls = provider_class(provider)
+        except FleetError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        known = cls.price_keys(None)
+        for spec in config.clusters.values():
+            for pool in (p for p in spec.pool_list if p.provider == provider):
+                more = cls.price_keys(cls.validate_options(pool.provider_options))
+                known = None if known is None or more is None else known | more
+        if known is None:
+            raise ConfigError(f"{where}: provider {provider!r} has no instance types to price: "
+                              "set price_per_hour on the cluster or pool instead")
+        if unknown := sorted(set(limits.prices) - known):
+            raise ConfigError(f"{where}.{unknown[0]}: provider {provider!r} has no instance type {unknown[0]!r}")
 
 
 def _check_secrets(spec: ClusterSpec, cls: Any, where: str, provider: str) -> None:

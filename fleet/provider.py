@@ -67,6 +67,7 @@ from typing import Annotated, Any, ClassVar, Generic, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from fleet.inputs import slug
+from fleet.pricing import Quote
 from fleet.secrets import check_name, check_ref
 
 log = logging.getLogger(__name__)
@@ -337,6 +338,21 @@ class Provider(ABC, Generic[O]):
         `launch_id`, one per worker as `run_workers` returns them; [] when it made none. Never
         launches. None: this provider cannot tell (Fleet then calls `run_workers` again with the
         same launch id, which returns what the launch made, or makes it, and kills the result)."""
+        return None
+
+    def prices(self, cluster: Cluster[O], hardware: Hardware) -> list[Quote]:
+        """What one container (VM) of `cluster`'s pool costs per hour: one `Quote` per kind a launch
+        may make with `hardware` (each type it may use, preferred first), in the pool's market.
+        Never raises for a price the cloud would not give: answer a stand-in and say why in its
+        `note`. The config's overrides are applied over this by Fleet (`fleet.pool_prices`).
+        Default: [] (no price known)."""
+        return []
+
+    @classmethod
+    def price_keys(cls, options: BaseModel | None) -> frozenset[str] | None:
+        """The names `[providers.<name>] prices` may price for a pool with `options` (None: any
+        pool of this provider): its instance types. None: this provider prices no types (an entry
+        there is a config error; use `price_per_hour`). Default: None."""
         return None
 
     def interruptions(self, cluster: Cluster[O]) -> list[Interruption]:

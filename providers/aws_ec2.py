@@ -7,7 +7,8 @@ Options (`provider_options`):
                           cluster's `hardware` (CPU, memory, GPUs).
   instance_types          explicit types, in order of preference, launched through one EC2 Fleet.
   catalogue               list of {name, cpu, memory_mb, gpus, price}; default: a small built-in list
-                          of common types with relative on-demand prices.
+                          of common types with dated on-demand prices
+                          (providers.ec2_prices).
   max_types               catalogue types one launch may use (default 6 with market spot, 1
                           on-demand); more than one: an EC2 Fleet.
   market (on-demand | spot), spot_max_price   the purchasing option; the spot price cap per hour.
@@ -66,10 +67,15 @@ shared with `aws_ecs`) and spot interruption notices (`providers.ec2_spot`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
+from pydantic import BaseModel
+
+from fleet.catalogue import type_price
 from fleet.deadline import progress
 from fleet.errors import PermanentProviderError
+from fleet.pricing import Price
 from fleet.provider import (
     Cause,
     Cluster,
@@ -78,11 +84,22 @@ from fleet.provider import (
     Interruption,
     Observation,
     ProviderContext,
+    Quote,
     WorkerStatus,
 )
 from fleet.secrets import AWS_SCHEMES
-from providers import ec2_options
-from providers._aws import AwsProvider, LaunchCall, Made, aws_errors, chunks, error_code, raise_mapped, tag_dict
+from providers import ec2_options, ec2_prices
+from providers._aws import (
+    AwsProvider,
+    LaunchCall,
+    Made,
+    aws_errors,
+    chunks,
+    error_code,
+    map_error,
+    raise_mapped,
+    tag_dict,
+)
 from providers.ec2_launch import (
     HINTS,
     TAG_POOL,
@@ -121,6 +138,7 @@ class EC2Provider(AwsProvider[EC2Options]):
     def __init__(self, context: ProviderContext) -> None:
         super().__init__(context)
         self._templates = LaunchTemplates()
+        self._spot = ec2_prices.SpotPrices()
 
     @staticmethod
     def instance_type(opts: EC2Options, hardware: Hardware, exclude: frozenset[str] = frozenset()) -> str:
@@ -131,6 +149,51 @@ class EC2Provider(AwsProvider[EC2Options]):
     def launch_types(opts: EC2Options, hardware: Hardware, exclude: frozenset[str] = frozenset()) -> list[str]:
         """See `providers.ec2_options.launch_types`."""
         return ec2_options.launch_types(opts, hardware, exclude)
+
+    # -- prices ----------------------------------------------------------------------------
+    @classmethod
+    def price_keys(cls, options: BaseModel | None) -> frozenset[str]:
+        """Every type of the price table, and of `options`' catalogue and explicit types."""
+        names = {t for table in ec2_prices.ON_DEMAND.values() for t in table} | {t.name for t in DEFAULT_CATALOGUE}
+        if isinstance(options, EC2Options):
+            names |= {t.name for t in options.catalogue} | set(options.instance_types or ())
+            names |= {options.instance_type} if options.instance_type else set()
+        return frozenset(names)
+
+    def prices(self, cluster: Cluster[EC2Options], hardware: Hardware) -> list[Quote]:
+        """One quote per type a launch may use (`launch_types`), in the cluster's region: spot
+        from DescribeSpotPriceHistory (cached for `ec2_prices.SPOT_TTL`; when it fails or lists
+        no price, the on-demand price with a note saying so), on-demand from the dated table
+        (`ec2_prices`), else the catalogue entry's price. Makes no other call."""
+        opts = cluster.options
+        types = self.launch_types(opts, hardware, cluster.excluded_types)
+        client = self.client(cluster)  # resolves the region (the SDK chain's when not set)
+        region = str(client.meta.region_name)
+        spot: dict[str, tuple[float, date]] = {}
+        why = ""
+        if opts.market == "spot":
+            try:
+                spot = self._spot.get(client, opts.endpoint_url or "", types)
+            except Exception as exc:  # noqa: BLE001 - a price is never worth a failed sweep: say why, fall back
+                mapped = map_error(exc, "DescribeSpotPriceHistory")
+                said = str(mapped).split(" (cause: ")[0] if mapped is not None else type(exc).__name__
+                said = said.removeprefix("DescribeSpotPriceHistory").removeprefix(" failed").lstrip(": ")
+                why = f"DescribeSpotPriceHistory failed: {said}"[:300]
+        quotes = []
+        for t in types:
+            if t in spot:
+                per_hour, when = spot[t]
+                quotes.append(Quote(t, region, Price(per_hour, "DescribeSpotPriceHistory", when, "spot")))
+                continue
+            note = ""
+            if opts.market == "spot":
+                note = "on-demand price: " + (why or "DescribeSpotPriceHistory lists no spot price for it")
+            price = type_price(t, opts.market, table=ec2_prices.on_demand(region, t), as_of=ec2_prices.AS_OF,
+                               region=region, catalogue=opts.catalogue, builtin=DEFAULT_CATALOGUE,
+                               reference=ec2_prices.REFERENCE_REGION, note=note)
+            if price is not None:
+                quotes.append(Quote(t, region, price))
+        return quotes
 
     # -- the contract ----------------------------------------------------------------------
     def run_workers(self, cluster: Cluster[EC2Options], container: ContainerSpec, hardware: Hardware, count: int,

@@ -69,9 +69,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet.deadline import progress
 from fleet.errors import CapacityError, PermanentProviderError, ProviderError, QuotaExceeded, TransientProviderError
+from fleet.pricing import Price, Quote
 from fleet.provider import Cause, Cluster, ContainerSpec, Hardware, Observation, WorkerStatus
 from fleet.secrets import AWS_SCHEMES
-from providers import ecs_secrets
+from providers import ecs_secrets, fargate_prices
 from providers._aws import (
     AwsOptions,
     AwsProvider,
@@ -226,6 +227,23 @@ class ECSProvider(AwsProvider[ECSOptions]):
     @classmethod
     def secret_problem(cls, ref: str) -> str | None:
         return super().secret_problem(ref) or ecs_secrets.secret_problem(ref)
+
+    # -- prices ----------------------------------------------------------------------------
+    def prices(self, cluster: Cluster[ECSOptions], hardware: Hardware) -> list[Quote]:
+        """One task of the Fargate size `hardware` gets (`fargate_size`), in the cluster's region,
+        per capacity provider it may run on (FARGATE on demand, FARGATE_SPOT spot), from the
+        dated table (`fargate_prices`); [] where the table has no price. Calls no API."""
+        cpu, memory = fargate_size(hardware.cpu, hardware.memory_mb)
+        region = str(self.client(cluster).meta.region_name)  # resolves the region; makes no call
+        strategy = cluster.options.strategy()
+        quotes = []
+        for name in [i["capacityProvider"] for i in strategy] if strategy else ["FARGATE"]:
+            spot = name == "FARGATE_SPOT"
+            per_hour = fargate_prices.task_price(region, cpu, memory, spot)
+            if per_hour is not None:
+                quotes.append(Quote(f"{name} {cpu}/{memory}", region,
+                                    Price(per_hour, "table", fargate_prices.AS_OF, "spot" if spot else "on-demand")))
+        return quotes
 
     # -- the contract ----------------------------------------------------------------------
     def run_workers(self, cluster: Cluster[ECSOptions], container: ContainerSpec, hardware: Hardware, count: int,

@@ -62,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleet.errors import PermanentProviderError, ProviderError, RateLimited, TransientProviderError
 from fleet.inputs import worker_count
+from fleet.pricing import Quote, free
 from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus, import_sdk
 from fleet.secrets import LOCAL_SCHEMES, resolve_local, scrub
 
@@ -310,6 +311,10 @@ class DockerProvider(Provider[DockerOptions]):
             with ThreadPoolExecutor(max_workers=min(_PARALLEL, len(doomed))) as pool:
                 result.update(zip(doomed, pool.map(remove, doomed)))
         return result
+
+    def prices(self, cluster: Cluster[DockerOptions], hardware: Hardware) -> list[Quote]:
+        """Free: Fleet pays for no machine here (a configured `price_per_hour` wins)."""
+        return [Quote("", "", free())]
 
     def find_launch(self, cluster: Cluster[DockerOptions], launch_id: str) -> list[str]:
         found = self._ours(self._api(cluster.options), cluster, f"{LABEL_LAUNCH}={launch_id}")

@@ -11,19 +11,21 @@ from fleet.catalogue import InstanceType, cheapest_fit, eligible
 from fleet.errors import CapacityError
 from fleet.provider import Hardware
 from providers._aws import AwsOptions
+from providers.ec2_prices import ON_DEMAND, REFERENCE_REGION
 
-#: Relative on-demand prices (USD per hour, us-east-1, order is what matters).
-DEFAULT_CATALOGUE: tuple[InstanceType, ...] = tuple(InstanceType(name=n, cpu=c, memory_mb=m, gpus=g, price=p) for
-                                                    n, c, m, g, p in [
-    ("t3.micro", 2, 1024, 0, 0.0104), ("t3.small", 2, 2048, 0, 0.0208), ("t3.medium", 2, 4096, 0, 0.0416),
-    ("c6i.large", 2, 4096, 0, 0.085), ("m6i.large", 2, 8192, 0, 0.096), ("r6i.large", 2, 16384, 0, 0.126),
-    ("c6i.xlarge", 4, 8192, 0, 0.17), ("m6i.xlarge", 4, 16384, 0, 0.192), ("r6i.xlarge", 4, 32768, 0, 0.252),
-    ("c6i.2xlarge", 8, 16384, 0, 0.34), ("m6i.2xlarge", 8, 32768, 0, 0.384), ("r6i.2xlarge", 8, 65536, 0, 0.504),
-    ("c6i.4xlarge", 16, 32768, 0, 0.68), ("m6i.4xlarge", 16, 65536, 0, 0.768),
-    ("c6i.8xlarge", 32, 65536, 0, 1.36), ("m6i.8xlarge", 32, 131072, 0, 1.536),
-    ("g4dn.xlarge", 4, 16384, 1, 0.526), ("g4dn.2xlarge", 8, 32768, 1, 0.752),
-    ("g4dn.12xlarge", 48, 196608, 4, 3.912),
-])
+#: The built-in catalogue: (name, vCPUs, memory MiB, GPUs); each type's price is its on-demand
+#: list price in the table's reference region (`providers.ec2_prices`), which orders the choice.
+_TYPES = [
+    ("t3.micro", 2, 1024, 0), ("t3.small", 2, 2048, 0), ("t3.medium", 2, 4096, 0),
+    ("c6i.large", 2, 4096, 0), ("m6i.large", 2, 8192, 0), ("r6i.large", 2, 16384, 0),
+    ("c6i.xlarge", 4, 8192, 0), ("m6i.xlarge", 4, 16384, 0), ("r6i.xlarge", 4, 32768, 0),
+    ("c6i.2xlarge", 8, 16384, 0), ("m6i.2xlarge", 8, 32768, 0), ("r6i.2xlarge", 8, 65536, 0),
+    ("c6i.4xlarge", 16, 32768, 0), ("m6i.4xlarge", 16, 65536, 0),
+    ("c6i.8xlarge", 32, 65536, 0), ("m6i.8xlarge", 32, 131072, 0),
+    ("g4dn.xlarge", 4, 16384, 1), ("g4dn.2xlarge", 8, 32768, 1), ("g4dn.12xlarge", 48, 196608, 4),
+]
+DEFAULT_CATALOGUE: tuple[InstanceType, ...] = tuple(
+    InstanceType(name=n, cpu=c, memory_mb=m, gpus=g, price=ON_DEMAND[REFERENCE_REGION][n]) for n, c, m, g in _TYPES)
 
 #: catalogue types one launch may use by default: spot wants diversity, on-demand the cheapest fit
 DEFAULT_MAX_TYPES = {"spot": 6, "on-demand": 1}

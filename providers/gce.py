@@ -6,7 +6,7 @@ Options (`provider_options`):
 * `source_image` (required): boot image, e.g. `projects/cos-cloud/global/images/family/cos-stable`
   (an image with Docker when `container.image` is set).
 * `machine_type`: an explicit machine type; otherwise the cheapest type of `catalogue` (a list of
-  `fleet.catalogue.InstanceType`, default: a built-in list of e2/n2 types with relative prices)
+  `fleet.catalogue.InstanceType`, default: a built-in list of e2/n2 types with dated prices, providers.gce_prices)
   that fits the cluster's `hardware` (one container = one VM).
 * `network` (default `global/networks/default`), `subnetwork`, `external_ip` (default true),
   `service_account_email` + `scopes`, `disk_size_gb`.
@@ -66,7 +66,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from fleet.catalogue import cheapest_fit
+from pydantic import BaseModel
+
+from fleet.catalogue import cheapest_fit, type_price
 from fleet.errors import PermanentProviderError, ProviderError, RateLimited, TransientProviderError
 from fleet.inputs import worker_count
 from fleet.provider import (
@@ -77,10 +79,12 @@ from fleet.provider import (
     Observation,
     Provider,
     ProviderContext,
+    Quote,
     WorkerStatus,
     import_sdk,
 )
 from fleet.secrets import GCP_SCHEMES
+from providers import gce_prices
 from providers.gce_errors import is_done, operation_error
 from providers.gce_instances import (
     LABEL_LAUNCH,
@@ -121,6 +125,28 @@ class GCEProvider(Provider[GCEOptions]):
     def __init__(self, context: ProviderContext) -> None:
         super().__init__(context)
         self._api = ComputeApi()
+
+    # -- prices ----------------------------------------------------------------------------
+    @classmethod
+    def price_keys(cls, options: BaseModel | None) -> frozenset[str]:
+        """Every machine type of the price table, and of `options`' catalogue and machine_type."""
+        names = {t for table in gce_prices.ON_DEMAND.values() for t in table} | {t.name for t in DEFAULT_CATALOGUE}
+        if isinstance(options, GCEOptions):
+            names |= {t.name for t in options.catalogue} | ({options.machine_type} if options.machine_type else set())
+        return frozenset(names)
+
+    def prices(self, cluster: Cluster[GCEOptions], hardware: Hardware) -> list[Quote]:
+        """The machine type a launch uses, in the zone's region: the dated table's price
+        (`gce_prices`; spot and preemptible VMs at its spot estimate), else the catalogue
+        entry's. Calls no API."""
+        opts = cluster.options
+        machine_type = opts.machine_type or cheapest_fit(opts.catalogue, hardware, cluster.excluded_types).name
+        region = opts.zone.rsplit("-", 1)[0]
+        spot = opts.market != "standard"
+        price = type_price(machine_type, "spot" if spot else "on-demand",
+                           table=gce_prices.price(region, machine_type, spot), as_of=gce_prices.AS_OF, region=region,
+                           catalogue=opts.catalogue, builtin=DEFAULT_CATALOGUE, reference=gce_prices.REFERENCE_REGION)
+        return [Quote(machine_type, region, price)] if price is not None else []
 
     # -- the contract ----------------------------------------------------------------------
     def run_workers(self, cluster: Cluster[GCEOptions], container: ContainerSpec, hardware: Hardware, count: int,

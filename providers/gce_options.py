@@ -7,20 +7,23 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet.catalogue import InstanceType
+from providers.gce_prices import ON_DEMAND, REFERENCE_REGION
 
-#: Relative on-demand prices (us-central1, USD/hour, rounded): only their order matters.
+#: The built-in catalogue: (name, vCPUs, memory MiB, GPUs); each type's price is its on-demand
+#: list price in the table's reference region (`providers.gce_prices`), which orders the choice.
+_TYPES = [
+    ("e2-micro", 0.25, 1024, 0), ("e2-small", 0.5, 2048, 0), ("e2-medium", 1, 4096, 0),
+    ("e2-highcpu-2", 2, 2048, 0), ("e2-standard-2", 2, 8192, 0), ("e2-highmem-2", 2, 16384, 0),
+    ("e2-highcpu-4", 4, 4096, 0), ("e2-standard-4", 4, 16384, 0), ("e2-highmem-4", 4, 32768, 0),
+    ("e2-highcpu-8", 8, 8192, 0), ("e2-standard-8", 8, 32768, 0), ("e2-highmem-8", 8, 65536, 0),
+    ("e2-standard-16", 16, 65536, 0), ("e2-standard-32", 32, 131072, 0),
+    ("n2-standard-2", 2, 8192, 0), ("n2-standard-4", 4, 16384, 0), ("n2-standard-8", 8, 32768, 0),
+    ("n2-standard-16", 16, 65536, 0), ("n2-standard-32", 32, 131072, 0),
+    ("n2-standard-64", 64, 262144, 0), ("n2-highmem-64", 64, 524288, 0),
+    ("a2-highgpu-1g", 12, 87040, 1),
+]
 DEFAULT_CATALOGUE: tuple[InstanceType, ...] = tuple(
-    InstanceType(name=n, cpu=c, memory_mb=m, price=p) for n, c, m, p in (
-        ("e2-micro", 0.25, 1024, 0.0084), ("e2-small", 0.5, 2048, 0.0168), ("e2-medium", 1, 4096, 0.0335),
-        ("e2-highcpu-2", 2, 2048, 0.0495), ("e2-standard-2", 2, 8192, 0.0670), ("e2-highmem-2", 2, 16384, 0.0904),
-        ("e2-highcpu-4", 4, 4096, 0.0990), ("e2-standard-4", 4, 16384, 0.1340), ("e2-highmem-4", 4, 32768, 0.1808),
-        ("e2-highcpu-8", 8, 8192, 0.1980), ("e2-standard-8", 8, 32768, 0.2681), ("e2-highmem-8", 8, 65536, 0.3616),
-        ("e2-standard-16", 16, 65536, 0.5362), ("e2-standard-32", 32, 131072, 1.0723),
-        ("n2-standard-2", 2, 8192, 0.0971), ("n2-standard-4", 4, 16384, 0.1942), ("n2-standard-8", 8, 32768, 0.3885),
-        ("n2-standard-16", 16, 65536, 0.7769), ("n2-standard-32", 32, 131072, 1.5539),
-        ("n2-standard-64", 64, 262144, 3.1078), ("n2-highmem-64", 64, 524288, 4.1920),
-    )
-) + (InstanceType(name="a2-highgpu-1g", cpu=12, memory_mb=87040, gpus=1, price=3.6731),)
+    InstanceType(name=n, cpu=c, memory_mb=m, gpus=g, price=ON_DEMAND[REFERENCE_REGION][n]) for n, c, m, g in _TYPES)
 
 
 class GCEOptions(BaseModel):

@@ -32,6 +32,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.errors import PermanentProviderError
+from fleet.pricing import Quote, free
 from fleet.provider import Cluster, ContainerSpec, Hardware, Provider, ProviderContext, WorkerStatus
 from fleet.secrets import LOCAL_SCHEMES, resolve_local
 
@@ -216,6 +217,10 @@ class LocalProvider(Provider[LocalOptions]):
         except PermissionError:
             return False
         return True
+
+    def prices(self, cluster: Cluster[LocalOptions], hardware: Hardware) -> list[Quote]:
+        """Free: Fleet pays for no machine here (a configured `price_per_hour` wins)."""
+        return [Quote("", "", free())]
 
     def find_launch(self, cluster: Cluster[LocalOptions], launch_id: str) -> list[str]:
         """The launch's live processes (found by the FLEET_LAUNCH_ID in their environment)."""
