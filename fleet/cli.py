@@ -11,7 +11,7 @@ import click
 import redis
 
 from fleet.client import refused
-from fleet.commands import actions, prices, servers, tools, views
+from fleet.commands import actions, cost, prices, servers, tools, views
 from fleet.commands.common import err
 from fleet.connection import access_error
 from fleet.errors import FleetError
@@ -45,7 +45,8 @@ def main(ctx: click.Context, config_file: str | None) -> None:
     ctx.obj = str(Path(config_file).resolve()) if config_file else None
 
 
-for _command in (*actions.COMMANDS, *servers.COMMANDS, *views.COMMANDS, *prices.COMMANDS, *tools.COMMANDS):
+for _command in (*actions.COMMANDS, *servers.COMMANDS, *views.COMMANDS, *prices.COMMANDS, *cost.COMMANDS,
+                 *tools.COMMANDS):
     main.add_command(_command)
 
 

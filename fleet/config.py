@@ -213,6 +213,8 @@ class ClusterSpec(BaseModel):
     idle_timeout: float | None = Field(default=None, gt=0, le=86400)
     #: USD per hour of one container, in every pool without a price_per_hour of its own
     price_per_hour: PerHour | None = None
+    #: the group (a team, a project) whose cost this cluster's adds to (`fleet cost --by group`)
+    group: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
     def revision(self, pool: str) -> str:
         """The revision of what pool `pool`'s workers are launched from: a stable hash of the

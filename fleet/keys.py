@@ -29,6 +29,9 @@ CLUSTER_KEYS: tuple[KeyInfo, ...] = (
     KeyInfo("index", "hash", "handle -> its status: what the sweep compares the provider's answer with"),
     KeyInfo("counts", "hash", "workers and handles by status (`<status>`, `<status>:h`), and `v` once built whole"),
     KeyInfo("pending", "hash", "launch id -> its record (`fleet.model.LaunchRecord`)"),
+    KeyInfo("cost", "hash",
+            "by pool: the run rate of the handles in Redis (`rate@<pool>`, micro-USD/h), the cost of those gone "
+            "(`spent@<pool>`, USD) and the same by hour (`<hour>@<pool>`): `fleet.state.costs`"),
     KeyInfo("check", "string", "set while a follow-up check of new handles is queued; expires with its delay"),
     KeyInfo("series", "list", "samples `<time> <running> <desired>` taken by the sweep, newest first, capped"),
     KeyInfo("unknown", "hash",
@@ -106,6 +109,10 @@ class ClusterKeys:
     @property
     def counts(self) -> str:
         return self._k("counts")
+
+    @property
+    def cost(self) -> str:
+        return self._k("cost")
 
     @property
     def unknown(self) -> str:

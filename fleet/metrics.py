@@ -32,7 +32,8 @@ from fleet import clock
 from fleet.config import FleetConfig
 from fleet.counters import OP_BUCKETS, OPS, READY_BUCKETS
 from fleet.keys import Keyspace
-from fleet.model import FAILURE_KINDS, REPLACEMENT_KINDS, Counts, HandleStatus, LaunchState
+from fleet.model import FAILURE_KINDS, REPLACEMENT_KINDS, Counts, HandleStatus, LaunchRecord, LaunchState
+from fleet.state.costs import tally
 from fleet.store import Store
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def _records(values: Iterable[bytes], what: str) -> Iterator[dict[str, Any]]:
 class FleetCollector(Collector):
     """Reads a fleet's metrics from Redis at scrape time (one pipelined round trip)."""
 
-    PER_CLUSTER = ("desired", "handles", "pending", "at_quota", "no_capacity", "error")  # handles: the counts
+    #: handles: the counts; cost: the cost hash (fleet.state.costs)
+    PER_CLUSTER = ("desired", "handles", "pending", "at_quota", "no_capacity", "error", "cost")
 
     def __init__(self, config: FleetConfig, client: redis.Redis) -> None:
         self.config = config
@@ -108,7 +110,7 @@ class FleetCollector(Collector):
         return []  # no collect() at registration time (it would read Redis)
 
     def read(self) -> dict[str, Any]:
-        """Everything a scrape needs, in one pipeline: 2 + 6 per cluster + 1 per provider commands."""
+        """Everything a scrape needs, in one pipeline: 2 + 7 per cluster + 1 per provider commands."""
         clusters = list(self.config.clusters)
         providers = self.providers()
         pipe = self.r.pipeline(transaction=False)
@@ -122,6 +124,7 @@ class FleetCollector(Collector):
             pipe.get(k.at_quota)
             pipe.get(k.no_capacity)
             pipe.exists(k.error)
+            pipe.hgetall(k.cost)
         for p in providers:
             pipe.get(self.keys.provider_hold(p))
         raw = pipe.execute()
@@ -205,6 +208,30 @@ class FleetCollector(Collector):
         recovering.add_metric([], _until(data["recovering"], now))
         yield from (workers, handles, desired, max_w, min_w, pending, at_quota, no_capacity, error, rate_limited,
                     recovering, by_pool, interrupted)
+        yield from self._costs(data, now)
+
+    def _costs(self, data: dict[str, Any], now: float) -> Iterator[Metric]:
+        """What runs costs (fleet.state.costs), by cluster, pool and group ("" for none)."""
+        hourly = GaugeMetricFamily("fleet_hourly_cost", "USD per hour of the handles in Redis and the launches "
+                                   "in flight", labels=["cluster", "pool", "group"])
+        total = CounterMetricFamily("fleet_cost", "USD the cluster's handles cost, from launch to confirmed stop "
+                                    "(the live ones so far)", labels=["cluster", "pool", "group"])
+        for cluster, raw in data["clusters"].items():
+            spec = self.config.clusters[cluster]
+            pending = []
+            for v in raw["pending"]:
+                try:
+                    pending.append(LaunchRecord.decode(v))
+                except (ValueError, KeyError, TypeError):
+                    continue
+            cost = tally(raw["cost"] or {}, pending, now)
+            for declared in spec.pools and spec.pool_list:
+                cost.pool(declared.name)
+            for name, c in sorted(cost.pools.items()):
+                labels = [cluster, name, spec.group or ""]
+                hourly.add_metric(labels, c.hourly)
+                total.add_metric(labels, c.total)
+        yield from (hourly, total)
 
     # -- counters --------------------------------------------------------------------------
     def _counters(self, metrics: dict[str, str]) -> Iterator[Metric]:

@@ -94,6 +94,18 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def price(value: Any) -> float | None:
+    """A stored price (USD per hour): a number from 0 to 1e6, else unknown (None), as the Lua
+    scripts read it (lua/index.lua `price`): garbage there is no error, it costs nothing."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if 0 <= number < 1e6 else None
+
+
 def _name(value: Any) -> str:
     """A field that names something (a pool, a revision, a cause): a string, else none (as the
     Lua scripts read it: lua/index.lua read_record)."""
@@ -120,15 +132,19 @@ class HandleRecord:
     rev: str = ""  # the revision of the spec it was launched from (ClusterSpec.revision)
     born: float | None = None  # when it was recorded (launched or adopted): for max_lifetime
     idle_since: float | None = None  # clusters with queues: since when its workers hold no task
+    #: USD per hour, recorded at launch (fleet.pool_prices.price_of); None: unknown, it costs 0
+    price: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know: kept
 
     #: readable name -> stored name, where they differ
     STORED: ClassVar[dict[str, str]] = {"workers": "w", "status": "s", "requested_at": "req", "kill_failed": "kfail",
-                                        "pool": "p", "interrupted": "int", "born": "b", "idle_since": "idle"}
+                                        "pool": "p", "interrupted": "int", "born": "b", "idle_since": "idle",
+                                        "price": "usd"}
     _READ: ClassVar[dict[str, str]] = {v: k for k, v in STORED.items()}
     _KNOWN: ClassVar[frozenset[str]] = frozenset({"workers", "status", "since", "launch", "kills", "kill_at",
                                                   "requested_at", "busy", "hold", "drain_until", "kill_failed",
-                                                  "pool", "interrupted", "rev", "born", "idle_since"})
+                                                  "pool", "interrupted", "rev", "born", "idle_since",
+                                                  "price"})
 
     @classmethod
     def decode(cls, raw: bytes | str | Mapping[str, Any]) -> HandleRecord:
@@ -143,6 +159,7 @@ class HandleRecord:
             kill_failed=bool(named.get("kill_failed", False)), pool=_name(named.get("pool")),
             interrupted=_name(named.get("interrupted")), rev=_name(named.get("rev")),
             born=_float(named.get("born")), idle_since=_float(named.get("idle_since")),
+            price=price(named.get("price")),
             extra={k: v for k, v in named.items() if k not in cls._KNOWN})
 
     def stored(self) -> dict[str, Any]:
@@ -171,6 +188,8 @@ class HandleRecord:
             out["b"] = self.born
         if self.idle_since is not None:
             out["idle"] = self.idle_since
+        if self.price is not None:
+            out["usd"] = self.price
         return out
 
     def encode(self) -> str:
@@ -194,6 +213,8 @@ class HandleRecord:
             out["born"] = self.born
         if self.idle_since is not None:
             out["idle_since"] = self.idle_since
+        if self.price is not None:
+            out["price"] = self.price
         return {**out, **self.extra}
 
 
@@ -207,12 +228,16 @@ class LaunchRecord:
     claimed: float | None = None  # when a run task last took it
     pool: str = ""  # the pool it launches in ("": the cluster declares no pools)
     rev: str = ""  # the revision it launches (ClusterSpec.revision of its pool when planned)
+    #: once a run task claimed it (lua/claim.lua): one handle's price, and the launch's USD/hour
+    usd: float | None = None
+    rate: float | None = None
 
     @classmethod
     def decode(cls, raw: bytes | str | Mapping[str, Any]) -> LaunchRecord:
         data = json.loads(raw) if isinstance(raw, (bytes, str)) else dict(raw)
         return cls(int(data["count"]), LaunchState(data["state"]), float(data.get("at") or 0.0),
-                   _float(data.get("claimed")), str(data.get("pool") or ""), str(data.get("rev") or ""))
+                   _float(data.get("claimed")), str(data.get("pool") or ""), str(data.get("rev") or ""),
+                   price(data.get("usd")), price(data.get("rate")))
 
     def stored(self) -> dict[str, Any]:
         out: dict[str, Any] = {"count": self.count, "state": self.state.value, "at": self.at}
@@ -222,6 +247,10 @@ class LaunchRecord:
             out["pool"] = self.pool
         if self.rev:
             out["rev"] = self.rev
+        if self.usd is not None:
+            out["usd"] = self.usd
+        if self.rate is not None:
+            out["rate"] = self.rate
         return out
 
     def encode(self) -> str:

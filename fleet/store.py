@@ -11,6 +11,7 @@ each, and `fleet.retire.Retirement`:
 | `fleet.state.plans` | the reconcile's commit (`PlanView`, `Writes`) |
 | `fleet.state.launches` | a run task's `Claim` on a pending launch, the record of what a launch made |
 | `fleet.state.sweeps` | statuses, interruptions, kills, cleanups, unknown handles and adoption |
+| `fleet.state.costs` | the run rate and accumulated cost of each cluster, by pool (`ClusterCost`) |
 | `fleet.state.rollouts` | the rollout memory, max_lifetime's expiry |
 | `fleet.state.markers` | the desired number, the reconcile's markers, the autoscaler's memory, the epoch |
 | `fleet.state.events` | the event stream (batched per group of handles) and the series of samples |
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 from fleet.retire import Retirement
 from fleet.state.base import EVENTS_MAXLEN
+from fleet.state.costs import ClusterCost, Costs, PoolCost
 from fleet.state.events import SAMPLE, SERIES_EVERY, SERIES_KEEP, event_handles, per_handle
 from fleet.state.handles import SweepView, index_value, parse_index
 from fleet.state.launches import Claim, ClaimState, Launches
@@ -41,11 +43,12 @@ from fleet.state.rollouts import Rollouts
 from fleet.state.sweeps import StatusResult, Sweeps
 
 __all__ = [
-    "EVENTS_MAXLEN", "SAMPLE", "SERIES_EVERY", "SERIES_KEEP", "Claim", "ClaimState", "PlanView", "StatusResult",
+    "EVENTS_MAXLEN", "SAMPLE", "SERIES_EVERY", "SERIES_KEEP", "Claim", "ClaimState", "ClusterCost", "PlanView",
+    "PoolCost", "StatusResult",
     "Store", "SweepView", "Writes", "event_handles", "index_value", "parse_index", "per_handle",
 ]
 
 
-class Store(Plans, Sweeps, Launches, Rollouts, Markers, Retirement):
+class Store(Plans, Costs, Sweeps, Launches, Rollouts, Markers, Retirement):
     """Typed access to one fleet's state (`Store(client, fleet_id)`): every section's methods on
     one object. The sections share the client, the keyspace and the scripts (`StoreBase`)."""

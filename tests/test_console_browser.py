@@ -29,6 +29,7 @@ CLUSTERS = """
 [clusters.web]
 provider = "memory"
 max_workers = 12
+price_per_hour = 0.5
 [clusters.web.container]
 command = ["celery", "-A", "app", "worker"]
 env = {DATABASE_PASSWORD = "never-shown-91c2"}
@@ -136,6 +137,10 @@ def test_scale_watch_hold_drain_and_an_error_in_a_real_browser(browser: Any, sit
 
     browser.get(base + "/")
     until(lambda: browser.find_element(By.CSS_SELECTOR, "#cluster-web td[data-field=running]").text == "7")
+    # the cost column: 7 handles at 0.5 USD an hour
+    until(lambda: browser.find_element(By.CSS_SELECTOR, "#cluster-web td[data-field=cost]").text.startswith("$3.50/h"),
+          what="the run rate in the cost column")
+    assert "so far" in browser.find_element(By.CSS_SELECTOR, "#cluster-web td[data-field=cost]").text
     shot(browser, "overview")
 
 

@@ -36,6 +36,8 @@ def _table(state: ClusterState, s: dict[str, Any], now: float) -> Table:
     desired = s["desired"] if s["desired"] is not None else "-"
     title = (f"{s['cluster']} ({s['provider']}): desired {desired}, initializing {s['initializing']}, running "
              f"{s['running']}, draining {s['draining']}, stopping {s['stopping']}, pending {s['pending']}")
+    if "hourly_cost" in s:
+        title += f"; ${s['hourly_cost']:.2f}/h, ${s['cost_total']:.2f} so far"
     table = Table(title=title + "".join(f"\n  {f}" for f in flags), title_justify="left")
     pooled = bool(s.get("pools"))
     for col in ("handle", "workers", "status", "for", "launch") + (("pool",) if pooled else ()):

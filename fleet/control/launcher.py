@@ -10,10 +10,16 @@ Contract:
   and claimed, so it keeps counting against `max_workers`, and is retried with its launch id.
 * A killed handle stays `stopping` (counted) until the provider reports it stopped.
 * Recorded handles get a prompt follow-up check (`after_launch`, see `fleet.control.followup`).
+* Every launch is priced (as `fleet.pool_prices.price_of`, cached `PRICE_TTL` seconds per cluster): its
+  claim records the price (the launch counts in the run rate while in flight), and so does each
+  handle it makes (`HandleRecord.price`). A price that cannot be had is unknown (costs 0), never
+  an error of the launch.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,8 +37,13 @@ from fleet.errors import (
 from fleet.holds import Holds
 from fleet.lease import Lease
 from fleet.model import EventKind
+from fleet.pool_prices import ProviderFor, pool_prices, providers_of
 from fleet.provider import WorkerStatus
 from fleet.store import ClaimState, Store
+
+log = logging.getLogger(__name__)
+#: seconds a pool's price is reused before it is asked again (spot prices move)
+PRICE_TTL = 600.0
 
 
 class Launcher:
@@ -47,6 +58,27 @@ class Launcher:
         self.lease = lease
         self.request_reconcile = request_reconcile
         self.after_launch = after_launch
+        self._provider_for: ProviderFor | None = None
+        self._prices: dict[str, tuple[float, dict[str, float | None]]] = {}
+
+    def prices(self, cluster: str) -> dict[str, float | None]:
+        """What one handle of each pool of `cluster` costs per hour (None: unknown), the dearest
+        type of each (as `fleet.pool_prices.price_of`), cached `PRICE_TTL` seconds."""
+        cached = self._prices.get(cluster)
+        if cached and time.monotonic() - cached[0] < PRICE_TTL:
+            return cached[1]
+        if self._provider_for is None:
+            self._provider_for = providers_of(self.config)
+        out: dict[str, float | None] = {p.name: None for p in self.config.spec(cluster).pool_list}
+        try:
+            for pool, quote in ((p.pool, p.quote) for p in pool_prices(self.config, cluster, self._provider_for)):
+                if quote is not None:
+                    out[pool] = max(out.get(pool) or 0.0, quote.price.per_hour)
+        except Exception:  # a price is worth a log line, never a failed launch
+            log.warning("no prices for %s", cluster, exc_info=True)
+            out = dict.fromkeys(out)
+        self._prices[cluster] = (time.monotonic(), out)
+        return out
 
     def _timed_out(self, cluster: str, op: str, exc: ProviderTimeout, **fields: Any) -> None:
         if not exc.held:  # the first call that hung says so; the held ones after it are quiet
@@ -56,13 +88,14 @@ class Launcher:
     def run_launch(self, cluster: str, launch_id: str) -> dict[str, Any]:
         """Carry out one pending launch, idempotently (see the module's contract)."""
         spec = self.config.spec(cluster)
-        claim = self.store.claim_launch(cluster, launch_id)
+        claim = self.store.claim_launch(cluster, launch_id, self.prices(cluster), spec.workers_per_container)
         if claim.state not in (ClaimState.CLAIMED, ClaimState.SETTLE):
             return {"launch_id": launch_id, "state": claim.state.value, "handles": 0}
         lease = Lease(self.store.r, self.store.of(cluster).launch(launch_id), self.lease)
         if not lease.acquire():
             return {"launch_id": launch_id, "state": "busy", "handles": 0}
         count, pool, rev = claim.count, claim.pool, claim.revision
+        price = self.prices(cluster).get(pool)
         provider = self.pool.of(cluster, pool).name  # the one that launches it (see ProviderPool.definition)
         settle = claim.state is ClaimState.SETTLE
         if cluster in self.config.retired:  # a launch planned before the cluster left the config
@@ -87,7 +120,7 @@ class Launcher:
             except ProviderError as exc:
                 self._failed(cluster, spec, launch_id, exc, ref.excluded_types, pool)
                 return {"launch_id": launch_id, "state": "failed", "error": type(exc).__name__}
-            previous = self.store.record_launch(cluster, launch_id, handles, pool, rev)
+            previous = self.store.record_launch(cluster, launch_id, handles, pool, rev, price)
             if previous == "missing":  # Redis lost the launch while we ran it
                 self.holds.start_recovery(self.config.fleet.launch_timeout)
         finally:

@@ -61,11 +61,18 @@ class Queries:
             outdated=0 if cluster in self.config.retired else summary.counts.outdated(spec.revisions),
             clock_skew=self.clock_skew(),
         )
+        summary_.update(self.cost(cluster))
         if cluster in self.config.retired:
             summary_["retired"] = True
         if spec.pools:
             summary_["pools"] = self.pools(cluster, spec, summary)
         return summary_
+
+    def cost(self, cluster: str) -> dict[str, Any]:
+        """`hourly_cost` (USD/h of the cluster's handles and launches in flight), `cost_total`
+        (USD they cost so far, ever: `fleet.state.costs`) and the cluster's `group`."""
+        spec = self.config.clusters.get(cluster)
+        return {**self.store.cost(cluster).as_json(), "group": spec.group if spec else None}
 
     def clock_skew(self) -> list[dict[str, Any]]:
         """The control-plane processes whose clock is more than `fleet.clock.SKEW_WARN` seconds off

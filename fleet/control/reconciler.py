@@ -226,7 +226,8 @@ class _Transaction:
             self.writes.dropped.append(launch_id)
         else:
             self.writes.pending[launch_id] = LaunchRecord(launch.count, LaunchState.CANCELLED, launch.at,
-                                                          launch.claimed, launch.pool)
+                                                          launch.claimed, launch.pool, usd=launch.usd,
+                                                          rate=launch.rate)
         return {"launch": launch_id, "workers": launch.count}
 
     def launch(self, launch_id: str, count: int, pool: str) -> None:

@@ -7,6 +7,11 @@
 -- ARGV:
 --   ARGV[1] launch_id    the launch
 --   ARGV[2] now          the time (Redis time, Unix seconds)
+--   ARGV[3] per_handle   workers per handle (the launch's `count` is in workers)
+--   ARGV[4..]            pool, usd pairs: what one handle of each pool costs per hour ('' for
+--                        a cluster without pools; a pool left out has no known price)
+-- A claimed launch is in flight: it records `usd` and its run `rate` (usd x its handles), which
+-- count in the cluster's run rate until its handles are recorded (fleet.state.costs).
 -- Returns {state, count, first, pool, rev}: first = 1 when no run task had taken it before.
 local pending_key = KEYS[1]
 local launch_id, now = ARGV[1], tonumber(ARGV[2])
@@ -26,5 +31,13 @@ local first = 0
 if not p.claimed then first = 1 end
 p.state = 'running'
 p.claimed = now
+local per, usd = tonumber(ARGV[3]) or 1, nil
+for i = 4, #ARGV, 2 do
+  if ARGV[i] == (p.pool or '') then usd = tonumber(ARGV[i + 1]) end
+end
+if usd and usd >= 0 and usd < 1e6 and per >= 1 then
+  p.usd = usd
+  p.rate = usd * math.ceil(tonumber(p.count) / per)
+end
 redis.call('HSET', pending_key, launch_id, cjson.encode(p))
 return {'claimed', p.count, first, p.pool or '', p.rev or ''}

@@ -11,7 +11,8 @@
 --   ARGV[3] now          the time (Redis time, Unix seconds)
 --
 -- emit() appends one event and counts it; batch()/flush() gather the events of many handles into
--- one event per kind (and shared fields), counted once per handle; record_ready() observes a time
+-- one event per kind (and shared fields), counted once per handle, with the summed `cost` of
+-- the handles batch_cost() priced; record_ready() observes a time
 -- to running. A script that calls batch() or record_ready() ends with flush(). The metrics hash
 -- is kept exactly as fleet/counters.py's Python writers keep it. count_fields() and index_value()
 -- are the counts and index grammar (fleet/grammar.py); may_move() checks a move against TRANSITIONS.
@@ -25,7 +26,7 @@ local function emit(kind, ...)
   redis.call('XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'kind', kind, ...)
   count_event(kind)
 end
-local batches, order = {}, {}
+local batches, order, last = {}, {}, nil
 local function batch(kind, h, w, ...)
   local key = table.concat({kind, ...}, '\0')
   local b = batches[key]
@@ -37,6 +38,11 @@ local function batch(kind, h, w, ...)
   b.n = b.n + 1
   b.workers = b.workers + (w or 0)
   if b.n <= SAMPLE then table.insert(b.handles, h) end
+  last = b
+end
+-- Add `usd` to the `cost` of the batch event the last batch() call went into (a handle's cost)
+local function batch_cost(usd)
+  if last and usd > 0 then last.cost = (last.cost or 0) + usd end
 end
 -- The `le` of the (non-cumulative) time-to-running bucket `seconds` falls in (fleet.counters.bucket_for)
 local function bucket(seconds)
@@ -59,11 +65,17 @@ local function flush()
     local b = batches[key]
     local names = table.concat(b.handles, ',')
     if b.n > SAMPLE then names = names .. ',...' end
+    local fields = b.fields
+    if b.cost then
+      fields = {unpack(b.fields)}
+      table.insert(fields, 'cost')
+      table.insert(fields, string.format('%.6f', b.cost))
+    end
     redis.call('XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'kind', b.kind, 'count', tostring(b.n),
-      'workers', tostring(b.workers), 'handles', names, unpack(b.fields))
+      'workers', tostring(b.workers), 'handles', names, unpack(fields))
     count_event(b.kind, b.n)
   end
-  batches, order = {}, {}
+  batches, order, last = {}, {}, nil
   if ready.n > 0 then
     for le, n in pairs(ready.by) do redis.call('HINCRBY', METRICS, 'ready|' .. CLUSTER .. '|' .. le, n) end
     redis.call('HINCRBYFLOAT', METRICS, 'ready_sum|' .. CLUSTER, tostring(ready.sum))

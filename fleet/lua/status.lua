@@ -12,6 +12,7 @@
 --   KEYS[7] notice_key   when each interruption still waiting for its replacement was noticed
 --                        (lua/interrupt.lua): a worker that runs is taken for the replacement of
 --                        the oldest (time from notice to replacement running)
+--   KEYS[8] cost_key     the cost hash (lua/index.lua COST): a leaving handle's cost is added
 -- ARGV (after the prelude's three):
 --   ARGV[4] grace        seconds an initializing handle may be missing from the provider's list
 --   ARGV[5] retry        the first cleanup retry (seconds)
@@ -20,6 +21,7 @@
 -- revision quadruples}.
 local handles_key, cleanup_key, index_key, counts_key, notice_key = KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local grace, retry = tonumber(ARGV[4]), tonumber(ARGV[5])
+COST = KEYS[8]
 ensure_counts(handles_key, index_key, counts_key)
 local function replaced(w)
   for _ = 1, w do
@@ -57,6 +59,7 @@ for i = 6, #ARGV, 2 do
         if move(index_key, counts_key, h, r, r.s, nil) then
           redis.call('HDEL', handles_key, h)
           batch('killed', h, r.w)
+          batch_cost(LEFT_COST)
           changed = changed + 1
           gone = gone + 1
           if r.kfail then clean_up(h, r) end
@@ -66,6 +69,7 @@ for i = 6, #ARGV, 2 do
           redis.call('HDEL', handles_key, h)
           if r.int and r.int ~= '' then batch('stopped', h, r.w, 'was', r.s, 'interrupted', r.int)
           else batch('stopped', h, r.w, 'was', r.s) end
+          batch_cost(LEFT_COST)
           pruned = pruned + r.w
           changed = changed + 1
           gone = gone + 1

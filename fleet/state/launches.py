@@ -5,7 +5,7 @@ commit: `fleet.state.plans`.)"""
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,22 +46,32 @@ class Claim:
 class Launches(StoreBase):
     """Claiming, recording and dropping pending launches."""
 
-    def claim_launch(self, cluster: str, launch_id: str) -> Claim:
-        """Mark a pending launch as taken by a run task, now (see `Claim`)."""
-        return Claim.from_reply(self._scripts["claim"](keys=[self.of(cluster).pending], args=[launch_id, self.now()]))
+    def claim_launch(self, cluster: str, launch_id: str, prices: Mapping[str, float | None] | None = None,
+                     per_handle: int = 1) -> Claim:
+        """Mark a pending launch as taken by a run task, now (see `Claim`). With `prices` (pool
+        -> what one handle costs per hour, "" for a cluster without pools; `per_handle` workers
+        each), a claimed launch records its pool's price and its run rate: it counts in the
+        cluster's run rate while in flight (fleet.state.costs)."""
+        args: list[Any] = [launch_id, self.now(), per_handle]
+        for pool, usd in (prices or {}).items():
+            if usd is not None:
+                args += [pool, usd]
+        return Claim.from_reply(self._scripts["claim"](keys=[self.of(cluster).pending], args=args))
 
-    def record_launch(self, cluster: str, launch_id: str, handles: list[str], pool: str = "", rev: str = "") -> str:
+    def record_launch(self, cluster: str, launch_id: str, handles: list[str], pool: str = "", rev: str = "",
+                      price: float | None = None) -> str:
         """Move a launch's handles into the cluster (initializing, or stopping if it was cancelled
-        meanwhile), recorded under its pool, and drop the pending entry, atomically. Returns the
-        launch's previous state."""
+        meanwhile), recorded under its pool with their hourly `price` (None: the one its claim
+        recorded, if any), and drop the pending entry, atomically. The handles' price joins the
+        run rate (lua/index.lua COST). Returns the launch's previous state."""
         counts: dict[str, int] = {}
         for h in handles:
             counts[h] = counts.get(h, 0) + 1
-        args: list[Any] = [launch_id, pool, rev]
+        args: list[Any] = [launch_id, pool, rev, "" if price is None else price]
         for h, w in counts.items():
             args += [h, w]
         k = self.of(cluster)
-        return str(self._script("record", cluster, [k.pending, k.handles, k.index, k.counts], args).decode())
+        return str(self._script("record", cluster, [k.pending, k.handles, k.index, k.counts, k.cost], args).decode())
 
     def drop_launch(self, cluster: str, launch_id: str) -> None:
         """Forget a pending launch (it failed for good)."""

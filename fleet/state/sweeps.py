@@ -38,7 +38,7 @@ class Sweeps(StoreBase):
             args += [h, s]
         k = self.of(cluster)
         pruned, changed, gone, dead = self._script("status", cluster, [k.handles, k.cleanup, k.index, k.counts,
-                                                                        k.notice], args)
+                                                                        k.notice, k.cost], args)
         rows = [tuple(x.decode() for x in dead[i:i + 4]) for i in range(0, len(dead), 4)]
         return StatusResult(int(pruned), int(changed), int(gone), {h: p for h, p, _, _ in rows},
                             {h: rev for h, _, was, rev in rows if was == HandleStatus.INITIALIZING.value})
