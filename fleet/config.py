@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fleet.caps import GroupSpec, HourlyCap, check_caps
 from fleet.errors import ConfigError, FleetError, UnknownCluster
 from fleet.provider import ContainerSpec, Hardware
 
@@ -78,6 +79,8 @@ class FleetSettings(BaseModel):
     #: control plane may consume in its Redis database (see docs/configuration.md: two fleets on
     #: one Redis server)
     public_queue: str = Field(default="celery", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+    #: USD/h the whole fleet's run rate may not pass (docs/budgets.md: Caps)
+    max_hourly_cost: HourlyCap | None = None
 
     @field_validator("public_queue")
     @classmethod
@@ -215,6 +218,8 @@ class ClusterSpec(BaseModel):
     price_per_hour: PerHour | None = None
     #: the group (a team, a project) whose cost this cluster's adds to (`fleet cost --by group`)
     group: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    #: USD/h this cluster's run rate may not pass (docs/budgets.md: Caps)
+    max_hourly_cost: HourlyCap | None = None
 
     def revision(self, pool: str) -> str:
         """The revision of what pool `pool`'s workers are launched from: a stable hash of the
@@ -311,6 +316,7 @@ class FleetConfig(BaseModel):
     fleet: FleetSettings
     clusters: dict[str, ClusterSpec] = Field(default_factory=dict)
     providers: dict[str, ProviderLimits] = Field(default_factory=dict)
+    groups: dict[str, GroupSpec] = Field(default_factory=dict)
     source: str = "<memory>"
     #: clusters the file no longer declares that still have workers, rebuilt from what Redis
     #: keeps of them (`fleet.retire`): in `clusters`, with max_workers 0; never read from a file
@@ -326,6 +332,9 @@ class FleetConfig(BaseModel):
             if (spec.broker_url or "").startswith("sentinel://") and not self.fleet.redis_sentinel_master:
                 raise ValueError(f"cluster {name!r}: a sentinel:// broker_url needs fleet.redis_sentinel_master "
                                  "(the master's name, also used for the cluster's broker)")
+            if self.groups and spec.group is not None and spec.group not in self.groups:
+                raise ValueError(f"clusters.{name}.group: unknown group {spec.group!r} (declared: "
+                                 f"{', '.join(sorted(self.groups))}): declare [groups.{spec.group}]")
         return self
 
     def spec(self, name: Any) -> ClusterSpec:
@@ -396,6 +405,7 @@ def parse_config(data: dict[str, Any], source: str = "<memory>") -> FleetConfig:
                 problems = "; ".join(f"{where}.provider_options.{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
                 raise ConfigError(problems) from None
     _check_prices(config)
+    check_caps(config)  # after the providers: it asks them for prices
     return config
 
 

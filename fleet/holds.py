@@ -8,10 +8,11 @@ holds that stop launches or calls for a while, and why.
 | fleet `recovering`               | Redis lost data under a running control plane: no launches       |
 | cluster `at_quota`               | quota reached: no launches until a worker goes or it expires     |
 | cluster `no_capacity`            | no capacity for any type the cluster may use: no launches        |
+| cluster `at_budget`              | an hourly cap is reached (`fleet.budget`): no launches for a while |
 | cluster `error`                  | a permanent error (JSON: message, config fingerprint, at)        |
 | cluster `unresponsive`           | a provider call timed out: the cluster's calls fail at once      |
 
-A cluster that declares pools has the four cluster holds per pool (`pool:<pool>:...`): one pool
+A cluster that declares pools has the four cluster holds but `at_budget` per pool (`pool:<pool>:...`): one pool
 out of capacity, at quota or in error sends its launches to the next pool. The instance types
 held for capacity are per provider and pool (spot capacity says nothing of on-demand capacity).
 """
@@ -119,9 +120,28 @@ class Holds:
         """The call that timed out answered after all: the provider is slow, not gone; end the hold."""
         self.r.delete(self._of(cluster, pool).unresponsive)
 
+    def set_at_budget(self, cluster: str, seconds: float, cap: str, rate: float, limit: float) -> None:
+        """No launch for the cluster for `seconds`: cap `cap` ("fleet", "group g", "cluster c") of
+        `limit` USD/h is reached, `rate` USD/h committed under it."""
+        until = clock.now(self.r) + seconds
+        self.r.set(self.keys.cluster(cluster).at_budget,
+                   json.dumps({"until": until, "cap": cap, "rate": round(rate, 6), "limit": round(limit, 6)}),
+                   px=max(int(seconds * 1000), 1))
+
+    def at_budget(self, cluster: str) -> tuple[float, dict[str, Any]]:
+        """(seconds left of the cluster's budget hold (0: none), its figures: cap, rate, limit)."""
+        raw = self.r.get(self.keys.cluster(cluster).at_budget)
+        if not raw:
+            return 0.0, {}
+        try:
+            figures = dict(json.loads(raw))
+            return self._left(figures.pop("until")), figures
+        except (ValueError, TypeError, KeyError):
+            return 0.0, {}
+
     def worker_went_away(self, cluster: str, pools: Iterable[str] = ("",)) -> None:
-        """A worker left: the quota may have room again."""
-        self.r.delete(*(self._of(cluster, p).at_quota for p in pools))
+        """A worker left: the quota may have room again, and so may the budget."""
+        self.r.delete(*(self._of(cluster, p).at_quota for p in pools), self.keys.cluster(cluster).at_budget)
 
     def set_error(self, cluster: str, message: str, fingerprint: str, pool: str = "") -> None:
         record = {"message": message[:1000], "fingerprint": fingerprint, "at": clock.now(self.r)}
@@ -139,6 +159,7 @@ class Holds:
         for p in dict.fromkeys(("", *pools)):
             k = self._of(cluster, p)
             keys += [k.error, k.at_quota, k.no_capacity]
+        keys.append(self.keys.cluster(cluster).at_budget)
         return bool(self.r.delete(*keys))
 
     def blocked(self, cluster: str, fingerprint: str, pool: str = "") -> str | None:
@@ -156,6 +177,8 @@ class Holds:
             return reasons.why("at_quota")
         if self.no_capacity(cluster, pool):
             return reasons.why("no_capacity")
+        if self.at_budget(cluster)[0]:
+            return reasons.why("at_budget")
         if self.recovering():
             return reasons.why("recovering")
         return None

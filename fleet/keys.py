@@ -47,6 +47,8 @@ CLUSTER_KEYS: tuple[KeyInfo, ...] = (
     KeyInfo("autoscale", "string", "the autoscaler's memory between sweeps (JSON)"),
     KeyInfo("at_quota", "string", "the time a quota hold ends"),
     KeyInfo("no_capacity", "string", "the time a no-capacity hold ends"),
+    KeyInfo("at_budget", "string",
+            "a budget hold (`fleet.budget`): JSON `until`, the cap (`cap`, `limit` USD/h) and the committed `rate`"),
     KeyInfo("error", "string", "a permanent provider error: JSON message, config fingerprint, time"),
     KeyInfo("unresponsive", "string", "the time a hold on the cluster's provider calls ends, after one timed out"),
     KeyInfo("pool:<pool>:at_quota", "string", "as `at_quota`, for one pool of a cluster that declares pools"),
@@ -168,6 +170,10 @@ class ClusterKeys:
     @property
     def no_capacity(self) -> str:
         return self._k("no_capacity")
+
+    @property
+    def at_budget(self) -> str:
+        return self._k("at_budget")
 
     @property
     def error(self) -> str:

@@ -63,6 +63,8 @@ class EventKind(str, enum.Enum):
     ADOPTED = "adopted"
     AT_QUOTA = "at_quota"
     NO_CAPACITY = "no_capacity"
+    AT_BUDGET = "at_budget"  # an hourly cap cut a launch, or refused it (fleet.budget)
+    BUDGET_CAPPED = "budget_capped"  # a scale request above what the caps let run: accepted, capped
     ERROR = "error"
     SWEEP_FAILED = "sweep_failed"
     TIMEOUT = "timeout"

@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple
 WORDS = {
     "at_quota": "at quota",
     "no_capacity": "no capacity",
+    "at_budget": "at budget",
     "rate_limited": "rate limited",
     "unresponsive": "unresponsive",
     "recovering": "recovering from a loss of Redis data",
@@ -25,6 +26,7 @@ WORDS = {
 LASTING = {
     "at_quota": "at quota for {:.0f} s more",
     "no_capacity": "no capacity for {:.0f} s more",
+    "at_budget": "at budget for {:.0f} s more",
     "rate_limited": "rate-limited for {:.0f} s more",
     "unresponsive": "provider not answering: calls held for {:.0f} s",
     "recovering": "recovering after a loss of Redis data for {:.0f} s more",
@@ -50,13 +52,23 @@ def why(kind: str, seconds: float | None = None, detail: str = "") -> str:
     return WORDS[kind] if seconds is None else LASTING[kind].format(seconds)
 
 
+def at_budget(seconds: float, figures: Mapping[str, Any]) -> str:
+    """A budget hold in words, with its figures (`fleet.holds.Holds.at_budget`): "at budget: group
+    g cap $2.00/h, $1.80/h committed, for 12 s more"."""
+    if not figures.get("cap"):
+        return why("at_budget", seconds)
+    return (f"at budget: {figures['cap']} cap ${float(figures.get('limit') or 0):.2f}/h, "
+            f"${float(figures.get('rate') or 0):.2f}/h committed, for {seconds:.0f} s more")
+
+
 def not_launching(s: Mapping[str, Any], *, pools: bool = True) -> list[Reason]:
     """Why the cluster of `fleet.status` reply `s` does not launch now, and what else needs a
     look (unknown workers, remains to kill, interrupted or outdated workers, retirement), in
     the order to show them; empty: nothing to say. `pools=False` leaves out the pools skipped
     (for a caller that shows every pool on a line of its own)."""
     out = [Reason("error", "error", why("error", detail=str(s["error"])))] if s.get("error") else []
-    out += [Reason(kind, "held", why(kind, s[kind])) for kind in LASTING if s.get(kind)]
+    out += [Reason(kind, "held", at_budget(s[kind], s.get("budget") or {}) if kind == "at_budget"
+                   else why(kind, s[kind])) for kind in LASTING if s.get(kind)]
     if s.get("unknown"):
         out.append(Reason("unknown", "note", f"{s['unknown']} unknown workers being checked"))
     if s.get("cleanup"):

@@ -73,6 +73,18 @@ def shot(driver: Any, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
+def click(browser: Any, css: str, what: str) -> None:
+    """Find the element and click it, again if the page's live refresh replaced it in between
+    (a stale element)."""
+    from selenium.webdriver.common.by import By
+
+    def clicked() -> bool:
+        browser.find_element(By.CSS_SELECTOR, css).click()
+        return True
+
+    until(clicked, what=what)
+
+
 def until(predicate: Any, timeout: float = 30.0, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -122,14 +134,14 @@ def test_scale_watch_hold_drain_and_an_error_in_a_real_browser(browser: Any, sit
     until(lambda: browser.find_element(By.ID, "running").text == "3", what="3 jobs workers running")
     first = until(lambda: browser.find_element(By.CSS_SELECTOR, "table.handles tbody tr[data-handle]"))
     handle = first.get_attribute("data-handle")
-    first.find_element(By.CSS_SELECTOR, "button.hold").click()
+    click(browser, f'tr[data-handle="{handle}"] button.hold', "the hold button")
     until(lambda: "held" in browser.find_element(By.CSS_SELECTOR, f'tr[data-handle="{handle}"] td.status').text,
           what="the handle shows held")
     assert Store(cp.r, cp.fleet_id).read("jobs").handles[handle].hold
     other = next(r for r in browser.find_elements(By.CSS_SELECTOR, "table.handles tbody tr[data-handle]")
                  if r.get_attribute("data-handle") != handle)
     drained = other.get_attribute("data-handle")
-    other.find_element(By.CSS_SELECTOR, "button.drain").click()
+    click(browser, f'tr[data-handle="{drained}"] button.drain', "the drain button")
     until(lambda: "draining" in browser.find_element(By.CSS_SELECTOR, ".flash.ok").text, what="the drain is confirmed")
     store = Store(cp.r, cp.fleet_id)
     until(lambda: drained not in store.read("jobs").handles or
@@ -154,13 +166,14 @@ def test_a_kill_asks_first_in_a_real_browser(browser: Any, site: tuple[Plane, st
     browser.get(base + "/clusters/web")
     row = until(lambda: browser.find_element(By.CSS_SELECTOR, "table.handles tbody tr[data-handle]"))
     handle = row.get_attribute("data-handle")
-    row.find_element(By.CSS_SELECTOR, "button.kill").click()
+
+    click(browser, f'tr[data-handle="{handle}"] button.kill', "the kill button")
     asked = until(lambda: browser.switch_to.alert, what="a confirmation dialog")
     assert handle in asked.text and "stop at once" in asked.text
     asked.dismiss()  # "no": nothing is sent
     assert store.read("web").handles[handle].status.value == "running"
     assert browser.find_elements(By.CSS_SELECTOR, ".flash.ok") == []
-    browser.find_element(By.CSS_SELECTOR, f'tr[data-handle="{handle}"] button.kill').click()
+    click(browser, f'tr[data-handle="{handle}"] button.kill', "the kill button again")
     until(lambda: browser.switch_to.alert, what="the dialog again").accept()
     until(lambda: f"{handle}: killed" in browser.find_element(By.CSS_SELECTOR, ".flash.ok").text, what="killed")
     assert handle not in store.read("web").handles or store.read("web").handles[handle].status.value == "stopping"

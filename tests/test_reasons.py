@@ -90,6 +90,7 @@ def test_a_pool_skipped_says_what_docs_pools_md_lists() -> None:
     text = (ROOT / "docs" / "pools.md").read_text()
     table = text[text.index("| skipped because |"):text.index("A launch that fails in a pool")]
     listed = set(re.findall(r"^\| `([^`]+)` \|", table, re.MULTILINE))
-    said = {why(kind) for kind in ("at_quota", "no_capacity", "rate_limited", "unresponsive", "full")}
+    said = {why(kind) for kind in ("at_quota", "no_capacity", "at_budget", "rate_limited", "unresponsive", "full")}
     assert said | {why("error", detail="...")} == listed
-    assert set(WORDS) == {"at_quota", "no_capacity", "rate_limited", "unresponsive", "recovering", "full"}
+    assert set(WORDS) == {"at_quota", "no_capacity", "at_budget", "rate_limited", "unresponsive", "recovering",
+                          "full"}

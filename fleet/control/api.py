@@ -13,12 +13,14 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fleet import budget
 from fleet.config import FleetConfig, shorten
 from fleet.control.dispatcher import Dispatcher, kill_by_pool
 from fleet.control.queries import Queries
 from fleet.errors import InvalidRequest, ScaleRefused
 from fleet.holds import Holds
 from fleet.model import EventKind, HandleStatus
+from fleet.pool_prices import ProviderFor, price_of, providers_of
 from fleet.replication import confirm_replicated
 from fleet.requests import Gate
 from fleet.store import Store
@@ -53,6 +55,7 @@ class FleetAPI:
         self.marker_ttl = math.ceil(lease)
         self.request_reconcile = request_reconcile
         self.gate = Gate(config, store)
+        self._provider_for: ProviderFor | None = None
 
     def admit(self, task: str, task_id: str | None, headers: Mapping[str, Any], args: tuple[Any, ...],
               mutating: bool = True) -> None:
@@ -79,7 +82,26 @@ class FleetAPI:
                                                  queued_ttl=self.marker_ttl)
         if queued:
             self.dispatcher.reconcile(cluster)
+        self._budget_capped(cluster, n)
         return {"cluster": cluster, "desired": n, "version": version}
+
+    def _budget_capped(self, cluster: str, n: int) -> None:
+        """A scale request above what the hourly caps let run stays as asked; an event says the
+        budget caps it, and with no room left at all the cluster is held at budget at once."""
+        if not budget.caps_over(self.config, cluster):
+            return
+        if self._provider_for is None:
+            self._provider_for = providers_of(self.config)
+        first = self.config.spec(cluster).pool_list[0].name
+        price = price_of(self.config, cluster, first, self._provider_for)
+        capped = budget.scale_cap(self.config, self.store, cluster, n, price.per_hour if price else None)
+        if capped is None:
+            return
+        room = capped.pop("room")
+        self.store.event(cluster, EventKind.BUDGET_CAPPED, **capped)
+        if not room:
+            self.holds.set_at_budget(cluster, self.config.fleet.quota_hold, capped["cap"], capped["rate"],
+                                     capped["limit"])
 
     def status(self, cluster: Any) -> dict[str, Any]:
         return self.queries.status(cluster)

@@ -14,6 +14,8 @@ Contract:
   claim records the price (the launch counts in the run rate while in flight), and so does each
   handle it makes (`HandleRecord.price`). A price that cannot be had is unknown (costs 0), never
   an error of the launch.
+* The claim admits a launch under the hourly caps over its cluster (`fleet.budget`): cut to what
+  fits, or dropped; either way the cluster is held "at budget" a while, with an `at_budget` event.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from fleet.budget import claim_caps
 from fleet.config import ClusterSpec, FleetConfig
 from fleet.control.api import validate_handles
 from fleet.control.dispatcher import Dispatcher
@@ -39,7 +42,7 @@ from fleet.lease import Lease
 from fleet.model import EventKind
 from fleet.pool_prices import ProviderFor, pool_prices, providers_of
 from fleet.provider import WorkerStatus
-from fleet.store import ClaimState, Store
+from fleet.store import Claim, ClaimState, Store
 
 log = logging.getLogger(__name__)
 #: seconds a pool's price is reused before it is asked again (spot prices move)
@@ -88,7 +91,10 @@ class Launcher:
     def run_launch(self, cluster: str, launch_id: str) -> dict[str, Any]:
         """Carry out one pending launch, idempotently (see the module's contract)."""
         spec = self.config.spec(cluster)
-        claim = self.store.claim_launch(cluster, launch_id, self.prices(cluster), spec.workers_per_container)
+        claim = self.store.claim_launch(cluster, launch_id, self.prices(cluster), spec.workers_per_container,
+                                        claim_caps(self.config, cluster))
+        if claim.cut:
+            self._at_budget(cluster, launch_id, claim)
         if claim.state not in (ClaimState.CLAIMED, ClaimState.SETTLE):
             return {"launch_id": launch_id, "state": claim.state.value, "handles": 0}
         lease = Lease(self.store.r, self.store.of(cluster).launch(launch_id), self.lease)
@@ -134,6 +140,17 @@ class Launcher:
             self.store.event(cluster, EventKind.SHORT_LAUNCH, launch=launch_id, asked=count, got=len(handles))
         self.request_reconcile(cluster)
         return {"launch_id": launch_id, "state": previous, "handles": len(unique), "workers": len(handles)}
+
+    def _at_budget(self, cluster: str, launch_id: str, claim: Claim) -> None:
+        """A cap cut a launch (or refused it: the claim dropped it): hold the cluster's launches
+        for `fleet.quota_hold` seconds (no re-plan at once; a worker going away lifts it) and say
+        so with the figures."""
+        self.holds.set_at_budget(cluster, self.config.fleet.quota_hold, claim.cap, claim.committed, claim.limit)
+        self.store.event(cluster, EventKind.AT_BUDGET, launch=launch_id, cap=claim.cap, rate=round(claim.committed, 6),
+                         limit=round(claim.limit, 6), asked=claim.asked, launched=claim.count,
+                         **({"pool": claim.pool} if claim.pool else {}))
+        if claim.state is ClaimState.AT_BUDGET:
+            self.request_reconcile(cluster)  # the launch is gone: the reconcile sees the hold
 
     def retrying(self, cluster: str, launch_id: str, countdown: float) -> None:
         """Say that the launch's run task will be retried in `countdown` seconds: until then (and

@@ -47,10 +47,12 @@ class Queries:
         summary_ = summary.as_dict(cluster)
         first = spec.pool_list[0]
         error = self.holds.error(cluster, first.name)
+        budget_left, budget = self.holds.at_budget(cluster)
         summary_.update(
             provider=",".join(spec.providers), min_workers=spec.min_workers, max_workers=spec.max_workers,
             at_quota=round(self.holds.at_quota(cluster, first.name), 1),
             no_capacity=round(self.holds.no_capacity(cluster, first.name), 1),
+            at_budget=round(budget_left, 1), budget=budget or None,
             recovering=round(self.holds.recovering(), 1),
             rate_limited=round(self.holds.provider_hold(first.provider), 1),
             unresponsive=round(self.holds.unresponsive(cluster, first.name), 1),
