@@ -38,8 +38,12 @@ def test_the_first_claim_of_a_launch_is_the_only_first_attempt(r: redis.Redis) -
 
     store = Store(r, "fc" + uuid.uuid4().hex[:8])
     r.hset(store.of("c").pending, "L1", LaunchRecord(3, LaunchState.QUEUED).encode())
-    assert store.claim_launch("c", "L1") == Claim(ClaimState.CLAIMED, 3, True)
-    assert store.claim_launch("c", "L1") == Claim(ClaimState.CLAIMED, 3, False)  # a retry, a redelivery, a re-send
+    def claimed(launch_id: str) -> tuple[ClaimState, int, bool]:
+        claim = store.claim_launch("c", launch_id)
+        return claim.state, claim.count, claim.first
+
+    assert claimed("L1") == (ClaimState.CLAIMED, 3, True)
+    assert claimed("L1") == (ClaimState.CLAIMED, 3, False)  # a retry, a redelivery, a re-send
     assert store.claim_launch("c", "nope") == Claim(ClaimState.MISSING)
     r.delete(store.of("c").pending)
 
