@@ -29,6 +29,7 @@ from fleet.testing.plane import Plane, plane
 from tests.conftest import wait_for
 from tests.kits.memory_census import VARIABLE, read_census, settled
 from tests.kits.sentinel import MASTER, Topology, sentinel_topology
+from tests.test_redis_sentinel import CLUSTERS
 
 SCALE = 1000
 MEMORY = f"""
@@ -130,15 +131,7 @@ def test_a_failover_in_the_middle_of_a_1000_worker_scale_up_loses_nothing(topolo
     assert set(world["live"]) == tracked
 
 
-LOCAL = """
-[clusters.web]
-provider = "local"
-max_workers = 8
-[clusters.web.container]
-command = ["sh", "-c", "exec sleep 600"]
-[clusters.web.provider_options]
-kill_grace = 1
-"""
+LOCAL = CLUSTERS  # the local cluster of tests/test_redis_sentinel.py
 BEFORE, AFTER = 2, 5
 
 
